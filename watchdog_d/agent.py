@@ -1,0 +1,257 @@
+"""The agent: one per node. Observes, never decides.
+
+Threads: the unix-socket server (one thread per wrapper), the observer (polls
+beacons and processes every ``poll_interval``), the reporter (sends the newest
+heartbeat; a report is the whole state, so a coordinator that was away gets
+everything it missed with the next one that goes through), and the watcher
+(receives verbs from the coordinator and hands them to the job's wrapper).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import grpc
+import psutil
+
+from . import localsock, log, rpc, wire
+from .config import Config
+from .core.model import JobOnNode, JobSpec, NodeReport
+from .observe import RankTrack, observe_job
+from .proto import watchdog_pb2 as pb
+from .proto import watchdog_pb2_grpc as pb_grpc
+
+
+@dataclass
+class LocalJob:
+    spec: JobSpec
+    conn: localsock.Conn
+    uid: int
+    attempt: int = 0
+    launcher_pid: int = 0
+    beacon_dir: str = ""
+    state: str = "running"
+    exit_code: int = 0
+    tracks: dict[int, RankTrack] = field(default_factory=dict)
+    last: JobOnNode | None = None
+
+
+def _spec_from_msg(raw: dict) -> JobSpec:
+    return JobSpec(job_id=str(raw["job_id"]), on_failure=str(raw.get("on_failure", "teardown")),
+                   max_restarts=int(raw.get("max_restarts", 0)),
+                   min_stall_timeout_s=float(raw.get("min_stall_timeout_s", 60)),
+                   stall_factor=float(raw.get("stall_factor", 5)),
+                   startup_timeout_s=float(raw.get("startup_timeout_s", 900)),
+                   node_timeout_s=float(raw.get("node_timeout_s", 5)),
+                   alert_urls=tuple(str(u) for u in raw.get("alert_urls", ())),
+                   command=str(raw.get("command", ""))[:1000])
+
+
+class Agent:
+    def __init__(self, cfg: Config, coordinator: str | None = None):
+        self.cfg = cfg
+        self.target = coordinator or cfg.coordinator
+        self.node_id = cfg.node_id
+        self.host = socket.gethostname()
+        self.jobs: dict[str, LocalJob] = {}
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._send_now = threading.Event()
+        self._latest: NodeReport | None = None
+        self._seq = 0
+        self._signature: tuple = ()
+        self.channel = rpc.make_channel(cfg, self.target)
+        self.stub = pb_grpc.CoordinatorStub(self.channel)
+        self.metadata = rpc.call_metadata(cfg)
+        self.server: localsock.Server | None = None
+        self.reachable = True
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle ----------------------------------------------------------------
+    def start(self) -> None:
+        self.server = localsock.Server(self.cfg.socket, self._serve_wrapper)
+        self.server.start()
+        for name, target in (("observer", self._observe_loop), ("reporter", self._report_loop),
+                             ("watcher", self._watch_loop)):
+            t = threading.Thread(target=target, name=f"agent-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        log.log("agent_started", node=self.node_id, coordinator=self.target, socket=self.cfg.socket)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._send_now.set()
+        if self.server:
+            self.server.close()
+        self.channel.close()
+
+    # -- wrappers ---------------------------------------------------------------------
+    def _serve_wrapper(self, conn: localsock.Conn) -> None:
+        job: LocalJob | None = None
+        try:
+            _, uid, _ = conn.peer()
+            while not self._stop.is_set():
+                msg = conn.recv()
+                if msg is None:
+                    break
+                job = self._handle(conn, uid, msg, job)
+        except Exception as e:
+            log.error("wrapper_connection_error", error=repr(e))
+        finally:
+            conn.close()
+            if job is not None:
+                with self.lock:
+                    if job.state == "running":   # the wrapper vanished mid-job
+                        job.state, job.exit_code = "exited", 1
+                self.observe_now()
+                with self.lock:
+                    self.jobs.pop(job.spec.job_id, None)
+                log.log("job_detached", job=job.spec.job_id)
+
+    def _handle(self, conn: localsock.Conn, uid: int, msg: dict,
+                job: LocalJob | None) -> LocalJob | None:
+        op = msg.get("op")
+        if op == "register" and job is None:
+            try:
+                spec = _spec_from_msg(msg["spec"])
+                pid = int(msg["launcher_pid"])
+                owner = psutil.Process(pid).uids().real
+            except (KeyError, TypeError, ValueError, psutil.Error) as e:
+                conn.send({"op": "error", "error": f"bad registration: {e!r}"})
+                return None
+            if uid != 0 and owner != uid:
+                conn.send({"op": "error", "error": "the launcher is not your process"})
+                return None
+            job = LocalJob(spec=spec, conn=conn, uid=uid, attempt=int(msg.get("attempt", 0)),
+                           launcher_pid=pid, beacon_dir=str(msg.get("beacon_dir", "")))
+            with self.lock:
+                self.jobs[spec.job_id] = job
+            conn.send({"op": "registered", "node_id": self.node_id, "coordinator": self.target})
+            log.log("job_attached", job=spec.job_id, launcher_pid=pid, attempt=job.attempt)
+            self._send_now.set()
+        elif op == "attempt" and job is not None:
+            with self.lock:
+                job.attempt = int(msg.get("attempt", job.attempt + 1))
+                job.launcher_pid = int(msg.get("launcher_pid", job.launcher_pid))
+                job.beacon_dir = str(msg.get("beacon_dir", job.beacon_dir))
+                job.state, job.exit_code, job.tracks = "running", 0, {}
+            self._send_now.set()
+        elif op == "ended" and job is not None:
+            with self.lock:
+                job.state = "stopped" if msg.get("state") == "stopped" else "exited"
+                job.exit_code = int(msg.get("exit_code", 0))
+            self.observe_now()
+        else:
+            conn.send({"op": "error", "error": f"unexpected message {op!r}"})
+        return job
+
+    # -- observing and reporting -----------------------------------------------------
+    def observe_now(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            parts = []
+            for job in self.jobs.values():
+                ranks = observe_job(job.beacon_dir, job.tracks, now) if job.beacon_dir else ()
+                job.last = JobOnNode(spec=job.spec, attempt=job.attempt, state=job.state,
+                                     exit_code=job.exit_code, ranks=ranks)
+                parts.append(job.last)
+            self._seq += 1
+            self._latest = NodeReport(node_id=self.node_id, host=self.host, seq=self._seq,
+                                      jobs=tuple(parts))
+            # what changes deserve a heartbeat now rather than at the next interval
+            signature = tuple((p.spec.job_id, p.attempt, p.state,
+                               tuple((r.rank, r.alive, r.proc_state, r.section, len(r.stack))
+                                     for r in p.ranks)) for p in parts)
+            changed = signature != self._signature
+            self._signature = signature
+        if changed:
+            self._send_now.set()
+
+    def _observe_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.observe_now()
+            except Exception as e:
+                log.error("observe_error", error=repr(e))
+            self._stop.wait(self.cfg.poll_interval)
+
+    def _report_loop(self) -> None:
+        backoff = 0.0
+        while not self._stop.is_set():
+            self._send_now.wait(self.cfg.heartbeat_interval if backoff == 0 else backoff)
+            self._send_now.clear()
+            report = self._latest
+            if report is None:
+                continue
+            try:
+                self.stub.Report(wire.report_to_pb(report), timeout=2.0, metadata=self.metadata)
+                if not self.reachable:
+                    log.log("coordinator_back", coordinator=self.target)
+                self.reachable, backoff = True, 0.0
+            except grpc.RpcError as e:
+                if self._stop.is_set():
+                    return
+                if self.reachable:
+                    log.warn("coordinator_unreachable", coordinator=self.target,
+                             code=e.code().name if hasattr(e, "code") else "?")
+                self.reachable = False
+                backoff = min(2.0, max(0.2, backoff * 2))
+
+    def _watch_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                stream = self.stub.Watch(pb.WatchRequest(node_id=self.node_id),
+                                         metadata=self.metadata)
+                for cmd in stream:
+                    self._deliver(cmd)
+                    if self._stop.is_set():
+                        stream.cancel()
+            except grpc.RpcError as e:
+                code = e.code() if hasattr(e, "code") else None
+                if code == grpc.StatusCode.UNAUTHENTICATED:
+                    log.error("coordinator_refused", reason="unauthenticated")
+            self._stop.wait(0.3)
+
+    def _deliver(self, cmd: pb.Command) -> None:
+        with self.lock:
+            job = self.jobs.get(cmd.job_id)
+        if job is None or cmd.attempt < job.attempt and cmd.verb != "done":
+            return
+        log.log("command_received", job=cmd.job_id, verb=cmd.verb, attempt=cmd.attempt)
+        job.conn.send({"op": "command", "verb": cmd.verb, "attempt": cmd.attempt,
+                       "verdict": cmd.verdict_json, "action": cmd.action})
+
+
+def run_agent(cfg: Config) -> int:
+    """``watchdog-d agent``: run until SIGTERM; tells systemd when ready."""
+    import signal
+
+    agent = Agent(cfg)
+    agent.start()
+    _sd_notify("READY=1")
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    while not done.wait(1.0):
+        _sd_notify("WATCHDOG=1")
+    _sd_notify("STOPPING=1")
+    agent.stop()
+    log.log("agent_stopped", node=cfg.node_id)
+    return 0
+
+
+def _sd_notify(state: str) -> None:
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(path)
+            s.send(state.encode())
+    except OSError:
+        pass

@@ -1,0 +1,209 @@
+"""Command line: ``watchdog-d COMMAND ...`` (also ``python -m watchdog_d``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__, log
+from .config import Config, ConfigError, load
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(EXIT_USAGE, f"watchdog-d: {message} (see '{self.prog} --help')\n")
+
+
+def _job_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coordinator", metavar="HOST:PORT")
+    p.add_argument("--agent-socket", metavar="PATH", dest="agent_socket")
+    p.add_argument("--job-id", dest="job_id")
+    p.add_argument("--alert", action="append", metavar="URL", help="Apprise URL (repeatable)")
+    p.add_argument("--on-failure", dest="on_failure", choices=("alert", "teardown", "restart"))
+    p.add_argument("--max-restarts", dest="max_restarts", type=int)
+    p.add_argument("--checkpoint-dir", dest="checkpoint_dir")
+    p.add_argument("--min-stall-timeout", dest="min_stall_timeout", type=float, metavar="SECONDS")
+    p.add_argument("--stall-factor", dest="stall_factor", type=float, metavar="X")
+    p.add_argument("--startup-timeout", dest="startup_timeout", type=float, metavar="SECONDS")
+    p.add_argument("--node-timeout", dest="node_timeout", type=float, metavar="SECONDS")
+    p.add_argument("--grace", type=float, metavar="SECONDS")
+    p.add_argument("--log-dir", dest="log_dir")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE")
+    p.add_argument("--state-dir", dest="state_dir")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def _security(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--token-file", dest="token_file")
+    p.add_argument("--tls-cert", dest="tls_cert")
+    p.add_argument("--tls-key", dest="tls_key")
+    p.add_argument("--tls-ca", dest="tls_ca")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="watchdog-d", description="A watchdog for distributed PyTorch training.")
+    parser.add_argument("--version", action="version", version=f"watchdog-d {__version__}")
+    sub = parser.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("run", help="launch and guard a job: watchdog-d run [OPTIONS] -- COMMAND")
+    _job_options(p)
+    _common(p)
+    _security(p)
+
+    p = sub.add_parser("agent", help="the per-node daemon")
+    p.add_argument("--coordinator", metavar="HOST:PORT")
+    p.add_argument("--node-id", dest="node_id")
+    p.add_argument("--socket", metavar="PATH")
+    _common(p)
+    _security(p)
+
+    p = sub.add_parser("coordinator", help="the cluster's decision maker")
+    p.add_argument("--listen", metavar="HOST:PORT")
+    p.add_argument("--alert", action="append", metavar="URL")
+    p.add_argument("--metrics-port", dest="metrics_port", type=int)
+    _common(p)
+    _security(p)
+
+    p = sub.add_parser("status", help="every job, node and rank")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--coordinator", metavar="HOST:PORT")
+    _common(p)
+    _security(p)
+
+    p = sub.add_parser("events", help="the incident log, newest last")
+    p.add_argument("--job")
+    p.add_argument("--json", action="store_true")
+    _common(p)
+
+    p = sub.add_parser("demo", help="a self-contained show on this CPU")
+    _common(p)
+    return parser
+
+
+_NOT_CONFIG = {"cmd", "json", "job", "verbose"}
+
+
+def _config(args: argparse.Namespace) -> Config:
+    flags = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    return load(flags).finish()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if argv[:1] == ["run"]:
+        if "--" in argv:
+            i = argv.index("--")
+            argv, command = argv[:i], argv[i + 1:]
+        elif any(not a.startswith("-") for a in argv[1:]) and "-h" not in argv and "--help" not in argv:
+            print("watchdog-d: put the command after '--': watchdog-d run [OPTIONS] -- COMMAND",
+                  file=sys.stderr)
+            return EXIT_USAGE
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = _config(args)
+        return _dispatch(args, cfg, command)
+    except ConfigError as e:
+        print(f"watchdog-d: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, cfg: Config, command: list[str]) -> int:
+    from .wrapper import WrapperError
+
+    if args.cmd == "run":
+        if not args.verbose:
+            log.set_quiet(True)   # the job's console stays the job's
+        from .run import run_job
+
+        try:
+            return run_job(cfg, command)
+        except WrapperError as e:
+            print(f"watchdog-d: {e}", file=sys.stderr)
+            return EXIT_USAGE
+    if args.cmd == "agent":
+        if not cfg.coordinator:
+            raise ConfigError("agent needs --coordinator HOST:PORT")
+        from .agent import run_agent
+
+        return run_agent(cfg)
+    if args.cmd == "coordinator":
+        from .coordinator import run_coordinator
+
+        return run_coordinator(cfg)
+    if args.cmd == "status":
+        return _status(args, cfg)
+    if args.cmd == "events":
+        return _events(args, cfg)
+    if args.cmd == "demo":
+        from .demo import run_demo
+
+        return run_demo(cfg)
+    raise ConfigError(f"unknown command {args.cmd}")
+
+
+def _status(args: argparse.Namespace, cfg: Config) -> int:
+    from pathlib import Path
+
+    from .status import render
+
+    if cfg.coordinator:
+        from . import rpc
+        from .proto import watchdog_pb2 as pb
+        from .proto import watchdog_pb2_grpc as pb_grpc
+
+        channel = rpc.make_channel(cfg, cfg.coordinator)
+        try:
+            reply = pb_grpc.CoordinatorStub(channel).Status(
+                pb.StatusRequest(), timeout=5, metadata=rpc.call_metadata(cfg))
+        except Exception as e:  # grpc.RpcError, kept lazy
+            print(f"watchdog-d: coordinator {cfg.coordinator} did not answer: "
+                  f"{getattr(e, 'details', lambda: e)()}", file=sys.stderr)
+            return 1
+        snap = json.loads(reply.json)
+    else:
+        path = Path(cfg.state_dir) / "status.json"
+        try:
+            snap = json.loads(path.read_text())
+        except (OSError, ValueError):
+            snap = {"jobs": []}
+    print(json.dumps(snap, indent=2) if args.json else render(snap))
+    return 0
+
+
+def _events(args: argparse.Namespace, cfg: Config) -> int:
+    from pathlib import Path
+
+    from .store import IncidentStore, StoreError
+
+    path = Path(cfg.state_dir) / "incidents.sqlite"
+    if not path.exists():
+        print(f"watchdog-d: no incident log at {path} (nothing recorded yet, or another "
+              f"--state-dir)", file=sys.stderr)
+        return 0
+    try:
+        events = IncidentStore(path).events(args.job)
+    except StoreError as e:
+        print(f"watchdog-d: {e}", file=sys.stderr)
+        return 1
+    for ev in events:
+        if args.json:
+            print(json.dumps(ev))
+        else:
+            rank = "-" if ev["rank"] is None else ev["rank"]
+            print(f"{ev['ts']}  {ev['job']}  {ev['kind']:<18} rank {rank:<3} "
+                  f"node {ev['node'] or '-':<10} step {ev['step'] if ev['step'] is not None else '-':<6} "
+                  f"action {ev['action']:<10} after {ev['detected_after_s']}s  {ev['cause']}")
+    return 0
+
+
+def torchrun_main() -> int:
+    """``watchdog-torchrun ARGS`` == ``watchdog-d run -- torchrun ARGS``."""
+    return main(["run", "--", "torchrun", *sys.argv[1:]])

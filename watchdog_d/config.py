@@ -1,0 +1,148 @@
+"""One config object, loaded once: file < env ``WATCHDOG_D_*`` < flags.
+
+The file is TOML with the same names as the flags (``on_failure = "restart"``,
+``alert = ["json://..."]``). Lists in the environment are comma- or
+space-separated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message says which and why."""
+
+
+def _default_state_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/watchdog-d"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "watchdog-d")
+
+
+def default_socket() -> str:
+    if os.geteuid() == 0:
+        return "/run/watchdog-d/agent.sock"
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/watchdog-d-{os.geteuid()}"
+    return os.path.join(base, "watchdog-d", "agent.sock")
+
+
+@dataclass
+class Config:
+    # where to report
+    coordinator: str = ""
+    agent_socket: str = ""
+    socket: str = ""                     # the agent's own socket (agent command)
+    node_id: str = ""
+    listen: str = "0.0.0.0:7700"
+    metrics_port: int = 0
+    # the job
+    job_id: str = ""
+    alert: list[str] = field(default_factory=list)
+    on_failure: str = "teardown"
+    max_restarts: int = 0
+    checkpoint_dir: str = ""
+    min_stall_timeout: float = 60.0
+    stall_factor: float = 5.0
+    startup_timeout: float = 900.0
+    node_timeout: float = 5.0
+    grace: float = 10.0
+    log_dir: str = ""
+    state_dir: str = ""
+    # security
+    token_file: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    # internals worth tuning
+    poll_interval: float = 0.1           # agent: beacons and processes
+    heartbeat_interval: float = 1.0      # agent: heartbeat when nothing changed
+    alert_cooldown: float = 300.0
+
+    def validate(self) -> "Config":
+        if self.on_failure not in ("alert", "teardown", "restart"):
+            raise ConfigError(f"on_failure must be alert, teardown or restart, not {self.on_failure!r}")
+        for name in ("min_stall_timeout", "startup_timeout", "node_timeout", "poll_interval",
+                     "heartbeat_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.grace < 0 or self.max_restarts < 0 or self.alert_cooldown < 0:
+            raise ConfigError("grace, max_restarts and alert_cooldown must be >= 0")
+        if self.stall_factor < 1:
+            raise ConfigError(f"stall_factor must be >= 1, got {self.stall_factor}")
+        for name in ("coordinator", "listen"):
+            value = getattr(self, name)
+            if value and (":" not in value or not value.rsplit(":", 1)[1].isdigit()):
+                raise ConfigError(f"{name} must be HOST:PORT, got {value!r}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key go together")
+        if self.job_id and not all(c.isalnum() or c in "-_." for c in self.job_id):
+            raise ConfigError(f"job_id may hold letters, digits, '-', '_' and '.', got {self.job_id!r}")
+        return self
+
+    def finish(self) -> "Config":
+        """Fill the defaults that depend on the machine."""
+        self.state_dir = self.state_dir or _default_state_dir()
+        self.node_id = self.node_id or socket.gethostname()
+        self.socket = self.socket or default_socket()
+        return self
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(name: str, value: object) -> object:
+    kind = _FIELDS[name].type
+    try:
+        if kind == "list[str]":
+            if isinstance(value, str):
+                return [v for v in value.replace(",", " ").split() if v]
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return list(value)
+            raise ValueError
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)  # type: ignore[arg-type]
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)  # type: ignore[arg-type]
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected {kind}, got {value!r}") from None
+
+
+def load(flags: dict[str, object] | None = None, env: dict[str, str] | None = None,
+         config_file: str | None = None) -> Config:
+    """Build the config: file, then environment, then flags (None means 'not given')."""
+    env = dict(os.environ) if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    values: dict[str, object] = {}
+    path = config_file or flags.pop("config", None) or env.get("WATCHDOG_D_CONFIG")
+    flags.pop("config", None)
+    if path:
+        try:
+            data = tomllib.loads(Path(str(path)).read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in _FIELDS:
+                raise ConfigError(f"config file {path}: unknown setting {key!r}")
+            values[name] = _coerce(name, value)
+    for name in _FIELDS:
+        raw = env.get("WATCHDOG_D_" + name.upper())
+        if raw is not None and raw != "":
+            values[name] = _coerce(name, raw)
+    for name, value in flags.items():
+        if name in _FIELDS:
+            values[name] = _coerce(name, value)
+    return Config(**values).validate()  # type: ignore[arg-type]

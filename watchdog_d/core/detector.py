@@ -1,0 +1,173 @@
+"""From a job's picture and the time, the one verdict that matters (or none).
+
+Order of questions, most certain first:
+1. did a rank exit badly?            -> rank_exited   (the earliest exit is the culprit)
+2. did a node's launcher fail alone? -> job_failed
+3. did a node go silent?             -> node_lost
+4. is nobody making progress?        -> rank_stalled  (a culprit can be named)
+                                        collective_timeout (all ranks stuck alike)
+Half-way to a stall timeout the detector asks for stack dumps (SUSPECT), so the
+culprit can be named from stacks when the timeout expires.
+"""
+from __future__ import annotations
+
+import re
+import signal as _signal
+from typing import TYPE_CHECKING
+
+from .model import RankReport, Verdict
+from .stall import rank_timeout, stall_timeout
+
+if TYPE_CHECKING:
+    from .state import JobBook, NodeView
+
+SUSPECT = "suspect"
+
+# a frame in one of these means the rank is inside (or waiting on) a collective
+_COLLECTIVE_FRAME = re.compile(r"torch/distributed/|torch/nn/parallel/distributed\.py|"
+                               r"torch/autograd/|in (all_reduce|barrier|all_gather|broadcast|"
+                               r"reduce_scatter|wait)\b")
+
+
+def _signame(sig: int) -> str:
+    try:
+        return _signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def exit_cause(r: RankReport) -> str:
+    if r.exit_signal:
+        return f"rank process was killed by {_signame(r.exit_signal)}"
+    if r.exit_code is None:
+        return ("rank process vanished without a clean exit (killed by a signal such as "
+                "SIGKILL from the OOM killer, or os._exit)")
+    detail = f": {r.exit_detail}" if r.exit_detail else ""
+    return f"rank process exited with status {r.exit_code}{detail}"
+
+
+def _exit_rank_order(item: tuple[NodeView, RankReport]) -> tuple:
+    """Earliest first; at equal times a crash outranks an exception (its likely echo),
+    and a SIGTERM (a launcher cleaning up) comes last."""
+    node, r = item
+    if r.exit_signal == _signal.SIGTERM:
+        weight = 2
+    elif r.exit_signal or r.exit_code is None:
+        weight = 0
+    else:
+        weight = 1
+    return (round(node.exit_at.get(r.rank, 0.0), 1), weight, r.rank)
+
+
+def _verdict(book: JobBook, kind: str, node: NodeView | None, r: RankReport | None,
+             after: float, cause: str, remedy: str, excerpt: str = "") -> Verdict:
+    return Verdict(job=book.spec.job_id, kind=kind, rank=None if r is None else r.rank,
+                   node="" if node is None else node.node_id,
+                   host="" if node is None else node.host,
+                   step=None if r is None else r.step, detected_after_s=max(0.0, after),
+                   cause=cause, remedy=remedy, excerpt=excerpt, attempt=book.attempt)
+
+
+def detect(book: JobBook, now: float, node_seen: dict[str, float]) -> Verdict | str | None:
+    exited = [(n, r) for n, r in book.ranks() if r.failed]
+    if exited:
+        node, r = min(exited, key=_exit_rank_order)
+        return _verdict(book, "rank_exited", node, r, now - node.exit_at.get(r.rank, now),
+                        exit_cause(r), _exit_remedy(r), r.excerpt or r.stack)
+    for node in book.nodes.values():
+        if node.ended_at is not None and node.part.state == "exited" and node.part.exit_code != 0:
+            return _verdict(book, "job_failed", node, None, now - node.ended_at,
+                            f"the launcher on {node.node_id} exited with status "
+                            f"{node.part.exit_code} before any rank failure was seen",
+                            "read the launcher's output on that node")
+    for node in book.nodes.values():
+        if node.ended_at is not None:
+            continue
+        silent = now - node_seen.get(node.node_id, node.seen_at)
+        if silent > book.spec.node_timeout_s:
+            return _verdict(book, "node_lost", node, None, silent,
+                            f"no heartbeat from node {node.node_id} for {silent:.1f}s "
+                            f"(agent and ranks silent)",
+                            "check the node: power, network link, kernel log; the job "
+                            "cannot go on without it")
+    return _detect_stall(book, now)
+
+
+def _exit_remedy(r: RankReport) -> str:
+    if r.exit_signal == _signal.SIGKILL or r.exit_code is None:
+        return ("check the node's kernel log (dmesg) for the OOM killer; lower host memory "
+                "use (data loader workers, pinned memory) or ask for more")
+    if r.exit_signal:
+        return f"a {_signame(r.exit_signal)} usually means a crash in native code: read the rank's log"
+    return "read the rank's traceback below; fix the error and resume from the last checkpoint"
+
+
+def _detect_stall(book: JobBook, now: float) -> Verdict | str | None:
+    learned = stall_timeout(book.spec.min_stall_timeout_s, book.spec.stall_factor, book.steps.p99())
+    alive = [(n, r, now - n.seen_at) for n, r in book.ranks() if r.alive]
+    if not alive:
+        return None
+    stalled, suspect = [], False
+    for node, r, since in alive:
+        rule, limit = rank_timeout(r.step, r.section_remaining_s, learned,
+                                   book.spec.startup_timeout_s)
+        if rule == "section":
+            over = since - r.section_remaining_s
+            if over > 0:
+                stalled.append((node, r, f"section '{r.section}' overran its timeout",
+                                r.last_step_age_s + since))
+            continue
+        age = r.last_step_age_s + since
+        if age > limit:
+            what = "no step since start" if rule == "startup" else "no step"
+            stalled.append((node, r, f"{what} for {age:.1f}s (timeout {limit:.0f}s)", age))
+        elif age > limit / 2:
+            suspect = True
+    if not stalled:
+        if suspect and book.stacks_asked_at is None:
+            return SUSPECT
+        return None
+    return _name_culprit(book, stalled, [(n, r) for n, r, _ in alive])
+
+
+def _name_culprit(book: JobBook, stalled: list, alive: list) -> Verdict:
+    age_of = {r.rank: age for _, r, _, age in stalled}
+    by_rank = {r.rank: (n, r) for n, r in alive}
+    detected_after = max(age_of.values())
+    steps = {r.step for _, r in alive}
+
+    def verdict(n: NodeView, r: RankReport, cause: str, remedy: str) -> Verdict:
+        return _verdict(book, "rank_stalled", n, r, age_of.get(r.rank, detected_after),
+                        cause, remedy, r.stack)
+
+    frozen = [(n, r) for n, r in alive if r.proc_state in ("T", "t", "D")]
+    if frozen:
+        n, r = min(frozen, key=lambda nr: nr[1].rank)
+        state = "stopped (state T: SIGSTOP or a debugger)" if r.proc_state in "Tt" else \
+            "in uninterruptible sleep (state D: stuck in the kernel, often I/O or a GPU driver)"
+        return verdict(n, r, f"rank process is {state}; peers wait for it",
+                       "look at the node (dmesg, storage, GPU); the rank cannot make progress")
+    if len(steps) > 1:
+        low = min(steps)
+        n, r = max(((n, r) for n, r in alive if r.step == low),
+                   key=lambda nr: nr[1].last_step_age_s)
+        return verdict(n, r, f"rank is behind at step {low} while peers reached {max(steps)}",
+                       "the rank is stuck outside the collective: its stack is below; "
+                       "look for a hang in data loading or rank-specific code")
+    stacks = {rank: bool(_COLLECTIVE_FRAME.search(r.stack)) for rank, (_, r) in by_rank.items()
+              if r.stack}
+    outside = [rank for rank, inside in stacks.items() if not inside]
+    if len(stacks) == len(by_rank) > 1 and len(outside) == 1:
+        n, r = by_rank[outside[0]]
+        return verdict(n, r, "rank is not in a collective while its peers wait in one",
+                       "the rank is stuck in its own code (see its stack below): "
+                       "data loading, I/O, a lock or a sleep")
+    if len(by_rank) == 1:
+        n, r = next(iter(by_rank.values()))
+        return verdict(n, r, stalled[0][2], "the rank's stack is below; look for a hang")
+    step = next(iter(steps))
+    return _verdict(book, "collective_timeout", None, None, detected_after,
+                    f"all {len(by_rank)} ranks stopped making progress at step {step} for "
+                    f"{detected_after:.1f}s; no single rank stands out (a hang inside a collective)",
+                    "check the network fabric and NCCL logs (NCCL_DEBUG=INFO); dump the "
+                    "Flight Recorder of each rank", "")

@@ -1,0 +1,135 @@
+"""Typed data at the seams between agent, coordinator and wrapper.
+
+Times named ``*_age_s`` are durations measured by the observer at the moment it
+built the report; the coordinator turns them into points on its own clock, so no
+two hosts ever need to agree on wall time.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RankReport:
+    """What an agent saw of one rank process."""
+
+    rank: int
+    local_rank: int = -1
+    pid: int = 0
+    alive: bool = True
+    # exit: code >= 0 for a normal exit, signal > 0 when killed by a signal;
+    # both unknown (None) when the process vanished and left no record.
+    exit_code: int | None = None
+    exit_signal: int | None = None
+    exit_detail: str = ""
+    exit_age_s: float = 0.0          # how long ago the agent saw the exit
+    proc_state: str = ""             # R S D T Z ... ('' unknown)
+    step: int = -1                   # -1: no step yet
+    last_step_age_s: float = 0.0     # since last step, or since start when step < 0
+    last_step_dt_s: float = 0.0      # duration of the last step (0: unknown)
+    section: str = ""
+    section_remaining_s: float = math.inf
+    cpu_percent: float = 0.0
+    log_offset: int = 0
+    stack: str = ""                  # latest stack dump of the rank, if any
+    excerpt: str = ""                # traceback / log lines worth showing
+
+    @property
+    def failed(self) -> bool:
+        """Exited in a way that is not a clean ``exit 0``."""
+        if self.alive:
+            return False
+        if self.exit_signal:
+            return True
+        return self.exit_code != 0  # None (vanished) counts as failed
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job as its wrapper registered it: identity and policy."""
+
+    job_id: str
+    on_failure: str = "teardown"      # alert | teardown | restart
+    max_restarts: int = 0
+    min_stall_timeout_s: float = 60.0
+    stall_factor: float = 5.0
+    startup_timeout_s: float = 900.0
+    node_timeout_s: float = 5.0
+    alert_urls: tuple[str, ...] = ()
+    command: str = ""
+
+
+@dataclass(frozen=True)
+class JobOnNode:
+    """One job's part on one node, as of one heartbeat."""
+
+    spec: JobSpec
+    attempt: int = 0
+    state: str = "running"            # running | exited | stopped (by the user)
+    exit_code: int = 0
+    ranks: tuple[RankReport, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """One node heartbeat."""
+
+    node_id: str
+    host: str = ""
+    seq: int = 0
+    jobs: tuple[JobOnNode, ...] = ()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A decision-worthy finding about a job."""
+
+    job: str
+    kind: str
+    rank: int | None = None
+    node: str = ""
+    host: str = ""
+    step: int | None = None
+    detected_after_s: float = 0.0
+    cause: str = ""
+    remedy: str = ""
+    excerpt: str = ""
+    attempt: int = 0
+    evidence: tuple[str, ...] = field(default=())
+
+    @property
+    def rank_label(self) -> str:
+        return "-" if self.rank is None else str(self.rank)
+
+    def one_line(self) -> str:
+        where = f" on {self.node}" if self.node else ""
+        step = f" at step {self.step}" if self.step is not None and self.step >= 0 else ""
+        return f"{self.kind} rank {self.rank_label}{where}{step}: {self.cause}"
+
+
+@dataclass(frozen=True)
+class Incident:
+    """A verdict plus what was done about it: one row of the incident log."""
+
+    ts: float                         # wall time (epoch seconds)
+    verdict: Verdict
+    action: str = "none"              # none | teardown | restart i/N | gave_up
+
+    def as_event(self) -> dict:
+        """The ``events --json`` shape, in contract order."""
+        from datetime import datetime, timezone
+
+        v = self.verdict
+        return {
+            "ts": datetime.fromtimestamp(self.ts, timezone.utc).isoformat(timespec="milliseconds"),
+            "job": v.job,
+            "kind": v.kind,
+            "rank": v.rank,
+            "node": v.node,
+            "step": v.step,
+            "action": self.action,
+            "detected_after_s": round(v.detected_after_s, 3),
+            "cause": v.cause,
+            "remedy": v.remedy,
+        }

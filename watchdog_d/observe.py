@@ -1,0 +1,145 @@
+"""What the agent sees of a job's ranks: beacons plus the processes (psutil).
+
+The agent is not the parent of the rank processes (torchrun is), so it cannot
+wait() for them. It learns how a rank ended from, in order of trust:
+1. the zombie's exit status in /proc/PID/stat, when it catches one;
+2. what the rank recorded in its beacon (clean exit, exception, sys.exit code);
+3. nothing: the process vanished with its beacon still saying "running", which
+   means a signal (SIGKILL, OOM killer) or os._exit.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from . import beacon
+from .core.model import RankReport
+
+MAX_TEXT = 16_384
+
+
+@dataclass
+class RankTrack:
+    """Memory the agent keeps about one rank between polls."""
+
+    pid: int
+    proc: psutil.Process | None = None
+    dead_at: float | None = None
+    exit_code: int | None = None
+    exit_signal: int | None = None
+    files: dict[str, tuple[float, int, str]] = field(default_factory=dict)
+
+
+def _zombie_status(pid: int) -> int | None:
+    """Exit status of a zombie (field 52 of /proc/PID/stat, Linux >= 3.5)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw.rsplit(")", 1)[-1].split()
+    if len(fields) < 50 or fields[0] != "Z":
+        return None
+    try:
+        return int(fields[-1])
+    except ValueError:
+        return None
+
+
+def _tail(track: RankTrack, path: Path) -> str:
+    """A small text file's tail, re-read only when it changed."""
+    try:
+        st = path.stat()
+    except OSError:
+        return ""
+    key = str(path)
+    cached = track.files.get(key)
+    if cached and cached[0] == st.st_mtime and cached[1] == st.st_size:
+        return cached[2]
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, st.st_size - MAX_TEXT))
+            text = f.read(MAX_TEXT).decode("utf-8", "replace")
+    except OSError:
+        text = ""
+    track.files[key] = (st.st_mtime, st.st_size, text)
+    return text
+
+
+def _state_letter(status: str) -> str:
+    return {psutil.STATUS_RUNNING: "R", psutil.STATUS_SLEEPING: "S",
+            psutil.STATUS_DISK_SLEEP: "D", psutil.STATUS_STOPPED: "T",
+            psutil.STATUS_TRACING_STOP: "t", psutil.STATUS_ZOMBIE: "Z",
+            psutil.STATUS_DEAD: "X", psutil.STATUS_IDLE: "I"}.get(status, "?")
+
+
+def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
+                 now: float) -> RankReport:
+    """One rank, now (``now`` on time.monotonic, like the beacon)."""
+    slot = beacon.slot_path(beacon_dir, view.rank)
+    alive, state, cpu = False, "", 0.0
+    if track.dead_at is None:
+        try:
+            if track.proc is None or track.proc.pid != view.pid:
+                track.proc = psutil.Process(view.pid)
+                track.proc.cpu_percent(None)
+            status = track.proc.status()
+            state = _state_letter(status)
+            alive = status not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+            if alive:
+                cpu = track.proc.cpu_percent(None)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            alive = False
+        if not alive:
+            track.dead_at = now
+            raw = _zombie_status(view.pid)
+            if raw is not None:
+                if os.WIFSIGNALED(raw):
+                    track.exit_signal = os.WTERMSIG(raw)
+                elif os.WIFEXITED(raw):
+                    track.exit_code = os.WEXITSTATUS(raw)
+    if track.dead_at is not None:
+        code, sig = track.exit_code, track.exit_signal
+        if code is None and sig is None:
+            if view.state == beacon.EXITED:
+                code = view.exit_code
+            elif view.state == beacon.EXCEPTION:
+                code = 1
+        excerpt = _tail(track, slot.with_suffix(".exc")) if view.state == beacon.EXCEPTION else ""
+        return RankReport(
+            rank=view.rank, local_rank=view.local_rank, pid=view.pid, alive=False,
+            exit_code=code, exit_signal=sig, exit_detail=view.detail,
+            exit_age_s=now - track.dead_at, proc_state="X", step=view.step,
+            last_step_age_s=0.0, last_step_dt_s=view.step_dt, excerpt=excerpt,
+            stack=_tail(track, slot.with_suffix(".stack")))
+    since = view.step_time if view.step >= 0 else view.start_time
+    remaining = view.section_deadline - now if view.section_deadline > 0 else math.inf
+    return RankReport(
+        rank=view.rank, local_rank=view.local_rank, pid=view.pid, alive=True,
+        proc_state=state, step=view.step, last_step_age_s=max(0.0, now - since),
+        last_step_dt_s=view.step_dt, section=view.section, section_remaining_s=remaining,
+        cpu_percent=cpu, stack=_tail(track, slot.with_suffix(".stack")))
+
+
+def observe_job(beacon_dir: str, tracks: dict[int, RankTrack],
+                now: float | None = None) -> tuple[RankReport, ...]:
+    now = time.monotonic() if now is None else now
+    out = []
+    for rank, view in sorted(beacon.scan(beacon_dir).items()):
+        track = tracks.get(rank)
+        if track is None or track.pid != view.pid:
+            track = tracks[rank] = RankTrack(pid=view.pid)
+        out.append(observe_rank(view, track, beacon_dir, now))
+    return tuple(out)
+
+
+def signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return str(sig)

@@ -1,0 +1,97 @@
+"""gRPC plumbing shared by agent and coordinator: channels, servers, auth.
+
+Auth is a shared bearer token (``--token-file``) and/or mTLS
+(``--tls-cert/--tls-key/--tls-ca``). A call without the right token is refused
+with UNAUTHENTICATED before it reaches any handler.
+"""
+from __future__ import annotations
+
+import hmac
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+
+from .config import Config, ConfigError
+
+MAX_MESSAGE = 16 * 1024 * 1024
+
+
+def read_token(cfg: Config) -> str:
+    if not cfg.token_file:
+        return ""
+    try:
+        token = Path(cfg.token_file).read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read token file {cfg.token_file}: {e.strerror}") from None
+    if not token:
+        raise ConfigError(f"token file {cfg.token_file} is empty")
+    return token
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+
+
+class _TokenCheck(grpc.ServerInterceptor):
+    def __init__(self, token: str):
+        self._want = f"Bearer {token}".encode()
+
+        def deny(request, context):  # type: ignore[no-untyped-def]
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+        self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny_stream = grpc.unary_stream_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        got = dict(details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(got.encode() if isinstance(got, str) else got, self._want):
+            return continuation(details)
+        return self._deny_stream if details.method.endswith("/Watch") else self._deny_unary
+
+
+def make_server(cfg: Config, listen: str, max_workers: int = 256) -> tuple[grpc.Server, int]:
+    token = read_token(cfg)
+    interceptors = [_TokenCheck(token)] if token else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+                         interceptors=interceptors,
+                         options=[("grpc.max_receive_message_length", MAX_MESSAGE)])
+    if cfg.tls_cert:
+        creds = grpc.ssl_server_credentials(
+            [(_read(cfg.tls_key), _read(cfg.tls_cert))],
+            root_certificates=_read(cfg.tls_ca) if cfg.tls_ca else None,
+            require_client_auth=bool(cfg.tls_ca))
+        port = server.add_secure_port(listen, creds)
+    else:
+        port = server.add_insecure_port(listen)
+    if port == 0:
+        raise ConfigError(f"cannot listen on {listen} (address in use or not local?)")
+    return server, port
+
+
+def make_channel(cfg: Config, target: str) -> grpc.Channel:
+    options = [("grpc.max_send_message_length", MAX_MESSAGE),
+               ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
+    if cfg.tls_ca or cfg.tls_cert:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=_read(cfg.tls_ca) if cfg.tls_ca else None,
+            private_key=_read(cfg.tls_key) if cfg.tls_key else None,
+            certificate_chain=_read(cfg.tls_cert) if cfg.tls_cert else None)
+        return grpc.secure_channel(target, creds, options=options)
+    return grpc.insecure_channel(target, options=options)
+
+
+def call_metadata(cfg: Config) -> tuple[tuple[str, str], ...]:
+    token = read_token(cfg)
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def wait_ready(channel: grpc.Channel, timeout: float) -> bool:
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+        return True
+    except grpc.FutureTimeoutError:
+        return False

@@ -1,0 +1,120 @@
+"""``watchdog-d run``: pick where to report, register, hand over to the wrapper.
+
+Where: ``--agent-socket`` if given; else the node's agent if its socket answers;
+else an agent embedded in this process, reporting to ``--coordinator`` if given,
+else to a coordinator embedded here too (the zero-set-up default).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import tempfile
+from dataclasses import replace
+
+from . import localsock, log, rpc
+from .agent import Agent
+from .alerts import validate_alert_url
+from .config import Config, ConfigError
+from .wrapper import Wrapper, WrapperError
+
+REGISTER_TIMEOUT_S = 10.0
+
+
+class Embedded:
+    """Agent and (optionally) coordinator inside the wrapper's process."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.coordinator = None
+        self.agent: Agent | None = None
+        self.tmp = tempfile.mkdtemp(prefix="wd-")
+        self.socket = os.path.join(self.tmp, "agent.sock")
+
+    def start(self) -> str:
+        target = self.cfg.coordinator
+        if not target:
+            from .coordinator import Coordinator
+
+            self.coordinator = Coordinator(self.cfg)
+            port = self.coordinator.start("127.0.0.1:0")
+            target = f"127.0.0.1:{port}"
+        else:
+            channel = rpc.make_channel(self.cfg, target)
+            ok = rpc.wait_ready(channel, 3.0)
+            channel.close()
+            if not ok:
+                raise WrapperError(f"coordinator {target} is unreachable (is "
+                                   f"'watchdog-d coordinator' running there?)")
+        self.agent = Agent(replace(self.cfg, socket=self.socket), coordinator=target)
+        self.agent.start()
+        return self.socket
+
+    def stop(self) -> None:
+        if self.agent:
+            self.agent.observe_now()
+            self.agent.stop()
+        if self.coordinator:
+            self.coordinator.stop()
+        try:
+            os.rmdir(self.tmp)
+        except OSError:
+            pass
+
+
+def _live_socket(path: str) -> bool:
+    if not path or not os.path.exists(path):
+        return False
+    try:
+        localsock.connect(path, timeout=1.0).close()
+        return True
+    except OSError:
+        return False
+
+
+def run_job(cfg: Config, command: list[str]) -> int:
+    if not command:
+        raise ConfigError("missing command after '--' (e.g. watchdog-d run -- torchrun ...)")
+    for url in cfg.alert:
+        problem = validate_alert_url(url)
+        if problem:
+            raise ConfigError(problem)
+    from .launch import job_id_for
+
+    cfg = replace(cfg, job_id=cfg.job_id or job_id_for(command, dict(os.environ)))
+    embedded = None
+    wrapper: Wrapper | None = None
+    if cfg.agent_socket:
+        if not _live_socket(cfg.agent_socket):
+            raise WrapperError(f"no agent answers on {cfg.agent_socket}")
+        path = cfg.agent_socket
+    elif not cfg.coordinator and _live_socket(cfg.socket):
+        path = cfg.socket
+    else:
+        embedded = Embedded(cfg)
+        path = embedded.start()
+    try:
+        conn = localsock.connect(path)
+        conn.send({"op": "register", "launcher_pid": os.getpid(), "attempt": 0, "spec": {
+            "job_id": cfg.job_id, "on_failure": cfg.on_failure, "max_restarts": cfg.max_restarts,
+            "min_stall_timeout_s": cfg.min_stall_timeout, "stall_factor": cfg.stall_factor,
+            "startup_timeout_s": cfg.startup_timeout, "node_timeout_s": cfg.node_timeout,
+            "alert_urls": cfg.alert, "command": shlex.join(command)}})
+        try:
+            reply = conn.recv(timeout=REGISTER_TIMEOUT_S)
+        except TimeoutError:
+            reply = None
+        if not reply or reply.get("op") != "registered":
+            why = (reply or {}).get("error", "no answer")
+            raise WrapperError(f"the agent at {path} did not take the job: {why}")
+        wrapper = Wrapper(cfg, command, conn, reply.get("node_id", ""))
+        log.log("job_guarded", job=cfg.job_id, node=wrapper.node_id, agent=path)
+        rc = wrapper.run()
+        conn.close()
+        return rc
+    finally:
+        if embedded:
+            embedded.stop()
+        if wrapper is not None and wrapper.final_line:
+            print(wrapper.final_line, file=sys.stderr, flush=True)
+

@@ -1,0 +1,73 @@
+"""``watchdog-d status``: the picture of every job, node and rank.
+
+``snapshot`` is pure (cluster + clock -> dict); ``render`` turns it into the
+table an operator reads.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+from .core.stall import stall_timeout
+from .core.state import Cluster
+
+
+def snapshot(cluster: Cluster, now: float) -> dict:
+    jobs = []
+    for job_id, book in sorted(cluster.jobs.items()):
+        nodes = []
+        for node_id, node in sorted(book.nodes.items()):
+            seen = cluster.node_seen.get(node_id, (node.host, node.seen_at))[1]
+            since = now - node.seen_at
+            ranks = []
+            for r in sorted(node.part.ranks, key=lambda r: r.rank):
+                ranks.append({
+                    "rank": r.rank, "local_rank": r.local_rank, "pid": r.pid,
+                    "state": ("alive:" + (r.proc_state or "?")) if r.alive else "exited",
+                    "exit_code": r.exit_code, "exit_signal": r.exit_signal,
+                    "step": r.step,
+                    "last_step_age_s": round(r.last_step_age_s + (since if r.alive else 0.0), 2),
+                    "section": r.section, "cpu_percent": r.cpu_percent,
+                    "log_offset": r.log_offset,
+                })
+            nodes.append({"node": node_id, "host": node.host, "state": node.part.state,
+                          "heartbeat_age_s": round(now - seen, 2), "ranks": ranks})
+        p99 = book.steps.p99()
+        jobs.append({
+            "job": job_id, "attempt": book.attempt, "status": book.status,
+            "outcome": book.outcome, "on_failure": book.spec.on_failure,
+            "restarts": book.restarts,
+            "step_time_p99_s": round(p99, 4),
+            "stall_timeout_s": round(stall_timeout(book.spec.min_stall_timeout_s,
+                                                   book.spec.stall_factor, p99), 2),
+            "verdict": None if book.verdict is None else book.verdict.one_line(),
+            "nodes": nodes,
+        })
+    return {"written_at": time.time(), "jobs": jobs}
+
+
+def _age(value: float) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.1f}s"
+
+
+def render(snap: dict) -> str:
+    if not snap.get("jobs"):
+        return "no jobs"
+    lines = []
+    for job in snap["jobs"]:
+        lines.append(f"job {job['job']}  attempt {job['attempt']}  {job['status']}"
+                     f"{'/' + job['outcome'] if job['outcome'] else ''}  "
+                     f"stall timeout {job['stall_timeout_s']}s  policy {job['on_failure']}")
+        if job["verdict"]:
+            lines.append(f"  verdict: {job['verdict']}")
+        for node in job["nodes"]:
+            lines.append(f"  node {node['node']} ({node['host']})  {node['state']}  "
+                         f"heartbeat {_age(node['heartbeat_age_s'])} ago")
+            lines.append("    rank  pid      state      step     last step  section       log offset")
+            for r in node["ranks"]:
+                state = r["state"]
+                if state == "exited":
+                    state = f"exit:{r['exit_code'] if r['exit_signal'] is None else 'sig' + str(r['exit_signal'])}"
+                lines.append(f"    {r['rank']:<5} {r['pid']:<8} {state:<10} {r['step']:<8} "
+                             f"{_age(r['last_step_age_s']):>9}  {r['section'] or '-':<13} {r['log_offset']}")
+    return "\n".join(lines)

@@ -1,0 +1,119 @@
+"""The incident log: a small SQLite file in the state dir.
+
+It outlives the coordinator (``watchdog-d events`` reads it after the job and
+an embedded coordinator are gone) and may be opened by several processes at
+once, hence WAL (readers never block the writer) and a busy timeout (writers
+queue instead of failing with "database is locked").  A connection is opened
+per call: no connection crosses threads or a fork, and the rate is a handful
+of incidents per job, far below where that cost would matter.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from watchdog_d.core.model import Incident
+from watchdog_d.redact import redact
+
+BUSY_TIMEOUT_S = 10.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS incidents (
+    id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts    REAL NOT NULL,
+    job   TEXT NOT NULL,
+    kind  TEXT NOT NULL,
+    event TEXT NOT NULL            -- Incident.as_event() as JSON
+);
+CREATE INDEX IF NOT EXISTS incidents_job_ts ON incidents (job, ts);
+CREATE INDEX IF NOT EXISTS incidents_ts ON incidents (ts);
+CREATE INDEX IF NOT EXISTS incidents_kind ON incidents (kind);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+class StoreError(Exception):
+    """The incident store cannot be opened or used; the message names the file."""
+
+
+class IncidentStore:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"incident store {self.path}: cannot create directory: {e}") from None
+        with self._connect() as conn:
+            # WAL is a property of the file: set once, every later opener gets
+            # it.  Where WAL is refused (some network filesystems) SQLite keeps
+            # its rollback journal, which still works, only with less concurrency.
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """One short-lived connection; every sqlite3 error becomes a StoreError."""
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
+            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            with conn:   # commit on success, roll back on error
+                yield conn
+        except sqlite3.Error as e:
+            hint = ""
+            if isinstance(e, sqlite3.DatabaseError) and ("not a database" in str(e) or "malformed" in str(e)):
+                hint = "; move the file aside or choose another --state-dir"
+            raise StoreError(f"incident store {self.path}: {e}{hint}") from None
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def record(self, incident: Incident) -> None:
+        event = incident.as_event()
+        # The incident log is a log too: secrets never reach it.
+        for key in ("cause", "remedy"):
+            if isinstance(event.get(key), str):
+                event[key] = redact(event[key])
+        v = incident.verdict
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO incidents (ts, job, kind, event) VALUES (?, ?, ?, ?)",
+                (incident.ts, v.job, v.kind, json.dumps(event)),
+            )
+
+    def events(self, job: str | None = None) -> list[dict]:
+        """Event dicts, oldest first (ties in insertion order)."""
+        sql = "SELECT event FROM incidents"
+        args: tuple[str, ...] = ()
+        if job is not None:
+            sql += " WHERE job = ?"
+            args = (job,)
+        with self._connect() as conn:
+            rows = conn.execute(sql + " ORDER BY ts, id", args).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def jobs(self) -> list[str]:
+        """Every job with at least one incident, sorted by name."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT DISTINCT job FROM incidents ORDER BY job").fetchall()
+        return [r[0] for r in rows]
+
+    def put_meta(self, key: str, value: str) -> None:
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, str(value)),
+            )
+
+    def get_meta(self, key: str) -> str | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]

@@ -1,0 +1,229 @@
+"""``watchdog-d run -- COMMAND``: launch a job, then obey the node's agent.
+
+The wrapper runs as the job's owner and is the only process that stops (or
+relaunches) training processes. It registers the job with the local agent
+(or with one it embeds), starts the command in its own process group, and waits
+for one of: the command ending by itself, a verb from the agent, or a signal
+from the user.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import launch, localsock, log, wire
+from .config import Config
+from .core.model import Verdict
+from .rank import STACK_SIGNAL
+from .teardown import JobProcesses, become_subreaper
+
+EXIT_TORN_DOWN = 75
+SETTLE_S = 3.0          # after the job ends by itself: wait this long for the verdict
+
+
+class WrapperError(RuntimeError):
+    """Could not start the job; the message says what to fix (exit status 2)."""
+
+
+@dataclass
+class Attempt:
+    number: int
+    proc: subprocess.Popen
+    processes: JobProcesses
+    beacons: Path
+
+
+class Wrapper:
+    def __init__(self, cfg: Config, command: list[str], conn: localsock.Conn, node_id: str):
+        self.cfg = cfg
+        self.command = command
+        self.conn = conn
+        self.node_id = node_id
+        self.job_id = cfg.job_id
+        self.inbox: queue.Queue = queue.Queue()
+        self.user_signal: int | None = None
+        self.attempt: Attempt | None = None
+        self.final_line = ""
+
+    # -- pieces --------------------------------------------------------------------
+    def _reader(self) -> None:
+        while True:
+            msg = self.conn.recv()
+            self.inbox.put(msg)
+            if msg is None:
+                return
+
+    def _launch(self, number: int, resume_from: str = "") -> Attempt:
+        beacons = launch.beacon_dir(self.job_id, number)
+        token = secrets.token_hex(8)
+        env = launch.job_env(dict(os.environ), job_id=self.job_id, attempt=number,
+                             beacons=beacons, token=token, resume_from=resume_from,
+                             state_dir=self.cfg.state_dir, log_dir=self.cfg.log_dir)
+        fr = launch.flight_recorder_prefix(env)
+        if fr:
+            Path(fr).parent.mkdir(parents=True, exist_ok=True)
+        argv = launch.substitute(self.command, resume_from)
+        try:
+            proc = subprocess.Popen(argv, env=env, process_group=0)
+        except OSError as e:
+            raise WrapperError(f"cannot start {argv[0]!r}: {e.strerror}") from None
+        processes = JobProcesses(token, pgid=proc.pid)
+        processes.launcher = proc.pid
+        processes.refresh()
+        self.conn.send({"op": "attempt", "attempt": number, "launcher_pid": os.getpid(),
+                        "beacon_dir": str(beacons)})
+        log.log("job_launched", job=self.job_id, attempt=number, pid=proc.pid,
+                command=shlex.join(argv)[:200])
+        return Attempt(number, proc, processes, beacons)
+
+    def _dump_stacks(self) -> None:
+        from . import beacon
+
+        att = self.attempt
+        if att is None:
+            return
+        ours = {p.pid for p in att.processes.living()}
+        for rank, view in beacon.scan(att.beacons).items():
+            if view.pid not in ours:
+                continue   # only processes of this job, whatever a file says
+            try:
+                open(beacon.slot_path(att.beacons, rank).with_suffix(".stack"), "w").close()
+                os.kill(view.pid, STACK_SIGNAL)
+            except OSError:
+                pass
+
+    def _stop_job(self, grace: float) -> None:
+        att = self.attempt
+        if att is None:
+            return
+        att.processes.stop(grace)
+        try:
+            att.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            att.proc.kill()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.user_signal = signum
+        self.inbox.put({"op": "user_signal"})
+
+    # -- the loop ---------------------------------------------------------------------
+    def run(self) -> int:
+        become_subreaper()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        threading.Thread(target=self._reader, name="wrapper-agent", daemon=True).start()
+        self.attempt = self._launch(0)
+        try:
+            return self._supervise()
+        finally:
+            if self.attempt is not None:
+                self.attempt.processes.stop(0.5)   # nothing of the job outlives the wrapper
+                launch.remove_beacons(self.attempt.beacons)
+
+    def _supervise(self) -> int:
+        att = self.attempt
+        assert att is not None
+        last_refresh = 0.0
+        while True:
+            try:
+                msg = self.inbox.get(timeout=0.1)
+            except queue.Empty:
+                msg = {}
+            now = time.monotonic()
+            if now - last_refresh > 0.5:
+                att.processes.refresh()
+                last_refresh = now
+            if msg is None:
+                log.warn("agent_connection_lost", job=self.job_id,
+                         effect="job keeps running unguarded")
+                return self._wait_unguarded()
+            if msg.get("op") == "user_signal":
+                return self._user_stop()
+            if msg.get("op") == "command":
+                result = self._command(msg)
+                if result is not None:
+                    return result
+            rc = att.proc.poll()
+            if rc is not None:
+                return self._ended_by_itself(rc)
+
+    def _command(self, msg: dict) -> int | None:
+        verb = msg.get("verb")
+        if verb == "dump_stacks":
+            self._dump_stacks()
+            return None
+        if verb in ("teardown", "restart"):
+            verdict = wire.verdict_from_json(msg.get("verdict", ""))
+            return self._torn_down(verdict, msg.get("action") or verb)
+        return None   # "done" before the job ended: nothing to do
+
+    def _torn_down(self, verdict: Verdict | None, action: str) -> int:
+        what = verdict.one_line() if verdict else "coordinator asked for teardown"
+        log.warn("teardown", job=self.job_id, reason=verdict.kind if verdict else "command",
+                 grace_s=self.cfg.grace)
+        self._stop_job(self.cfg.grace)
+        self.conn.send({"op": "ended", "state": "exited", "exit_code": EXIT_TORN_DOWN})
+        if action.startswith("restart"):
+            action = f"{action} (relaunch not implemented yet: stopped)"
+        # printed by the caller as the very last line on stderr
+        self.final_line = f"watchdog-d: job {self.job_id} torn down: {what} [action: {action}]"
+        return EXIT_TORN_DOWN
+
+    def _ended_by_itself(self, rc: int) -> int:
+        att = self.attempt
+        assert att is not None
+        att.processes.stop(min(self.cfg.grace, 2.0))     # leftovers of a finished job
+        code = rc if rc >= 0 else 128 - rc
+        self.conn.send({"op": "ended", "state": "exited", "exit_code": code})
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline:
+            try:
+                msg = self.inbox.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if msg is None:
+                break
+            if msg.get("op") == "command":
+                if msg.get("verb") in ("teardown", "restart"):
+                    return self._torn_down(wire.verdict_from_json(msg.get("verdict", "")),
+                                           msg.get("action") or "teardown")
+                if msg.get("verb") == "done":
+                    return code
+            if msg.get("op") == "user_signal":
+                break
+        if code != 0:
+            log.warn("no_verdict", job=self.job_id, exit_code=code,
+                     effect="exit status passed through")
+        return code
+
+    def _user_stop(self) -> int:
+        signum = self.user_signal or signal.SIGTERM
+        log.warn("stopped_by_user", job=self.job_id, signal=signal.Signals(signum).name)
+        self.conn.send({"op": "ended", "state": "stopped", "exit_code": 128 + signum})
+        att = self.attempt
+        if att is not None:
+            try:   # let the job see the same signal first (torchrun forwards it)
+                os.killpg(att.proc.pid, signum)
+            except OSError:
+                pass
+            self._stop_job(self.cfg.grace)
+        return 128 + signum
+
+    def _wait_unguarded(self) -> int:
+        att = self.attempt
+        assert att is not None
+        while True:
+            rc = att.proc.poll()
+            if rc is not None:
+                return rc if rc >= 0 else 128 - rc
+            if self.user_signal:
+                return self._user_stop()
+            time.sleep(0.2)
