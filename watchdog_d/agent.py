@@ -186,11 +186,15 @@ class Agent:
             report = self._latest
             if report is None:
                 continue
+            if self._stop.is_set():
+                return
             try:
                 self.stub.Report(wire.report_to_pb(report), timeout=2.0, metadata=self.metadata)
                 if not self.reachable:
                     log.log("coordinator_back", coordinator=self.target)
                 self.reachable, backoff = True, 0.0
+            except ValueError:      # channel closed under us: stopping
+                return
             except grpc.RpcError as e:
                 if self._stop.is_set():
                     return
@@ -209,6 +213,8 @@ class Agent:
                     self._deliver(cmd)
                     if self._stop.is_set():
                         stream.cancel()
+            except ValueError:      # channel closed: stopping
+                return
             except grpc.RpcError as e:
                 code = e.code() if hasattr(e, "code") else None
                 if code == grpc.StatusCode.UNAUTHENTICATED:
