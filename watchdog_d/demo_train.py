@@ -50,6 +50,12 @@ def main() -> int:
         model.module.load_state_dict(state["model"])
         start = state["step"]
         print(f"[rank {rank}] resumed from {resume} at step {start}", flush=True)
+    if _env("WD_SPAWN_DAEMON", "0") == "1" and rank == 0:
+        # a helper that double-forks and leaves the session: teardown must still find it
+        import subprocess
+
+        subprocess.Popen([sys.executable, "-c", "import os, time\nif os.fork(): os._exit(0)\n"
+                          "os.setsid()\ntime.sleep(600)"])
     x, y = torch.randn(32, 16), torch.randn(32, 4)
     for step in range(start, steps):
         hit = fault != "none" and rank == fault_rank and step == fault_step and first_attempt

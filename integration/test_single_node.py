@@ -1,0 +1,80 @@
+"""One node, embedded agent and coordinator: real torchrun jobs with real faults."""
+from __future__ import annotations
+
+import socket
+
+from conftest import assert_no_leftovers, torchrun_cmd, train_env
+
+FAST = ["--min-stall-timeout", "3", "--grace", "3"]
+
+
+def test_clean_job_exits_zero_without_alert(guarded, alert_sink):
+    g = guarded([*FAST, "--alert", alert_sink.url], torchrun_cmd(), train_env(WD_STEPS=15))
+    assert g.wait() == 0, g.stderr()
+    assert "[rank 0] done after 15 steps" in g.stdout()
+    assert alert_sink.received == []
+    assert [e["kind"] for e in g.events()] == ["job_succeeded"]
+    assert_no_leftovers(g.job_id)
+
+
+def test_killed_rank_tears_down_and_alerts(guarded, alert_sink):
+    g = guarded([*FAST, "--alert", alert_sink.url], torchrun_cmd(), train_env(WD_FAULT="kill"))
+    assert g.wait() == 75, g.stderr()
+    last = g.last_stderr_line()
+    assert "rank_exited rank 1" in last and "SIGKILL" in last, last
+    alerts = alert_sink.wait_for(1)
+    assert alerts, "no alert arrived"
+    title = alerts[0]["title"]
+    assert title == f"[watchdog-d] {g.job_id}: rank_exited rank 1 on {socket.gethostname()}", title
+    body = alerts[0]["message"].splitlines()
+    assert body[0] == f"job: {g.job_id}" and "kind: rank_exited" in body
+    assert "action: teardown" in body
+    events = g.events()
+    assert events[-1]["kind"] == "rank_exited" and events[-1]["rank"] == 1
+    assert events[-1]["action"] == "teardown"
+    assert_no_leftovers(g.job_id)
+
+
+def test_frozen_rank_is_named(guarded, alert_sink):
+    g = guarded([*FAST, "--alert", alert_sink.url], torchrun_cmd(), train_env(WD_FAULT="stop"))
+    assert g.wait() == 75, g.stderr()
+    last = g.last_stderr_line()
+    assert "rank_stalled rank 1" in last and "state T" in last, last
+    assert alert_sink.wait_for(1)[0]["title"].endswith(f"rank_stalled rank 1 on {socket.gethostname()}")
+    assert_no_leftovers(g.job_id)
+
+
+def test_rank_hanging_before_collective_is_named(guarded):
+    g = guarded(FAST, torchrun_cmd(), train_env(WD_FAULT="hang"))
+    assert g.wait() == 75, g.stderr()
+    last = g.last_stderr_line()
+    assert "rank_stalled rank 1" in last and "not in a collective" in last, last
+    ev = g.events()[-1]
+    assert ev["kind"] == "rank_stalled" and ev["rank"] == 1
+    assert ev["detected_after_s"] >= 3
+    assert_no_leftovers(g.job_id)
+
+
+def test_exception_names_rank_and_carries_traceback(guarded, alert_sink):
+    g = guarded([*FAST, "--alert", alert_sink.url], torchrun_cmd(), train_env(WD_FAULT="raise"))
+    assert g.wait() == 75, g.stderr()
+    assert "rank_exited rank 1" in g.last_stderr_line()
+    message = alert_sink.wait_for(1)[0]["message"]
+    assert "injected failure on rank 1" in message
+    assert_no_leftovers(g.job_id)
+
+
+def test_alert_only_policy_passes_exit_status_through(guarded, alert_sink):
+    g = guarded([*FAST, "--on-failure", "alert", "--alert", alert_sink.url], torchrun_cmd(),
+                train_env(WD_FAULT="exit"))
+    rc = g.wait()
+    assert rc not in (0, 75), g.stderr()          # torchrun's own failure status
+    alerts = alert_sink.wait_for(1)
+    assert alerts and "action: none" in alerts[0]["message"].splitlines()
+    assert_no_leftovers(g.job_id)
+
+
+def test_daemonized_helper_is_not_left_behind(guarded):
+    g = guarded(FAST, torchrun_cmd(), train_env(WD_FAULT="kill", WD_SPAWN_DAEMON=1))
+    assert g.wait() == 75, g.stderr()
+    assert_no_leftovers(g.job_id)
