@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import time
 
-from conftest import WATCHDOG, free_port, train_env
+from harness import WATCHDOG, free_port, train_env
 
 
 def _run(args: list[str], timeout: float = 30) -> subprocess.CompletedProcess:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import socket
 
-from conftest import assert_no_leftovers, torchrun_cmd, train_env
+from harness import assert_no_leftovers, torchrun_cmd, train_env
 
 FAST = ["--min-stall-timeout", "3", "--grace", "3"]
 

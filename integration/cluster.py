@@ -1,0 +1,68 @@
+"""A coordinator and agents as separate processes over real gRPC on loopback."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+
+from harness import WATCHDOG, free_port, train_env
+
+
+class Cluster:
+    def __init__(self, tmp: Path, nodes: list[str], alert_url: str = "",
+                 extra: list[str] | None = None):
+        self.tmp = tmp
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.state_dir = tmp / "coordinator"
+        self.procs: list[subprocess.Popen] = []
+        args = ["coordinator", "--listen", self.address, "--state-dir", str(self.state_dir),
+                *(extra or [])]
+        if alert_url:
+            args += ["--alert", alert_url]
+        self.coordinator = self._spawn("coordinator", args)
+        self._wait_ready()
+        self.sockets: dict[str, str] = {}
+        self.agents: dict[str, subprocess.Popen] = {}
+        for node in nodes:
+            sock = str(tmp / f"{node}.sock")
+            self.agents[node] = self._spawn(node, [
+                "agent", "--coordinator", self.address, "--node-id", node, "--socket", sock,
+                "--state-dir", str(tmp / node), *(extra or [])])
+            self.sockets[node] = sock
+        deadline = time.monotonic() + 20
+        while not all(os.path.exists(s) for s in self.sockets.values()):
+            assert time.monotonic() < deadline, "agents did not come up"
+            time.sleep(0.05)
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        env = train_env()
+        env["PYTHONUNBUFFERED"] = "1"
+        proc = subprocess.Popen([*WATCHDOG, *args], env=env,
+                                stdout=open(self.tmp / f"{name}.log", "ab"),
+                                stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def _wait_ready(self) -> None:
+        channel = grpc.insecure_channel(self.address)
+        try:
+            grpc.channel_ready_future(channel).result(timeout=20)
+        finally:
+            channel.close()
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()

@@ -1,0 +1,91 @@
+"""Two "nodes" on one machine: a coordinator, two agents, two wrappers, one job.
+
+The point of the project: a rank that fails on node B makes node A's ranks stop
+at once, instead of waiting in the collective for its timeout.
+"""
+from __future__ import annotations
+
+import pytest
+
+from cluster import Cluster
+from harness import TORCHRUN, assert_no_leftovers, free_port, train_env
+
+
+@pytest.fixture
+def cluster(tmp_path, alert_sink):
+    c = Cluster(tmp_path, ["node-a", "node-b"], alert_url=alert_sink.url)
+    yield c
+    c.stop()
+
+
+def _two_node_job(guarded, cluster, job_id: str, **fault: object):
+    port = free_port()
+    env = train_env(WD_PG_TIMEOUT=300, **fault)
+    wrappers = []
+    for node_rank, node in enumerate(("node-a", "node-b")):
+        cmd = [*TORCHRUN, "--nnodes=2", f"--node-rank={node_rank}", "--nproc-per-node=1",
+               "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "watchdog_d.demo_train"]
+        wrappers.append(guarded(["--agent-socket", cluster.sockets[node], "--min-stall-timeout",
+                                 "3", "--grace", "3"], cmd, env, job_id=job_id))
+    return wrappers
+
+
+def _events(cluster, job_id):
+    import json
+    import subprocess
+
+    from harness import WATCHDOG
+
+    out = subprocess.run([*WATCHDOG, "events", "--json", "--job", job_id, "--state-dir",
+                          str(cluster.state_dir)], capture_output=True, text=True, timeout=30)
+    return [json.loads(l) for l in out.stdout.splitlines() if l.strip()]
+
+
+def test_kill_on_node_b_stops_node_a(guarded, cluster, alert_sink, tmp_path):
+    job = f"mn-kill-{free_port()}"
+    a, b = _two_node_job(guarded, cluster, job, WD_FAULT="kill", WD_FAULT_RANK=1)
+    assert b.wait() == 75, b.stderr()
+    assert a.wait() == 75, a.stderr()
+    for w in (a, b):
+        assert "rank_exited rank 1 on node-b" in w.last_stderr_line(), w.last_stderr_line()
+    alerts = alert_sink.wait_for(1)
+    assert alerts[0]["title"] == f"[watchdog-d] {job}: rank_exited rank 1 on node-b"
+    ev = _events(cluster, job)
+    assert [e["kind"] for e in ev] == ["rank_exited"] and ev[0]["node"] == "node-b"
+    assert_no_leftovers(job)
+
+
+def test_frozen_rank_on_node_b_stops_node_a(guarded, cluster, alert_sink):
+    # node A's rank would sit in the gloo collective for WD_PG_TIMEOUT (300 s)
+    job = f"mn-stop-{free_port()}"
+    a, b = _two_node_job(guarded, cluster, job, WD_FAULT="stop", WD_FAULT_RANK=1)
+    assert a.wait(timeout=60) == 75, a.stderr()
+    assert b.wait(timeout=30) == 75, b.stderr()
+    assert "rank_stalled rank 1 on node-b" in a.last_stderr_line(), a.last_stderr_line()
+    assert_no_leftovers(job)
+
+
+def test_status_shows_both_nodes(guarded, cluster):
+    import json
+    import subprocess
+    import time
+
+    from harness import WATCHDOG
+
+    job = f"mn-status-{free_port()}"
+    a, b = _two_node_job(guarded, cluster, job, WD_STEPS=150)
+    deadline = time.monotonic() + 60
+    seen: dict = {}
+    while time.monotonic() < deadline:
+        out = subprocess.run([*WATCHDOG, "status", "--json", "--coordinator", cluster.address],
+                             capture_output=True, text=True, timeout=30)
+        snap = json.loads(out.stdout)
+        jobs = [j for j in snap["jobs"] if j["job"] == job]
+        if jobs and all(r["step"] > 2 for n in jobs[0]["nodes"] for r in n["ranks"]) \
+                and len(jobs[0]["nodes"]) == 2:
+            seen = jobs[0]
+            break
+        time.sleep(0.5)
+    assert seen, "status never showed both nodes stepping"
+    assert {n["node"] for n in seen["nodes"]} == {"node-a", "node-b"}
+    assert a.wait() == 0 and b.wait() == 0
