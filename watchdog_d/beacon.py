@@ -4,9 +4,11 @@ The rank writes, the agent reads; nothing else crosses. Times are
 ``time.monotonic()`` values, which on Linux are one clock for every process of
 the host, so the reader can age them without trusting wall time.
 
-The hot write (step, time, step duration) is one ``struct.pack_into`` of 24
-bytes. A reader may catch it half-written, so it reads the slot twice and keeps
-a read only when both agree (the write window is nanoseconds wide).
+The hot write (step, time, step duration) is three stores through memoryviews
+(about 30 ns each; ``struct.pack_into`` costs 140 ns). A reader may catch it
+half-written, so it reads the slot twice and keeps a read only when both agree
+(the write window is nanoseconds wide). Native byte order: writer and reader
+always share the host.
 """
 from __future__ import annotations
 
@@ -22,14 +24,14 @@ MAGIC = b"WDB1"
 # state of the rank process, as the rank itself recorded it
 RUNNING, EXITED, EXCEPTION = 0, 1, 2
 
-_HEAD = struct.Struct("<4sIqiid")        # 0: magic, version, pid, rank, local_rank, start
-_STEP = struct.Struct("<qdd")            # 32: step, step time, step duration
-_EXIT = struct.Struct("<iid")            # 56: state, exit code, exit time
-_SECTION = struct.Struct("<dd64s")       # 72: deadline (0: none), timeout, name
-_CKPT = struct.Struct("<qd256s")         # 152: checkpoint step, time, path
-_DETAIL = struct.Struct("<80s")          # 424: exit detail (exception summary)
+_HEAD = struct.Struct("=4sIqiid")        # 0: magic, version, pid, rank, local_rank, start
+_STEP = struct.Struct("=qdd")            # 32: step, step time, step duration
+_EXIT = struct.Struct("=iid")            # 56: state, exit code, exit time
+_SECTION = struct.Struct("=dd64s")       # 72: deadline (0: none), timeout, name
+_CKPT = struct.Struct("=qd256s")         # 152: checkpoint step, time, path
+_DETAIL = struct.Struct("=80s")          # 424: exit detail (exception summary)
 OFF_STEP, OFF_EXIT, OFF_SECTION, OFF_CKPT, OFF_DETAIL = 32, 56, 72, 152, 424
-assert OFF_DETAIL + _DETAIL.size <= SLOT_SIZE
+assert OFF_DETAIL + _DETAIL.size <= SLOT_SIZE and OFF_STEP == 4 * 8
 
 
 def slot_path(beacon_dir: str | os.PathLike, rank: int) -> Path:
@@ -47,7 +49,7 @@ def _raw(text: str, size: int) -> bytes:
 class BeaconWriter:
     """The rank's end. Every method is cheap and never raises."""
 
-    __slots__ = ("_mm", "_fd", "path", "step", "_last_t")
+    __slots__ = ("_mm", "_fd", "_q", "_d", "path", "step", "_last_t")
 
     def __init__(self, path: Path, pid: int, rank: int, local_rank: int, now: float):
         self.path = path
@@ -55,6 +57,8 @@ class BeaconWriter:
         os.ftruncate(fd, SLOT_SIZE)
         self._fd = fd
         self._mm = mmap.mmap(fd, SLOT_SIZE)
+        self._q = memoryview(self._mm).cast("q")      # 8-byte views: index = offset // 8
+        self._d = memoryview(self._mm).cast("d")
         self.step = -1
         self._last_t = now
         _STEP.pack_into(self._mm, OFF_STEP, -1, now, 0.0)
@@ -65,10 +69,10 @@ class BeaconWriter:
         _HEAD.pack_into(self._mm, 0, MAGIC, 1, pid, rank, local_rank, now)
 
     def write_step(self, step: int, now: float) -> None:
-        dt = now - self._last_t
-        self._last_t = now
-        self.step = step
-        _STEP.pack_into(self._mm, OFF_STEP, step, now, dt)
+        last, self._last_t, self.step = self._last_t, now, step
+        self._q[4] = step           # OFF_STEP
+        self._d[5] = now            # OFF_STEP + 8
+        self._d[6] = now - last     # OFF_STEP + 16
 
     def rebase(self, now: float) -> None:
         """Start timing the next step from now (after a section, so pauses don't count)."""

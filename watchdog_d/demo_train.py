@@ -59,6 +59,9 @@ def main() -> int:
     x, y = torch.randn(32, 16), torch.randn(32, 4)
     for step in range(start, steps):
         hit = fault != "none" and rank == fault_rank and step == fault_step and first_attempt
+        if hit and _env("WD_FAULT_MARK", ""):
+            with open(_env("WD_FAULT_MARK", ""), "w") as f:   # for benchmarks: when it broke
+                f.write(repr(time.time()))
         if hit and fault == "hang":
             print(f"[rank {rank}] hanging before the collective at step {step}", flush=True)
             time.sleep(3600)

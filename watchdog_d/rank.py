@@ -78,12 +78,15 @@ def _boot(env: os._Environ | dict) -> None:
 def step(n: int | None = None) -> None:
     global _manual
     _manual = True
-    w = _writer if _writer is not None else writer()
-    if w is not None:
-        try:
-            w.write_step(w.step + 1 if n is None else int(n), _mono())
-        except Exception:
-            pass
+    w = _writer
+    if w is None:
+        w = writer()
+        if w is None:
+            return
+    try:
+        w.write_step(w.step + 1 if n is None else int(n), _mono())
+    except Exception:
+        pass
 
 
 class section:

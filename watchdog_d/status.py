@@ -38,6 +38,7 @@ def snapshot(cluster: Cluster, now: float) -> dict:
             "outcome": book.outcome, "on_failure": book.spec.on_failure,
             "restarts": book.restarts,
             "step_time_p99_s": round(p99, 4),
+            "step_time_median_s": round(book.steps.median(), 4),
             "stall_timeout_s": round(stall_timeout(book.spec.min_stall_timeout_s,
                                                    book.spec.stall_factor, p99), 2),
             "verdict": None if book.verdict is None else book.verdict.one_line(),
