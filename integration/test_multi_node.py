@@ -47,7 +47,7 @@ def test_kill_on_node_b_stops_node_a(guarded, cluster, alert_sink, tmp_path):
     assert b.wait() == 75, b.stderr()
     assert a.wait() == 75, a.stderr()
     for w in (a, b):
-        assert "rank_exited rank 1 on node-b" in w.last_stderr_line(), w.last_stderr_line()
+        assert "rank_exited rank 1 on node-b" in w.last_stderr_line(), w.last_stderr_line(), w.last_stderr_line()
     alerts = alert_sink.wait_for(1)
     assert alerts[0]["title"] == f"[watchdog-d] {job}: rank_exited rank 1 on node-b"
     ev = _events(cluster, job)
@@ -89,3 +89,66 @@ def test_status_shows_both_nodes(guarded, cluster):
     assert seen, "status never showed both nodes stepping"
     assert {n["node"] for n in seen["nodes"]} == {"node-a", "node-b"}
     assert a.wait() == 0 and b.wait() == 0
+
+
+def _wait_stepping(cluster, job: str, timeout: float = 60.0) -> None:
+    import json
+    import subprocess
+    import time
+
+    from harness import WATCHDOG
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run([*WATCHDOG, "status", "--json", "--coordinator", cluster.address],
+                             capture_output=True, text=True, timeout=30)
+        jobs = [j for j in json.loads(out.stdout or '{"jobs": []}')["jobs"] if j["job"] == job]
+        if jobs and len(jobs[0]["nodes"]) == 2 and all(
+                r["step"] > 2 for n in jobs[0]["nodes"] for r in n["ranks"]):
+            return
+        time.sleep(0.3)
+    raise AssertionError("job never got going on both nodes")
+
+
+def test_lost_node_stops_the_other(guarded, cluster, alert_sink):
+    """Node B freezes whole (agent, wrapper, launcher, ranks): node_lost, node A torn down."""
+    import os
+    import signal
+
+    import psutil
+
+    job = f"mn-lost-{free_port()}"
+    a, b = _two_node_job(guarded, cluster, job)
+    _wait_stepping(cluster, job)
+    frozen = [cluster.agents["node-b"].pid, b.proc.pid] + \
+        [p.pid for p in psutil.Process(b.proc.pid).children(recursive=True)]
+    try:
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        assert a.wait(timeout=60) == 75, a.stderr()
+        assert "node_lost rank - on node-b" in a.last_stderr_line(), a.last_stderr_line()
+        assert alert_sink.wait_for(1)[0]["title"] == f"[watchdog-d] {job}: node_lost rank - on node-b"
+    finally:
+        for pid in frozen:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_embedded_agent_reporting_to_remote_coordinator(guarded, cluster):
+    """Node A has no agent: its wrapper embeds one that reports to --coordinator."""
+    port = free_port()
+    job = f"mn-embed-{port}"
+    env = train_env(WD_PG_TIMEOUT=300, WD_FAULT="kill", WD_FAULT_RANK=1)
+    wrappers = []
+    for node_rank, attach in enumerate((["--coordinator", cluster.address],
+                                        ["--agent-socket", cluster.sockets["node-b"]])):
+        cmd = [*TORCHRUN, "--nnodes=2", f"--node-rank={node_rank}", "--nproc-per-node=1",
+               "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "watchdog_d.demo_train"]
+        wrappers.append(guarded([*attach, "--min-stall-timeout", "3", "--grace", "3"], cmd, env,
+                                job_id=job))
+    for w in wrappers:
+        assert w.wait() == 75, w.stderr()
+        assert "rank_exited rank 1 on node-b" in w.last_stderr_line(), w.last_stderr_line()
+    assert_no_leftovers(job)

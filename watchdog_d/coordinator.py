@@ -58,7 +58,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
     def start(self, listen: str | None = None) -> int:
         Path(self.cfg.state_dir).mkdir(parents=True, exist_ok=True)
         self.server, self.port = rpc.make_server(self.cfg, listen or self.cfg.listen)
-        pb_grpc.add_CoordinatorServicer_to_server(self, self.server)
+        self.server.add_generic_rpc_handlers((_handlers(self),))
         self.server.start()
         self.sender.start()
         self._thread = threading.Thread(target=self._loop, name="coordinator", daemon=True)
@@ -170,6 +170,47 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             os.replace(tmp, path)
         except OSError as e:
             log.warn("status_write_failed", error=e.strerror)
+
+
+class _Malformed:
+    """Stands for a request whose bytes did not parse; the handler answers
+    INVALID_ARGUMENT (gRPC's default would be an opaque INTERNAL)."""
+
+    def __init__(self, error: str):
+        self.error = error
+
+
+def _lenient(message_type):  # type: ignore[no-untyped-def]
+    def parse(data: bytes):  # type: ignore[no-untyped-def]
+        try:
+            return message_type.FromString(data)
+        except Exception as e:  # google.protobuf.message.DecodeError and friends
+            return _Malformed(str(e) or type(e).__name__)
+    return parse
+
+
+def _checked(handler):  # type: ignore[no-untyped-def]
+    def call(request, context):  # type: ignore[no-untyped-def]
+        if isinstance(request, _Malformed):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.error}")
+        return handler(request, context)
+    return call
+
+
+def _handlers(c: Coordinator) -> grpc.GenericRpcHandler:
+    def watch(request, context):  # type: ignore[no-untyped-def]
+        if isinstance(request, _Malformed):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.error}")
+        yield from c.Watch(request, context)
+
+    ser = lambda m: m.SerializeToString()  # noqa: E731
+    return grpc.method_handlers_generic_handler("watchdog_d.v1.Coordinator", {
+        "Report": grpc.unary_unary_rpc_method_handler(
+            _checked(c.Report), _lenient(pb.Heartbeat), ser),
+        "Watch": grpc.unary_stream_rpc_method_handler(watch, _lenient(pb.WatchRequest), ser),
+        "Status": grpc.unary_unary_rpc_method_handler(
+            _checked(c.Status), _lenient(pb.StatusRequest), ser),
+    })
 
 
 def run_coordinator(cfg: Config) -> int:

@@ -1,13 +1,15 @@
 """``watchdog-d run``: pick where to report, register, hand over to the wrapper.
 
-Where: ``--agent-socket`` if given; else the node's agent if its socket answers;
-else an agent embedded in this process, reporting to ``--coordinator`` if given,
-else to a coordinator embedded here too (the zero-set-up default).
+Where: ``--agent-socket`` if given; else the node's agent if its socket answers
+(``--coordinator`` is then the agent's business); else an agent embedded in this
+process, reporting to ``--coordinator`` if given, else to a coordinator embedded
+here too (the zero-set-up default).
 """
 from __future__ import annotations
 
 import os
 import shlex
+import socket
 import sys
 import tempfile
 from dataclasses import replace
@@ -46,7 +48,13 @@ class Embedded:
             if not ok:
                 raise WrapperError(f"coordinator {target} is unreachable (is "
                                    f"'watchdog-d coordinator' running there?)")
-        self.agent = Agent(replace(self.cfg, socket=self.socket), coordinator=target)
+        node_id = self.cfg.node_id
+        if self.cfg.coordinator and node_id == socket.gethostname():
+            # several wrappers of this host may report to one coordinator, each with
+            # its own embedded agent: each needs a node id of its own
+            node_id = f"{node_id}-{os.getpid()}"
+        self.agent = Agent(replace(self.cfg, socket=self.socket, node_id=node_id),
+                           coordinator=target)
         self.agent.start()
         return self.socket
 
@@ -88,8 +96,8 @@ def run_job(cfg: Config, command: list[str]) -> int:
         if not _live_socket(cfg.agent_socket):
             raise WrapperError(f"no agent answers on {cfg.agent_socket}")
         path = cfg.agent_socket
-    elif not cfg.coordinator and _live_socket(cfg.socket):
-        path = cfg.socket
+    elif _live_socket(cfg.socket):
+        path = cfg.socket                   # the node's agent (it knows its coordinator)
     else:
         embedded = Embedded(cfg)
         path = embedded.start()
