@@ -13,13 +13,13 @@ from harness import WATCHDOG, free_port, train_env
 
 class Cluster:
     def __init__(self, tmp: Path, nodes: list[str], alert_url: str = "",
-                 extra: list[str] | None = None):
+                 extra: list[str] | None = None, listen: str = ""):
         self.tmp = tmp
-        self.port = free_port()
+        self.port = int(listen.rsplit(":", 1)[1]) if listen else free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.state_dir = tmp / "coordinator"
         self.procs: list[subprocess.Popen] = []
-        args = ["coordinator", "--listen", self.address, "--state-dir", str(self.state_dir),
+        args = ["coordinator", "--listen", listen or self.address, "--state-dir", str(self.state_dir),
                 *(extra or [])]
         if alert_url:
             args += ["--alert", alert_url]

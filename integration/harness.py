@@ -112,10 +112,10 @@ class Guarded:
     """One ``watchdog-d run`` as a user would start it."""
 
     def __init__(self, tmp: Path, job_id: str, run_args: list[str], command: list[str],
-                 env: dict[str, str]):
+                 env: dict[str, str], prefix: list[str] | None = None):
         self.tmp, self.job_id = tmp, job_id
         self.state_dir = tmp / "state"
-        self.argv = [*WATCHDOG, "run", "--job-id", job_id, "--state-dir", str(self.state_dir),
+        self.argv = [*(prefix or []), *WATCHDOG, "run", "--job-id", job_id, "--state-dir", str(self.state_dir),
                      *run_args, "--", *command]
         self.stdout_path, self.stderr_path = tmp / f"{job_id}.out", tmp / f"{job_id}.err"
         self.proc = subprocess.Popen(self.argv, env=env, stdout=open(self.stdout_path, "wb"),

@@ -3,24 +3,22 @@
 Beacon tests run in-process on files in tmp_path. rank.py patches process-wide state
 (sys.excepthook, sys.exit, atexit, the import system), so it is tested in short-lived
 subprocesses booted the way ``watchdog-d run`` boots a rank: PYTHONPATH=watchdog_d/_boot,
-WATCHDOG_D_BEACON_DIR and RANK set. Only the step-hook test imports torch.
+WATCHDOG_D_BEACON_DIR and RANK set. The scenarios are started together by one module
+fixture (they are independent, each has its own beacon dir) and each test checks one.
+Only the step-hook scenario imports torch; it is started early by conftest.py.
 """
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-import watchdog_d
 from watchdog_d import beacon
 from watchdog_d.beacon import EXCEPTION, EXITED, RUNNING, SLOT_SIZE, BeaconWriter, read_slot, scan, slot_path
-
-BOOT_DIR = Path(watchdog_d.__file__).parent / "_boot"
+from wdtest_helpers import rank_env, start_rank, torch_rank_result
 
 
 # -- beacon: write, read back -------------------------------------------------------------
@@ -151,22 +149,44 @@ def test_writer_is_usable_by_a_second_reader_while_open(tmp_path: Path) -> None:
 
 
 # -- rank.py in real (short) processes ----------------------------------------------------
-def _env(beacon_dir: Path | None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("WATCHDOG_D_") and k not in ("RANK", "LOCAL_RANK", "PYTHONPATH")}
-    env["PYTHONPATH"] = str(BOOT_DIR)
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    if beacon_dir is not None:
-        env["WATCHDOG_D_BEACON_DIR"] = str(beacon_dir)
-        env["RANK"] = "0"
-        env["LOCAL_RANK"] = "0"
-    env.update(extra)
-    return env
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    dir: Path           # the beacon dir given to the rank (or, for no-op runs, one it must not touch)
 
 
-def run_rank(code: str, beacon_dir: Path | None, **extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=_env(beacon_dir, **extra),
-                          capture_output=True, text=True, timeout=60)
+# name -> (code, how the environment is set up)
+SCENARIOS: dict[str, tuple[str, str]] = {}
+
+
+def scenario(name: str, code: str, env_kind: str = "rank") -> str:
+    SCENARIOS[name] = (code, env_kind)
+    return name
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    started = {}
+    for name, (code, env_kind) in SCENARIOS.items():
+        d = tmp_path_factory.mktemp(name.replace("/", "_"))
+        if env_kind == "rank":
+            env = rank_env(d)
+        elif env_kind == "no_dir":                 # RANK but no beacon dir: not guarded
+            env = rank_env(None, RANK="0")
+        elif env_kind == "no_rank":                # beacon dir but no RANK: not a rank
+            env = rank_env(None, WATCHDOG_D_BEACON_DIR=str(d))
+        elif env_kind == "bad_dir":                # a beacon dir that cannot be used
+            env = rank_env(None, WATCHDOG_D_BEACON_DIR=str(d / "missing" / "dir"), RANK="0")
+        else:
+            raise AssertionError(env_kind)
+        started[name] = (start_rank(code, env), d)
+    out = {}
+    for name, (proc, d) in started.items():
+        stdout, stderr = proc.communicate(timeout=60)
+        out[name] = Run(proc.returncode, stdout, stderr, d)
+    return out
 
 
 def slot(beacon_dir: Path, r: int = 0) -> beacon.BeaconView:
@@ -175,46 +195,62 @@ def slot(beacon_dir: Path, r: int = 0) -> beacon.BeaconView:
     return v
 
 
-def test_rank_uncaught_exception(tmp_path: Path) -> None:
-    p = run_rank("""
-        import os
-        def train():
-            raise ValueError("loss is nan at step 42")
-        print(os.getpid(), flush=True)
-        train()
-    """, tmp_path)
+UNCAUGHT = scenario("uncaught", """
+    import os
+    def train():
+        raise ValueError("loss is nan at step 42")
+    print(os.getpid(), flush=True)
+    train()
+""")
+
+
+def test_rank_uncaught_exception(runs: dict[str, Run]) -> None:
+    p = runs[UNCAUGHT]
     assert p.returncode == 1
     assert "ValueError: loss is nan at step 42" in p.stderr          # the user still sees it
-    v = slot(tmp_path)
+    v = slot(p.dir)
     assert v.pid == int(p.stdout.split()[0]) and v.rank == 0 and v.local_rank == 0
     assert (v.state, v.exit_code) == (EXCEPTION, 1)
     assert v.detail == "ValueError: loss is nan at step 42"
-    exc = (tmp_path / "rank-0.exc").read_text()
+    exc = (p.dir / "rank-0.exc").read_text()
     assert exc.startswith("Traceback (most recent call last):")
     assert "in train" in exc and exc.rstrip().endswith("ValueError: loss is nan at step 42")
 
 
-def test_rank_normal_exit_and_explicit_api(tmp_path: Path) -> None:
-    p = run_rank("""
-        import dataclasses, json, os, time, watchdog_d
-        from watchdog_d import beacon, rank
-        path = beacon.slot_path(os.environ["WATCHDOG_D_BEACON_DIR"], 0)
-        snap = lambda: dataclasses.asdict(beacon.read_slot(path))
-        out = {"start": snap(), "mono": time.monotonic()}
-        watchdog_d.step(); out["s0"] = snap()
-        watchdog_d.step(); out["s1"] = snap()
-        watchdog_d.step(41); out["s41"] = snap()
-        with watchdog_d.section("checkpoint", timeout=900):
-            out["in"] = snap()
-            with watchdog_d.section("upload", timeout=30):
-                out["nested"] = snap()
-            out["back"] = snap()
-        out["after"] = snap()
-        watchdog_d.checkpoint_saved("/ckpt/step-41.pt", 41); out["ckpt"] = snap()
-        os.kill(os.getpid(), rank.STACK_SIGNAL)         # what dump_stacks does
-        time.sleep(0)
-        print(json.dumps(out))
-    """, tmp_path)
+LONG_EXC = scenario("long_exc", "raise RuntimeError('x' * 500)")
+
+
+def test_rank_long_exception_message_is_cut(runs: dict[str, Run]) -> None:
+    p = runs[LONG_EXC]
+    assert p.returncode == 1
+    v = slot(p.dir)
+    assert v.state == EXCEPTION and v.detail == ("RuntimeError: " + "x" * 500)[:79]
+    assert "x" * 500 in (p.dir / "rank-0.exc").read_text()
+
+
+API = scenario("api", """
+    import dataclasses, json, os, time, watchdog_d
+    from watchdog_d import beacon, rank
+    path = beacon.slot_path(os.environ["WATCHDOG_D_BEACON_DIR"], 0)
+    snap = lambda: dataclasses.asdict(beacon.read_slot(path))
+    out = {"start": snap(), "mono": time.monotonic()}
+    watchdog_d.step(); out["s0"] = snap()
+    watchdog_d.step(); out["s1"] = snap()
+    watchdog_d.step(41); out["s41"] = snap()
+    with watchdog_d.section("checkpoint", timeout=900):
+        out["in"] = snap()
+        with watchdog_d.section("upload", timeout=30):
+            out["nested"] = snap()
+        out["back"] = snap()
+    out["after"] = snap()
+    watchdog_d.checkpoint_saved("/ckpt/step-41.pt", 41); out["ckpt"] = snap()
+    os.kill(os.getpid(), rank.STACK_SIGNAL)         # what the dump_stacks verb does
+    print(json.dumps(out))
+""")
+
+
+def test_rank_explicit_api_and_normal_exit(runs: dict[str, Run]) -> None:
+    p = runs[API]
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["start"]["step"] == -1 and out["start"]["state"] == RUNNING
@@ -231,120 +267,128 @@ def test_rank_normal_exit_and_explicit_api(tmp_path: Path) -> None:
     assert (out["after"]["section"], out["after"]["section_deadline"]) == ("", 0.0)
     assert (out["ckpt"]["ckpt_path"], out["ckpt"]["ckpt_step"]) == ("/ckpt/step-41.pt", 41)
     assert out["ckpt"]["step"] == 41
-    # normal end of the script: a clean exit recorded by atexit
-    v = slot(tmp_path)
+    # the script ended normally: a clean exit, recorded by atexit
+    v = slot(p.dir)
     assert (v.state, v.exit_code, v.detail) == (EXITED, 0, "")
     assert v.exit_time >= out["s41"]["step_time"]
-    assert not (tmp_path / "rank-0.exc").exists()
-    assert "most recent call first" in (tmp_path / "rank-0.stack").read_text()
+    assert not (p.dir / "rank-0.exc").exists()
+    # the stack signal made faulthandler write every thread's stack next to the slot
+    assert "most recent call first" in (p.dir / "rank-0.stack").read_text()
 
 
-def test_rank_sys_exit_code(tmp_path: Path) -> None:
-    p = run_rank("import sys; sys.exit(3)", tmp_path)
+SYS_EXIT_3 = scenario("sys_exit_3", "import sys; sys.exit(3)")
+SYS_EXIT_MSG = scenario("sys_exit_msg", "import sys; sys.exit('bad config')")
+SYS_EXIT_0 = scenario("sys_exit_0", "import sys, watchdog_d; watchdog_d.step(5); sys.exit(0)")
+
+
+def test_rank_sys_exit_code(runs: dict[str, Run]) -> None:
+    p = runs[SYS_EXIT_3]
     assert p.returncode == 3
-    v = slot(tmp_path)
+    v = slot(p.dir)
     assert (v.state, v.exit_code) == (EXITED, 3)
     assert v.detail == "sys.exit(3)"
 
 
-def test_rank_sys_exit_message(tmp_path: Path) -> None:
-    p = run_rank("import sys; sys.exit('bad config')", tmp_path)
+def test_rank_sys_exit_message(runs: dict[str, Run]) -> None:
+    p = runs[SYS_EXIT_MSG]
     assert p.returncode == 1
-    v = slot(tmp_path)
+    v = slot(p.dir)
     assert (v.state, v.exit_code) == (EXITED, 1)
     assert "bad config" in v.detail
 
 
-def test_rank_sys_exit_zero_is_clean(tmp_path: Path) -> None:
-    p = run_rank("import sys, watchdog_d; watchdog_d.step(5); sys.exit(0)", tmp_path)
+def test_rank_sys_exit_zero_is_clean(runs: dict[str, Run]) -> None:
+    p = runs[SYS_EXIT_0]
     assert p.returncode == 0
-    v = slot(tmp_path)
+    v = slot(p.dir)
     assert (v.state, v.exit_code, v.step) == (EXITED, 0, 5)
+
+
+RAISE_EXIT = [scenario("raise_system_exit", "raise SystemExit(3)"), scenario("builtin_exit", "exit(3)")]
 
 
 @pytest.mark.xfail(strict=True, reason=(
     "bug: rank.py only wraps sys.exit; `raise SystemExit(3)` or the builtin exit(3) bypasses it, "
     "so rank._on_exit (atexit) records EXITED with code 0 and the agent, when it misses the "
     "zombie, reports a failed rank as a clean exit"))
-@pytest.mark.parametrize("code", ["raise SystemExit(3)", "exit(3)"])
-def test_rank_raise_system_exit_is_not_recorded_as_clean(tmp_path: Path, code: str) -> None:
-    p = run_rank(code, tmp_path)
+@pytest.mark.parametrize("name", RAISE_EXIT)
+def test_rank_raise_system_exit_is_not_recorded_as_clean(runs: dict[str, Run], name: str) -> None:
+    p = runs[name]
     assert p.returncode == 3
-    v = slot(tmp_path)
+    v = slot(p.dir)
     assert (v.state, v.exit_code) != (EXITED, 0)
 
 
-def test_rank_auto_step_hook_with_torch(tmp_path: Path) -> None:
+@pytest.mark.torch_subprocess
+def test_rank_auto_step_hook_with_torch() -> None:
     pytest.importorskip("torch")
-    p = run_rank("""
-        import torch
-        torch.manual_seed(0)
-        model = torch.nn.Linear(4, 1)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        for _ in range(3):
-            opt.zero_grad()
-            model(torch.ones(2, 4)).sum().backward()
-            opt.step()
-    """, tmp_path)
-    assert p.returncode == 0, p.stderr
-    v = slot(tmp_path)
+    returncode, _, stderr, beacon_dir = torch_rank_result()
+    assert returncode == 0, stderr
+    v = slot(beacon_dir)
     assert v.step == 2                       # -1 -> 0 -> 1 -> 2, no explicit call
     assert v.step_dt > 0.0
     assert (v.state, v.exit_code) == (EXITED, 0)
 
 
-@pytest.mark.parametrize("env_kind", ["no_dir", "no_rank", "bad_dir"])
-def test_rank_api_is_a_noop_outside_a_guarded_job(tmp_path: Path, env_kind: str) -> None:
-    code = """
-        import sys, watchdog_d
-        from watchdog_d import rank
-        watchdog_d.step(); watchdog_d.step(10)
-        with watchdog_d.section("checkpoint", timeout=5):
-            watchdog_d.checkpoint_saved("/ckpt/x.pt", 10)
-        watchdog_d.checkpoint_saved(object(), "not a number")
-        rank._on_optimizer_step(None, (), {})
-        assert rank.writer() is None
-        assert sys.exit.__module__ == "sys" or sys.exit.__name__ == "exit" and not hasattr(sys.exit, "__wrapped__")
-        print("ok")
-    """
-    beacons = tmp_path / "beacons"
-    beacons.mkdir()
-    if env_kind == "no_dir":
-        p = run_rank(code, None, RANK="0")
-    elif env_kind == "no_rank":
-        p = run_rank(code, None, WATCHDOG_D_BEACON_DIR=str(beacons))
-    else:
-        p = run_rank(code, None, WATCHDOG_D_BEACON_DIR=str(tmp_path / "missing" / "dir"), RANK="0")
+NOOP_CODE = """
+    import sys, watchdog_d
+    from watchdog_d import rank
+    builtin_exit = sys.exit
+    watchdog_d.step(); watchdog_d.step(10)
+    with watchdog_d.section("checkpoint", timeout=5):
+        watchdog_d.checkpoint_saved("/ckpt/x.pt", 10)
+    watchdog_d.checkpoint_saved(object(), "not a number")
+    rank._on_optimizer_step(None, (), {})
+    assert rank.writer() is None
+    print("ok")
+"""
+NOOP = [scenario("noop_" + kind, NOOP_CODE, kind) for kind in ("no_dir", "no_rank", "bad_dir")]
+
+
+@pytest.mark.parametrize("name", NOOP)
+def test_rank_api_is_a_noop_outside_a_guarded_job(runs: dict[str, Run], name: str) -> None:
+    p = runs[name]
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "ok" and p.stderr == ""
-    assert list(beacons.iterdir()) == []
-    assert not (tmp_path / "missing").exists()
+    assert list(p.dir.iterdir()) == []            # no slot, no stack file, no missing/dir created
 
 
-def test_rank_child_process_does_not_take_over_the_slot(tmp_path: Path) -> None:
-    p = run_rank("""
-        import json, os, subprocess, sys, watchdog_d
-        watchdog_d.step(7)
-        child = ("import watchdog_d, sys\\n"
-                 "watchdog_d.step(99)\\n"
-                 "watchdog_d.checkpoint_saved('/child.pt', 99)\\n"
-                 "with watchdog_d.section('child', timeout=1):\\n"
-                 "    pass\\n"
-                 "sys.exit(5)\\n")
-        r1 = subprocess.run([sys.executable, "-c", child]).returncode
-        r2 = subprocess.run([sys.executable, "-c", "raise RuntimeError('child boom')"],
-                            stderr=subprocess.DEVNULL).returncode
-        print(json.dumps({"pid": os.getpid(), "r1": r1, "r2": r2}))
-    """, tmp_path)
+CHILD = scenario("child", """
+    import json, os, subprocess, sys, watchdog_d
+    watchdog_d.step(7)
+    child = ("import watchdog_d, sys\\n"
+             "watchdog_d.step(99)\\n"
+             "watchdog_d.checkpoint_saved('/child.pt', 99)\\n"
+             "with watchdog_d.section('child', timeout=1):\\n"
+             "    pass\\n"
+             "sys.exit(5)\\n")
+    r1 = subprocess.run([sys.executable, "-c", child]).returncode
+    r2 = subprocess.run([sys.executable, "-c", "raise RuntimeError('child boom')"],
+                        stderr=subprocess.DEVNULL).returncode
+    print(json.dumps({"pid": os.getpid(), "r1": r1, "r2": r2}))
+""")
+
+
+def test_rank_child_process_does_not_take_over_the_slot(runs: dict[str, Run]) -> None:
+    p = runs[CHILD]
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
-    assert (out["r1"], out["r2"]) == (5, 1)
-    v = slot(tmp_path)
+    assert (out["r1"], out["r2"]) == (5, 1)      # the children ran (and booted sitecustomize)
+    v = slot(p.dir)
     assert v.pid == out["pid"]
     assert v.step == 7 and v.ckpt_step == -1 and v.ckpt_path == "" and v.section == ""
     assert (v.state, v.exit_code, v.detail) == (EXITED, 0, "")
-    assert not (tmp_path / "rank-0.exc").exists()
-    assert sorted(x.name for x in tmp_path.iterdir()) == ["rank-0.beacon", "rank-0.stack"]
+    assert sorted(x.name for x in p.dir.iterdir()) == ["rank-0.beacon", "rank-0.stack"]
+
+
+FORK = scenario("fork", """
+    import os, sys, watchdog_d
+    watchdog_d.step(3)
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(3)
+    os.waitpid(pid, 0)
+""")
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -352,15 +396,8 @@ def test_rank_child_process_does_not_take_over_the_slot(tmp_path: Path) -> None:
     "excepthook do; a forked child (multiprocessing/DataLoader worker with the fork start "
     "method) that calls sys.exit(3) writes EXITED 3 into the parent's shared mmap slot, and the "
     "rank's own clean exit later keeps it (atexit only overwrites RUNNING): a false rank_exited"))
-def test_rank_forked_child_sys_exit_does_not_mark_the_rank(tmp_path: Path) -> None:
-    p = run_rank("""
-        import os, sys, watchdog_d
-        watchdog_d.step(3)
-        pid = os.fork()
-        if pid == 0:
-            sys.exit(3)
-        os.waitpid(pid, 0)
-    """, tmp_path)
+def test_rank_forked_child_sys_exit_does_not_mark_the_rank(runs: dict[str, Run]) -> None:
+    p = runs[FORK]
     assert p.returncode == 0, p.stderr
-    v = slot(tmp_path)
+    v = slot(p.dir)
     assert (v.state, v.exit_code, v.step) == (EXITED, 0, 3)

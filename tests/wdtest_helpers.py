@@ -49,3 +49,79 @@ def report(node: str, ranks: object = (), state: str = "running", attempt: int =
     return NodeReport(node_id=node, host=f"host-{node}", seq=seq,
                       jobs=(JobOnNode(spec=job_spec or spec(), attempt=attempt, state=state,
                                       exit_code=exit_code, ranks=rs),))
+
+
+# -- rank processes (rank.py tests) --------------------------------------------------------
+import os as _os
+import subprocess as _subprocess
+import sys as _sys
+import textwrap as _textwrap
+from pathlib import Path as _Path
+
+import watchdog_d as _watchdog_d
+
+BOOT_DIR = _Path(_watchdog_d.__file__).parent / "_boot"
+
+
+def rank_env(beacon_dir: _Path | None, **extra: str) -> dict[str, str]:
+    """The environment ``watchdog-d run`` gives a rank: boot dir on PYTHONPATH, beacon dir, RANK.
+    Nothing of the caller's own WATCHDOG_D_* / RANK settings leaks in."""
+    env = {k: v for k, v in _os.environ.items()
+           if not k.startswith("WATCHDOG_D_") and k not in ("RANK", "LOCAL_RANK", "PYTHONPATH")}
+    env["PYTHONPATH"] = str(BOOT_DIR)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if beacon_dir is not None:
+        env["WATCHDOG_D_BEACON_DIR"] = str(beacon_dir)
+        env["RANK"] = "0"
+        env["LOCAL_RANK"] = "0"
+    env.update(extra)
+    return env
+
+
+def start_rank(code: str, env: dict[str, str]) -> _subprocess.Popen:
+    return _subprocess.Popen([_sys.executable, "-c", _textwrap.dedent(code)], env=env,
+                             stdout=_subprocess.PIPE, stderr=_subprocess.PIPE, text=True)
+
+
+# The torch step-hook scenario costs ~3 s (import torch, then torch._dynamo on the first
+# optimizer). tests/conftest.py starts it as soon as collection is over and runs its test
+# last, so it overlaps the rest of the suite instead of adding to it.
+TORCH_HOOK_CODE = """
+    import torch
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.ones(2, 4)).sum().backward()
+        opt.step()
+"""
+_torch_run: dict[str, object] = {}
+
+
+def start_torch_rank() -> None:
+    import tempfile
+
+    if "proc" not in _torch_run:
+        beacon_dir = _Path(tempfile.mkdtemp(prefix="wd-test-torch-"))
+        _torch_run["dir"] = beacon_dir
+        _torch_run["proc"] = start_rank(TORCH_HOOK_CODE, rank_env(beacon_dir))
+
+
+def torch_rank_result(timeout: float = 120.0) -> tuple[int, str, str, _Path]:
+    start_torch_rank()
+    proc: _subprocess.Popen = _torch_run["proc"]  # type: ignore[assignment]
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err, _torch_run["dir"]  # type: ignore[return-value]
+
+
+def stop_torch_rank() -> None:
+    import shutil
+
+    proc = _torch_run.pop("proc", None)
+    if proc is not None and proc.poll() is None:  # type: ignore[attr-defined]
+        proc.kill()                                # type: ignore[attr-defined]
+        proc.communicate()                         # type: ignore[attr-defined]
+    beacon_dir = _torch_run.pop("dir", None)
+    if beacon_dir is not None:
+        shutil.rmtree(beacon_dir, ignore_errors=True)  # type: ignore[arg-type]

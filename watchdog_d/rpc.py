@@ -73,8 +73,12 @@ def make_server(cfg: Config, listen: str, max_workers: int = 256) -> tuple[grpc.
 
 
 def make_channel(cfg: Config, target: str) -> grpc.Channel:
+    # reconnect quickly after a network cut: the default backoff grows to 120 s,
+    # which would leave a node that came back deaf to its queued verbs for minutes
     options = [("grpc.max_send_message_length", MAX_MESSAGE),
-               ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
+               ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
+               ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+               ("grpc.max_reconnect_backoff_ms", 2_000)]
     if cfg.tls_ca or cfg.tls_cert:
         creds = grpc.ssl_channel_credentials(
             root_certificates=_read(cfg.tls_ca) if cfg.tls_ca else None,
