@@ -47,7 +47,7 @@ def test_kill_on_node_b_stops_node_a(guarded, cluster, alert_sink, tmp_path):
     assert b.wait() == 75, b.stderr()
     assert a.wait() == 75, a.stderr()
     for w in (a, b):
-        assert "rank_exited rank 1 on node-b" in w.last_stderr_line(), w.last_stderr_line(), w.last_stderr_line()
+        assert "rank_exited rank 1 on node-b" in w.last_stderr_line(), w.last_stderr_line()
     alerts = alert_sink.wait_for(1)
     assert alerts[0]["title"] == f"[watchdog-d] {job}: rank_exited rank 1 on node-b"
     ev = _events(cluster, job)

@@ -1,22 +1,36 @@
 """Test-session plumbing for tests/ (helpers live in wdtest_helpers.py).
 
-The single rank test that imports torch is slow (~3 s of imports in a subprocess). Its
-process is started right after collection and its test is moved to the end of the run,
-so it overlaps the rest of the suite.
+The one rank test that imports torch costs ~3 s of imports (torch, then torch._dynamo on
+the first optimizer) in its subprocess. That process is started as early as the session
+allows, and its test runs last, so it overlaps the rest of the suite instead of adding
+to it. If the test turns out not to be selected, the process is stopped at once.
 """
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 
 import wdtest_helpers
 
 MARK = "torch_subprocess"
+TORCH_TEST_FILE = Path(__file__).parent / "test_beacon.py"
+
+
+def _may_collect(config: pytest.Config, target: Path) -> bool:
+    args = config.args or [str(config.rootpath)]
+    for arg in args:
+        path = Path(config.invocation_params.dir, arg.split("::", 1)[0]).resolve()
+        if path == target or path in target.parents:
+            return True
+    return False
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"{MARK}: a rank subprocess that imports torch, started early")
+    if importlib.util.find_spec("torch") is not None and _may_collect(config, TORCH_TEST_FILE):
+        wdtest_helpers.start_torch_rank()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -26,10 +40,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    if importlib.util.find_spec("torch") is not None and any(
-            item.get_closest_marker(MARK) for item in session.items):
-        wdtest_helpers.start_torch_rank()
+    if not any(item.get_closest_marker(MARK) for item in session.items):
+        wdtest_helpers.stop_torch_rank()          # deselected (-k, -m, --deselect): don't pay for it
+    elif importlib.util.find_spec("torch") is not None:
+        wdtest_helpers.start_torch_rank()         # no-op when already running
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def pytest_unconfigure(config: pytest.Config) -> None:
     wdtest_helpers.stop_torch_rank()

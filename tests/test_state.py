@@ -155,10 +155,6 @@ def test_alert_policy_reports_but_touches_nothing() -> None:
     assert c.jobs["j1"].status == "running"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: with on_failure=alert, Cluster._decide leaves book.status 'running', so _evaluate_job "
-    "calls detector.detect again on every evaluate and emits the same verdict as a new incident "
-    "each tick (the coordinator records and alerts every one)"))
 def test_alert_policy_makes_the_verdict_once() -> None:
     c = Cluster()
     s = spec(on_failure="alert")
@@ -167,6 +163,18 @@ def test_alert_policy_makes_the_verdict_once() -> None:
     assert len(incidents(c.evaluate(1.0))) == 1
     c.ingest(report("a", [0, 1], job_spec=s), 1.1)
     assert incidents(c.evaluate(1.1)) == []
+
+
+def test_alert_policy_reports_a_later_separate_stall_again() -> None:
+    c = Cluster()
+    s = spec(on_failure="alert")
+    c.ingest(report("a", [rank(0, step=5, last_step_age_s=61.0)], job_spec=s), 100.0)
+    assert [i.verdict.kind for i in incidents(c.evaluate(100.0))] == ["rank_stalled"]
+    for i, t in enumerate(range(110, 3700, 10), start=6):      # it recovers and runs for an hour
+        c.ingest(report("a", [rank(0, step=i, last_step_dt_s=1.0)], job_spec=s), float(t))
+        assert incidents(c.evaluate(float(t))) == []
+    c.ingest(report("a", [rank(0, step=9999, last_step_age_s=61.0)], job_spec=s), 5000.0)
+    assert [i.verdict.kind for i in incidents(c.evaluate(5000.0))] == ["rank_stalled"]
 
 
 def test_restart_policy_counts_then_gives_up() -> None:
@@ -247,11 +255,6 @@ def test_suspect_is_asked_again_in_a_new_attempt() -> None:
     assert [d.verb for d in c.evaluate(1.0)] == ["dump_stacks"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: Cluster._ingest_part resets exit_at/ended_at on a new attempt but keeps every other "
-    "node's part (ranks) of the old attempt; the first node to report attempt N+1 makes the "
-    "detector see the other node's dead ranks of attempt N and emit a rank_exited verdict "
-    "(another restart) for the new attempt"))
 def test_new_attempt_on_one_node_does_not_see_the_old_attempt_of_another() -> None:
     c = Cluster()
     s = spec(on_failure="restart", max_restarts=2)
@@ -267,11 +270,6 @@ def test_new_attempt_on_one_node_does_not_see_the_old_attempt_of_another() -> No
     assert incidents(c.evaluate(3.0)) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: Cluster._ingest_part never resets book.last_step on a new attempt, so the first step "
-    "of attempt N+1 (whose duration, measured by the beacon from process start, includes "
-    "imports and data loading) is added to the step-time window; p99 jumps and the learned "
-    "stall timeout with it"))
 def test_first_step_of_a_new_attempt_is_not_a_step_duration() -> None:
     c = Cluster()
     s = spec(on_failure="restart", max_restarts=1)
@@ -290,11 +288,6 @@ def test_first_step_of_a_new_attempt_is_not_a_step_duration() -> None:
     assert [i.verdict.kind for i in incidents(c.evaluate(t + 362))] == ["rank_stalled"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: Cluster._ingest_part starts a fresh JobBook for an ended job only when the reporting "
-    "node is NOT already in it; re-running the same job id (same --rdzv-id, or several srun "
-    "steps under one SLURM_JOB_ID) on the same node lands in the ended book, which is never "
-    "evaluated again: the rerun is not guarded at all"))
 def test_rerun_of_an_ended_job_id_on_the_same_node_is_guarded() -> None:
     c = Cluster()
     c.ingest(report("a", [rank(0, step=5)]), 0.0)

@@ -1,4 +1,5 @@
-"""Hand-built reports for the pure core (state / detector) tests.
+"""Shared test helpers: hand-built reports for the pure core (state / detector) and
+rank subprocesses booted like ``watchdog-d run`` boots a rank (beacon / rank.py).
 
 Kept in a uniquely named module rather than ``conftest.py``: ``integration/``
 has a conftest of its own, and ``from conftest import ...`` would be ambiguous
@@ -6,8 +7,16 @@ when both directories are collected in one run.
 """
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
 
+import watchdog_d
 from watchdog_d.core.model import JobOnNode, JobSpec, NodeReport, RankReport
 
 JOB = "j1"
@@ -52,21 +61,13 @@ def report(node: str, ranks: object = (), state: str = "running", attempt: int =
 
 
 # -- rank processes (rank.py tests) --------------------------------------------------------
-import os as _os
-import subprocess as _subprocess
-import sys as _sys
-import textwrap as _textwrap
-from pathlib import Path as _Path
-
-import watchdog_d as _watchdog_d
-
-BOOT_DIR = _Path(_watchdog_d.__file__).parent / "_boot"
+BOOT_DIR = Path(watchdog_d.__file__).parent / "_boot"
 
 
-def rank_env(beacon_dir: _Path | None, **extra: str) -> dict[str, str]:
+def rank_env(beacon_dir: Path | None, **extra: str) -> dict[str, str]:
     """The environment ``watchdog-d run`` gives a rank: boot dir on PYTHONPATH, beacon dir, RANK.
     Nothing of the caller's own WATCHDOG_D_* / RANK settings leaks in."""
-    env = {k: v for k, v in _os.environ.items()
+    env = {k: v for k, v in os.environ.items()
            if not k.startswith("WATCHDOG_D_") and k not in ("RANK", "LOCAL_RANK", "PYTHONPATH")}
     env["PYTHONPATH"] = str(BOOT_DIR)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -78,14 +79,14 @@ def rank_env(beacon_dir: _Path | None, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_rank(code: str, env: dict[str, str]) -> _subprocess.Popen:
-    return _subprocess.Popen([_sys.executable, "-c", _textwrap.dedent(code)], env=env,
-                             stdout=_subprocess.PIPE, stderr=_subprocess.PIPE, text=True)
+def start_rank(code: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 # The torch step-hook scenario costs ~3 s (import torch, then torch._dynamo on the first
-# optimizer). tests/conftest.py starts it as soon as collection is over and runs its test
-# last, so it overlaps the rest of the suite instead of adding to it.
+# optimizer). tests/conftest.py starts it when the session starts and runs its test last,
+# so it overlaps the rest of the suite instead of adding to it.
 TORCH_HOOK_CODE = """
     import torch
     torch.manual_seed(0)
@@ -100,24 +101,20 @@ _torch_run: dict[str, object] = {}
 
 
 def start_torch_rank() -> None:
-    import tempfile
-
     if "proc" not in _torch_run:
-        beacon_dir = _Path(tempfile.mkdtemp(prefix="wd-test-torch-"))
+        beacon_dir = Path(tempfile.mkdtemp(prefix="wd-test-torch-"))
         _torch_run["dir"] = beacon_dir
         _torch_run["proc"] = start_rank(TORCH_HOOK_CODE, rank_env(beacon_dir))
 
 
-def torch_rank_result(timeout: float = 120.0) -> tuple[int, str, str, _Path]:
+def torch_rank_result(timeout: float = 120.0) -> tuple[int, str, str, Path]:
     start_torch_rank()
-    proc: _subprocess.Popen = _torch_run["proc"]  # type: ignore[assignment]
+    proc: subprocess.Popen = _torch_run["proc"]  # type: ignore[assignment]
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err, _torch_run["dir"]  # type: ignore[return-value]
 
 
 def stop_torch_rank() -> None:
-    import shutil
-
     proc = _torch_run.pop("proc", None)
     if proc is not None and proc.poll() is None:  # type: ignore[attr-defined]
         proc.kill()                                # type: ignore[attr-defined]

@@ -1,12 +1,13 @@
 """One config object, loaded once: file < env ``WATCHDOG_D_*`` < flags.
 
 The file is TOML with the same names as the flags (``on_failure = "restart"``,
-``alert = ["json://..."]``). Lists in the environment are comma- or
-space-separated.
+``alert = ["json://..."]``). Lists in the environment are separated by white
+space (not commas: an Apprise URL may contain commas).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import socket
 import tomllib
@@ -65,6 +66,10 @@ class Config:
     alert_cooldown: float = 300.0
 
     def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value}")
         if self.on_failure not in ("alert", "teardown", "restart"):
             raise ConfigError(f"on_failure must be alert, teardown or restart, not {self.on_failure!r}")
         for name in ("min_stall_timeout", "startup_timeout", "node_timeout", "poll_interval",
@@ -77,8 +82,9 @@ class Config:
             raise ConfigError(f"stall_factor must be >= 1, got {self.stall_factor}")
         for name in ("coordinator", "listen"):
             value = getattr(self, name)
-            if value and (":" not in value or not value.rsplit(":", 1)[1].isdigit()):
-                raise ConfigError(f"{name} must be HOST:PORT, got {value!r}")
+            port = value.rsplit(":", 1)[1] if ":" in value else ""
+            if value and not (port.isdigit() and 0 <= int(port) <= 65535):
+                raise ConfigError(f"{name} must be HOST:PORT with a port of 0-65535, got {value!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key go together")
         if self.job_id and not all(c.isalnum() or c in "-_." for c in self.job_id):
@@ -101,12 +107,13 @@ def _coerce(name: str, value: object) -> object:
     try:
         if kind == "list[str]":
             if isinstance(value, str):
-                return [v for v in value.replace(",", " ").split() if v]
+                # whitespace only: an Apprise URL may hold commas (several recipients)
+                return value.split()
             if isinstance(value, list) and all(isinstance(v, str) for v in value):
                 return list(value)
             raise ValueError
         if kind == "int":
-            if isinstance(value, bool):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return int(value)  # type: ignore[arg-type]
         if kind == "float":
@@ -114,7 +121,7 @@ def _coerce(name: str, value: object) -> object:
                 raise ValueError
             return float(value)  # type: ignore[arg-type]
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{name}: expected {kind}, got {value!r}") from None
 
 

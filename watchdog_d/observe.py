@@ -30,7 +30,8 @@ class RankTrack:
 
     pid: int
     proc: psutil.Process | None = None
-    dead_at: float | None = None
+    alive_at: float | None = None       # last poll that saw it alive
+    dead_at: float | None = None        # best estimate of when it ended
     exit_code: int | None = None
     exit_signal: int | None = None
     files: dict[str, tuple[float, int, str]] = field(default_factory=dict)
@@ -93,10 +94,16 @@ def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
             alive = status not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
             if alive:
                 cpu = track.proc.cpu_percent(None)
+                track.alive_at = now
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             alive = False
         if not alive:
-            track.dead_at = now
+            # it ended after the last poll that saw it alive: date it there, so the
+            # reported detection time is an upper bound, not a flattering zero; a rank
+            # that recorded its own end (exception, exit) says exactly when
+            track.dead_at = track.alive_at if track.alive_at is not None else now
+            if view.state != beacon.RUNNING and 0 < view.exit_time <= now:
+                track.dead_at = view.exit_time
             raw = _zombie_status(view.pid)
             if raw is not None:
                 if os.WIFSIGNALED(raw):

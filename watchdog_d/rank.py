@@ -66,7 +66,7 @@ def _boot(env: os._Environ | dict) -> None:
     _writer = BeaconWriter(path, pid, int(rank), int(env.get("LOCAL_RANK", -1)), _mono())
     atexit.register(_on_exit)
     _wrap_excepthook(path.with_suffix(".exc"))
-    _wrap_sys_exit()
+    _wrap_exits()
     if "torch.optim.optimizer" in sys.modules:
         _attach_step_hook(sys.modules["torch.optim.optimizer"])
     else:
@@ -217,16 +217,37 @@ def _wrap_excepthook(exc_path: Path) -> None:
     sys.excepthook = hook
 
 
-def _wrap_sys_exit() -> None:
+def _record_exit_call(name: str, status: object) -> None:
+    """A rank about to leave with a status: record it before SystemExit unwinds.
+
+    A bare ``raise SystemExit(n)`` passes no hook (Python offers none); such an
+    exit is seen through the zombie's status or the launcher's own exit status.
+    """
+    try:
+        code = 0 if status is None else status if isinstance(status, int) else 1
+        if code != 0 and _writer is not None and os.environ.get(ENV_OWNER) == str(os.getpid()):
+            _writer.write_exit(EXITED, int(code), _mono(), f"{name}({status!r})"[:79])
+    except Exception:
+        pass
+
+
+def _wrap_exits() -> None:
+    import builtins
+
     original = sys.exit
 
     def exit(status: object = None) -> None:  # noqa: A001 - mirrors sys.exit
-        try:
-            code = 0 if status is None else status if isinstance(status, int) else 1
-            if code != 0 and _writer is not None:
-                _writer.write_exit(EXITED, int(code), _mono(), f"sys.exit({status!r})"[:79])
-        except Exception:
-            pass
+        _record_exit_call("sys.exit", status)
         original(status)
 
     sys.exit = exit
+    for name in ("exit", "quit"):   # site's Quitter objects, used by scripts too
+        quitter = getattr(builtins, name, None)
+        if quitter is None:
+            continue
+
+        def call(status: object = None, _quitter=quitter, _name=name) -> None:
+            _record_exit_call(_name, status)
+            _quitter(status)
+
+        setattr(builtins, name, call)

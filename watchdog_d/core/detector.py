@@ -93,12 +93,17 @@ def detect(book: JobBook, now: float, node_seen: dict[str, float]) -> Verdict | 
     return _detect_stall(book, now)
 
 
+_OOM_REMEDY = ("check the node's kernel log (dmesg) for the OOM killer; lower host memory "
+               "use (data loader workers, pinned memory) or ask for more")
+
+
 def _exit_remedy(r: RankReport) -> str:
-    if r.exit_signal == _signal.SIGKILL or r.exit_code is None:
-        return ("check the node's kernel log (dmesg) for the OOM killer; lower host memory "
-                "use (data loader workers, pinned memory) or ask for more")
+    if r.exit_signal == _signal.SIGKILL:
+        return _OOM_REMEDY
     if r.exit_signal:
         return f"a {_signame(r.exit_signal)} usually means a crash in native code: read the rank's log"
+    if r.exit_code is None:
+        return _OOM_REMEDY
     return "read the rank's traceback below; fix the error and resume from the last checkpoint"
 
 
@@ -124,9 +129,7 @@ def _detect_stall(book: JobBook, now: float) -> Verdict | str | None:
         elif age > limit / 2:
             suspect = True
     if not stalled:
-        if suspect and book.stacks_asked_at is None:
-            return SUSPECT
-        return None
+        return SUSPECT if suspect else None
     return _name_culprit(book, stalled, [(n, r) for n, r, _ in alive])
 
 

@@ -6,7 +6,7 @@ policy. The gRPC shell owns one Cluster and feeds it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import detector, policy
 from .model import Incident, JobOnNode, JobSpec, NodeReport, Verdict
@@ -38,6 +38,8 @@ class JobBook:
     restarts: int = 0
     stacks_asked_at: float | None = None
     outcome: str = ""                   # succeeded | failed | stopped | torn_down
+    ended_at: float | None = None
+    reported: set = field(default_factory=set)    # (kind, rank) already made incidents
 
     def ranks(self):
         for node in self.nodes.values():
@@ -57,6 +59,10 @@ class Decision:
     alert_urls: tuple[str, ...] = ()
 
 
+KEEP_ENDED_S = 3600.0
+ONCE_PER_ATTEMPT = ("rank_exited", "job_failed")      # can happen only once per attempt     # an ended job stays in the picture (status) this long
+
+
 class Cluster:
     def __init__(self) -> None:
         self.jobs: dict[str, JobBook] = {}
@@ -71,17 +77,14 @@ class Cluster:
     def _ingest_part(self, report: NodeReport, part: JobOnNode, now: float) -> None:
         job_id = part.spec.job_id
         book = self.jobs.get(job_id)
-        if book is None or (book.status == "ended" and part.attempt == 0 and part.state == "running"
-                            and report.node_id not in book.nodes):
+        if book is None or (book.status == "ended" and part.state == "running"
+                            and part.attempt <= book.attempt):
+            # a new job, or the same job id run again (same --rdzv-id, another srun step)
             book = self.jobs[job_id] = JobBook(spec=part.spec, created_at=now)
         if part.attempt < book.attempt:
             return  # a report about an attempt already replaced
         if part.attempt > book.attempt:
-            book.attempt, book.status, book.verdict, book.action = part.attempt, "running", None, ""
-            book.stacks_asked_at, book.outcome = None, ""
-            for node in book.nodes.values():
-                node.exit_at.clear()
-                node.ended_at, node.answered = None, False
+            self._new_attempt(book, part.attempt)
         node = book.nodes.get(report.node_id)
         if node is None:
             node = book.nodes[report.node_id] = NodeView(report.node_id, report.host, now, part)
@@ -96,11 +99,30 @@ class Cluster:
         if part.state != "running" and node.ended_at is None:
             node.ended_at = now
 
+    @staticmethod
+    def _new_attempt(book: JobBook, attempt: int) -> None:
+        """Forget everything that belonged to the attempt before."""
+        book.attempt, book.status, book.verdict, book.action = attempt, "running", None, ""
+        book.stacks_asked_at, book.outcome, book.ended_at = None, "", None
+        book.last_step.clear()            # a first step's duration includes start-up
+        book.reported.clear()
+        for node in book.nodes.values():
+            # nodes that have not reported the new attempt yet: nothing known of it
+            node.part = replace(node.part, attempt=attempt, state="running", ranks=())
+            node.exit_at.clear()
+            node.ended_at, node.answered = None, False
+
     # -- decisions -------------------------------------------------------------
     def evaluate(self, now: float) -> list[Decision]:
         out: list[Decision] = []
         for book in self.jobs.values():
             out.extend(self._evaluate_job(book, now))
+        for job_id in [j for j, b in self.jobs.items()
+                       if b.ended_at is not None and now - b.ended_at > KEEP_ENDED_S]:
+            del self.jobs[job_id]
+        stale = [n for n, (_, seen) in self.node_seen.items() if now - seen > KEEP_ENDED_S]
+        for node_id in stale:
+            del self.node_seen[node_id]
         return out
 
     def _evaluate_job(self, book: JobBook, now: float) -> list[Decision]:
@@ -111,11 +133,19 @@ class Cluster:
             book.outcome = "stopped"
         if book.status == "running":
             found = detector.detect(book, now, {n: s for n, (_, s) in self.node_seen.items()})
-            if isinstance(found, Verdict):
+            if isinstance(found, Verdict) and (found.kind, found.rank) not in book.reported:
+                # (with an alert-only policy the job runs on and the same finding comes
+                # back every tick: one incident per kind and rank and attempt)
+                book.reported.add((found.kind, found.rank))
                 decisions.append(self._decide(book, found, now))
             elif found == detector.SUSPECT:
-                book.stacks_asked_at = now
-                decisions.append(Decision(book.spec.job_id, "dump_stacks", nodes))
+                if book.stacks_asked_at is None:     # once per episode of suspicion
+                    book.stacks_asked_at = now
+                    decisions.append(Decision(book.spec.job_id, "dump_stacks", nodes))
+            elif found is None:
+                # progress again: the episode is over; a later stall is a new incident
+                book.stacks_asked_at = None
+                book.reported = {k for k in book.reported if k[0] in ONCE_PER_ATTEMPT}
         # answer every wrapper whose job ended by itself and is owed nothing else
         for node in book.nodes.values():
             if node.ended_at is not None and not node.answered and (
@@ -143,7 +173,7 @@ class Cluster:
     def _close(self, book: JobBook, now: float) -> list[Decision]:
         """Every node reported the job over: record how it ended."""
         stopping = book.status == "stopping"
-        book.status = "ended"
+        book.status, book.ended_at = "ended", now
         parts = [n.part for n in book.nodes.values()]
         if book.outcome == "stopped":
             return []
