@@ -27,16 +27,21 @@ class Cluster:
         self._wait_ready()
         self.sockets: dict[str, str] = {}
         self.agents: dict[str, subprocess.Popen] = {}
+        self.extra = extra or []
         for node in nodes:
-            sock = str(tmp / f"{node}.sock")
-            self.agents[node] = self._spawn(node, [
-                "agent", "--coordinator", self.address, "--node-id", node, "--socket", sock,
-                "--state-dir", str(tmp / node), *(extra or [])])
-            self.sockets[node] = sock
+            self.start_agent(node)
         deadline = time.monotonic() + 20
         while not all(os.path.exists(s) for s in self.sockets.values()):
             assert time.monotonic() < deadline, "agents did not come up"
             time.sleep(0.05)
+
+    def start_agent(self, node: str) -> subprocess.Popen:
+        sock = str(self.tmp / f"{node}.sock")
+        self.agents[node] = self._spawn(node, [
+            "agent", "--coordinator", self.address, "--node-id", node, "--socket", sock,
+            "--state-dir", str(self.tmp / node), *self.extra])
+        self.sockets[node] = sock
+        return self.agents[node]
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         env = train_env()

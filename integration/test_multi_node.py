@@ -152,3 +152,35 @@ def test_embedded_agent_reporting_to_remote_coordinator(guarded, cluster):
         assert w.wait() == 75, w.stderr()
         assert "rank_exited rank 1 on node-b" in w.last_stderr_line(), w.last_stderr_line()
     assert_no_leftovers(job)
+
+
+def test_restarted_agent_keeps_guarding(guarded, cluster, tmp_path):
+    """Node B's agent dies (SIGKILL) and comes back (as systemd would restart it): the
+    job runs on, is not declared lost, and a rank killed afterwards is still caught."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    job = f"mn-agent-{free_port()}"
+    a, b = _two_node_job(guarded, cluster, job, WD_STEPS=100000)
+    _wait_stepping(cluster, job)
+    cluster.agents["node-b"].kill()
+    cluster.agents["node-b"].wait()
+    time.sleep(2.0)                       # silent, but node A keeps stepping
+    cluster.start_agent("node-b")
+    deadline = time.monotonic() + 20
+    while "agent_reattached" not in b.stderr():
+        assert time.monotonic() < deadline, b.stderr()
+        time.sleep(0.1)
+    time.sleep(1.5)                       # a heartbeat or two from the new agent
+    assert a.proc.poll() is None and b.proc.poll() is None, "the job did not survive"
+    rank1 = [p for p in psutil.Process(b.proc.pid).children(recursive=True)
+             if p.environ().get("RANK") == "1"]
+    assert rank1, "rank 1 not found under node B's wrapper"
+    os.kill(rank1[0].pid, signal.SIGKILL)
+    for w in (a, b):
+        assert w.wait(timeout=30) == 75, w.stderr()
+        assert "rank_exited rank 1 on node-b" in w.last_stderr_line(), w.last_stderr_line()
+    assert_no_leftovers(job)

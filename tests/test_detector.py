@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from watchdog_d.core import detector
-from watchdog_d.core.model import Verdict
+from watchdog_d.core.model import RankReport, Verdict
 from watchdog_d.core.state import Cluster, Decision
 from wdtest_helpers import (SIGKILL, SIGSEGV, SIGTERM, STACK_IN_COLLECTIVE, STACK_OUTSIDE, dead,
                             rank, report, spec)
@@ -172,11 +172,17 @@ def test_rank_failure_wins_over_launcher_failure() -> None:
 
 
 # -- node_lost -----------------------------------------------------------------------------
+def stuck_since(t0: float, t: float) -> list[RankReport]:
+    """Ranks 0 and 1, alive, whose last step was at t0 (node a's peers of a lost node
+    stop stepping: every step ends in a collective with the lost ranks)."""
+    return [rank(r, step=0, last_step_age_s=t - t0) for r in (0, 1)]
+
+
 def test_silent_node_is_lost_after_node_timeout() -> None:
     c = two_nodes(0.0)
-    c.ingest(report("a", [0, 1]), 3.0)
+    c.ingest(report("a", stuck_since(0.0, 3.0)), 3.0)
     assert c.evaluate(4.9) == []
-    c.ingest(report("a", [0, 1]), 5.5)
+    c.ingest(report("a", stuck_since(0.0, 5.5)), 5.5)
     d, v = only_verdict(c.evaluate(6.0))
     assert (v.kind, v.node, v.rank) == ("node_lost", "b", None)
     assert v.detected_after_s == pytest.approx(6.0)
@@ -186,9 +192,9 @@ def test_silent_node_is_lost_after_node_timeout() -> None:
 
 def test_node_timeout_comes_from_the_job_spec() -> None:
     c = two_nodes(0.0, node_timeout_s=20.0)
-    c.ingest(report("a", [0, 1], job_spec=spec(node_timeout_s=20.0)), 15.0)
+    c.ingest(report("a", stuck_since(0.0, 15.0), job_spec=spec(node_timeout_s=20.0)), 15.0)
     assert c.evaluate(15.0) == []
-    c.ingest(report("a", [0, 1], job_spec=spec(node_timeout_s=20.0)), 20.5)
+    c.ingest(report("a", stuck_since(0.0, 20.5), job_spec=spec(node_timeout_s=20.0)), 20.5)
     _, v = only_verdict(c.evaluate(20.5))
     assert (v.kind, v.node) == ("node_lost", "b")
 
@@ -473,3 +479,25 @@ def test_verdict_one_line_and_rank_label() -> None:
     assert v.one_line() == "rank_exited rank 3 on b at step 7: boom"
     w = Verdict(job="j1", kind="collective_timeout", cause="hang")
     assert w.rank_label == "-" and w.one_line() == "collective_timeout rank -: hang"
+
+
+# -- node_lost needs the peers to be stuck too ---------------------------------------------
+def test_silent_node_whose_peers_keep_stepping_is_not_lost() -> None:
+    """Only the agent of node b is gone (restarting): node a's ranks keep stepping,
+    which they could not do without b's ranks, so b is not lost."""
+    c = Cluster()
+    c.ingest(report("a", [rank(0, step=10, last_step_age_s=0.0)]), 0.0)
+    c.ingest(report("b", [rank(1, step=10, last_step_age_s=0.0)]), 0.0)
+    for t in range(1, 12):       # a reports fresh steps every second; b is silent
+        c.ingest(report("a", [rank(0, step=10 + t, last_step_age_s=0.0)]), float(t))
+    assert [d for d in c.evaluate(11.0) if d.incident] == []
+
+
+def test_silent_node_whose_peers_are_stuck_is_lost() -> None:
+    c = Cluster()
+    c.ingest(report("a", [rank(0, step=10, last_step_age_s=0.0)]), 0.0)
+    c.ingest(report("b", [rank(1, step=10, last_step_age_s=0.0)]), 0.0)
+    for t in range(1, 7):        # a keeps reporting, but its rank makes no step
+        c.ingest(report("a", [rank(0, step=10, last_step_age_s=float(t))]), float(t))
+    d, v = only_verdict(c.evaluate(6.0))
+    assert v.kind == "node_lost" and v.node == "b"

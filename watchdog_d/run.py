@@ -80,6 +80,38 @@ def _live_socket(path: str) -> bool:
         return False
 
 
+def register(path: str, cfg: Config, command: list[str]) -> tuple[localsock.Conn, str]:
+    """Hand the job to the agent at ``path``; returns the connection and node id."""
+    try:
+        conn = localsock.connect(path)
+    except OSError as e:
+        raise WrapperError(f"cannot reach the agent at {path}: {e.strerror or e}") from None
+    conn.send({"op": "register", "launcher_pid": os.getpid(), "attempt": 0, "spec": {
+        "job_id": cfg.job_id, "on_failure": cfg.on_failure, "max_restarts": cfg.max_restarts,
+        "min_stall_timeout_s": cfg.min_stall_timeout, "stall_factor": cfg.stall_factor,
+        "startup_timeout_s": cfg.startup_timeout, "node_timeout_s": cfg.node_timeout,
+        "alert_urls": cfg.alert, "command": shlex.join(command)}})
+    try:
+        reply = conn.recv(timeout=REGISTER_TIMEOUT_S)
+    except TimeoutError:
+        reply = None
+    if not reply or reply.get("op") != "registered":
+        conn.close()
+        why = (reply or {}).get("error", "no answer")
+        raise WrapperError(f"the agent at {path} did not take the job: {why}")
+    return conn, str(reply.get("node_id", ""))
+
+
+def _reattach(path: str, cfg: Config, command: list[str]) -> localsock.Conn | None:
+    """After the agent restarted (systemd): register again, quietly."""
+    if not os.path.exists(path):
+        return None
+    try:
+        return register(path, cfg, command)[0]
+    except WrapperError:
+        return None
+
+
 def run_job(cfg: Config, command: list[str]) -> int:
     if not command:
         raise ConfigError("missing command after '--' (e.g. watchdog-d run -- torchrun ...)")
@@ -102,23 +134,13 @@ def run_job(cfg: Config, command: list[str]) -> int:
         embedded = Embedded(cfg)
         path = embedded.start()
     try:
-        conn = localsock.connect(path)
-        conn.send({"op": "register", "launcher_pid": os.getpid(), "attempt": 0, "spec": {
-            "job_id": cfg.job_id, "on_failure": cfg.on_failure, "max_restarts": cfg.max_restarts,
-            "min_stall_timeout_s": cfg.min_stall_timeout, "stall_factor": cfg.stall_factor,
-            "startup_timeout_s": cfg.startup_timeout, "node_timeout_s": cfg.node_timeout,
-            "alert_urls": cfg.alert, "command": shlex.join(command)}})
-        try:
-            reply = conn.recv(timeout=REGISTER_TIMEOUT_S)
-        except TimeoutError:
-            reply = None
-        if not reply or reply.get("op") != "registered":
-            why = (reply or {}).get("error", "no answer")
-            raise WrapperError(f"the agent at {path} did not take the job: {why}")
-        wrapper = Wrapper(cfg, command, conn, reply.get("node_id", ""))
+        conn, node_id = register(path, cfg, command)
+        wrapper = Wrapper(cfg, command, conn, node_id,
+                          reattach=lambda: _reattach(path, cfg, command))
         log.log("job_guarded", job=cfg.job_id, node=wrapper.node_id, agent=path)
         rc = wrapper.run()
-        conn.close()
+        if wrapper.conn is not None:
+            wrapper.conn.close()
         return rc
     finally:
         if embedded:

@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 from . import launch, localsock, log, wire
@@ -42,10 +43,13 @@ class Attempt:
 
 
 class Wrapper:
-    def __init__(self, cfg: Config, command: list[str], conn: localsock.Conn, node_id: str):
+    def __init__(self, cfg: Config, command: list[str], conn: localsock.Conn, node_id: str,
+                 reattach: Callable[[], localsock.Conn | None] | None = None):
         self.cfg = cfg
         self.command = command
-        self.conn = conn
+        self.conn: localsock.Conn | None = conn
+        self.reattach = reattach
+        self.next_reattach = 0.0
         self.node_id = node_id
         self.job_id = cfg.job_id
         self.inbox: queue.Queue = queue.Queue()
@@ -54,12 +58,34 @@ class Wrapper:
         self.final_line = ""
 
     # -- pieces --------------------------------------------------------------------
-    def _reader(self) -> None:
+    def _reader(self, conn: localsock.Conn) -> None:
         while True:
-            msg = self.conn.recv()
+            msg = conn.recv()
             self.inbox.put(msg)
             if msg is None:
                 return
+
+    def _send(self, msg: dict) -> None:
+        if self.conn is not None:
+            self.conn.send(msg)
+
+    def _announce(self) -> None:
+        att = self.attempt
+        if att is not None:
+            self._send({"op": "attempt", "attempt": att.number, "launcher_pid": os.getpid(),
+                        "beacon_dir": str(att.beacons)})
+
+    def _try_reattach(self, now: float) -> None:
+        """The agent went away (restarted?): keep the job running, try to get back."""
+        if self.conn is not None or self.reattach is None or now < self.next_reattach:
+            return
+        self.next_reattach = now + 1.0
+        conn = self.reattach()
+        if conn is not None:
+            self.conn = conn
+            threading.Thread(target=self._reader, args=(conn,), daemon=True).start()
+            self._announce()
+            log.warn("agent_reattached", job=self.job_id)
 
     def _launch(self, number: int, resume_from: str = "") -> Attempt:
         beacons = launch.beacon_dir(self.job_id, number)
@@ -78,8 +104,6 @@ class Wrapper:
         processes = JobProcesses(token, pgid=proc.pid)
         processes.launcher = proc.pid
         processes.refresh()
-        self.conn.send({"op": "attempt", "attempt": number, "launcher_pid": os.getpid(),
-                        "beacon_dir": str(beacons)})
         log.log("job_launched", job=self.job_id, attempt=number, pid=proc.pid,
                 command=shlex.join(argv)[:200])
         return Attempt(number, proc, processes, beacons)
@@ -119,8 +143,10 @@ class Wrapper:
         become_subreaper()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        threading.Thread(target=self._reader, name="wrapper-agent", daemon=True).start()
+        assert self.conn is not None
+        threading.Thread(target=self._reader, args=(self.conn,), daemon=True).start()
         self.attempt = self._launch(0)
+        self._announce()
         try:
             return self._supervise()
         finally:
@@ -143,8 +169,9 @@ class Wrapper:
                 last_refresh = now
             if msg is None:
                 log.warn("agent_connection_lost", job=self.job_id,
-                         effect="job keeps running unguarded")
-                return self._wait_unguarded()
+                         effect="job keeps running; reattaching every second")
+                self.conn, self.next_reattach, msg = None, now, {}
+            self._try_reattach(now)
             if msg.get("op") == "user_signal":
                 return self._user_stop()
             if msg.get("op") == "command":
@@ -170,7 +197,7 @@ class Wrapper:
         log.warn("teardown", job=self.job_id, reason=verdict.kind if verdict else "command",
                  grace_s=self.cfg.grace)
         self._stop_job(self.cfg.grace)
-        self.conn.send({"op": "ended", "state": "exited", "exit_code": EXIT_TORN_DOWN})
+        self._send({"op": "ended", "state": "exited", "exit_code": EXIT_TORN_DOWN})
         if action.startswith("restart"):
             action = f"{action} (relaunch not implemented yet: stopped)"
         # printed by the caller as the very last line on stderr
@@ -182,8 +209,8 @@ class Wrapper:
         assert att is not None
         att.processes.stop(min(self.cfg.grace, 2.0))     # leftovers of a finished job
         code = rc if rc >= 0 else 128 - rc
-        self.conn.send({"op": "ended", "state": "exited", "exit_code": code})
-        deadline = time.monotonic() + SETTLE_S
+        self._send({"op": "ended", "state": "exited", "exit_code": code})
+        deadline = time.monotonic() + (SETTLE_S if self.conn is not None else 0.0)
         while time.monotonic() < deadline:
             try:
                 msg = self.inbox.get(timeout=max(0.01, deadline - time.monotonic()))
@@ -207,7 +234,7 @@ class Wrapper:
     def _user_stop(self) -> int:
         signum = self.user_signal or signal.SIGTERM
         log.warn("stopped_by_user", job=self.job_id, signal=signal.Signals(signum).name)
-        self.conn.send({"op": "ended", "state": "stopped", "exit_code": 128 + signum})
+        self._send({"op": "ended", "state": "stopped", "exit_code": 128 + signum})
         att = self.attempt
         if att is not None:
             try:   # let the job see the same signal first (torchrun forwards it)
@@ -216,14 +243,3 @@ class Wrapper:
                 pass
             self._stop_job(self.cfg.grace)
         return 128 + signum
-
-    def _wait_unguarded(self) -> int:
-        att = self.attempt
-        assert att is not None
-        while True:
-            rc = att.proc.poll()
-            if rc is not None:
-                return rc if rc >= 0 else 128 - rc
-            if self.user_signal:
-                return self._user_stop()
-            time.sleep(0.2)

@@ -84,7 +84,7 @@ def detect(book: JobBook, now: float, node_seen: dict[str, float]) -> Verdict | 
         if node.ended_at is not None:
             continue
         silent = now - node_seen.get(node.node_id, node.seen_at)
-        if silent > book.spec.node_timeout_s:
+        if silent > book.spec.node_timeout_s and not _peers_progressed(book, node):
             return _verdict(book, "node_lost", node, None, silent,
                             f"no heartbeat from node {node.node_id} for {silent:.1f}s "
                             f"(agent and ranks silent)",
@@ -95,6 +95,23 @@ def detect(book: JobBook, now: float, node_seen: dict[str, float]) -> Verdict | 
 
 _OOM_REMEDY = ("check the node's kernel log (dmesg) for the OOM killer; lower host memory "
                "use (data loader workers, pinned memory) or ask for more")
+
+
+def _peers_progressed(book: JobBook, quiet: NodeView) -> bool:
+    """Did ranks elsewhere complete steps well after ``quiet`` went silent?
+
+    Ranks of one job step in lock-step (every step ends in a collective), so
+    peers that keep stepping prove the quiet node's ranks are alive: only its
+    agent is gone (restarting, say). A dead node stops its peers within a step.
+    """
+    margin = max(1.0, 2 * book.steps.p99())
+    for node in book.nodes.values():
+        if node is quiet or node.ended_at is not None:
+            continue
+        for r in node.part.ranks:
+            if r.alive and r.step >= 0 and node.seen_at - r.last_step_age_s > quiet.seen_at + margin:
+                return True
+    return False
 
 
 def _exit_remedy(r: RankReport) -> str:
