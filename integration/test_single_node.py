@@ -78,3 +78,31 @@ def test_daemonized_helper_is_not_left_behind(guarded):
     g = guarded(FAST, torchrun_cmd(), train_env(WD_FAULT="kill", WD_SPAWN_DAEMON=1))
     assert g.wait() == 75, g.stderr()
     assert_no_leftovers(g.job_id)
+
+
+def test_watchdog_torchrun_drop_in(tmp_path, alert_sink):
+    """``watchdog-torchrun`` takes torchrun's own arguments; options come from the env."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from harness import kill_job
+
+    drop_in = Path(sys.executable).parent / "watchdog-torchrun"
+    if not drop_in.exists():
+        import pytest
+        pytest.skip("watchdog-torchrun is not installed in this environment")
+    job = f"dropin-{tmp_path.name[-8:]}"
+    env = train_env(WD_FAULT="kill", WATCHDOG_D_JOB_ID=job,
+                    WATCHDOG_D_STATE_DIR=str(tmp_path / "state"), WATCHDOG_D_GRACE="3",
+                    WATCHDOG_D_ALERT=alert_sink.url)
+    try:
+        out = subprocess.run([str(drop_in), "--standalone", "--nproc-per-node=2",
+                              "-m", "watchdog_d.demo_train"], env=env, capture_output=True,
+                             text=True, timeout=120)
+    finally:
+        kill_job(job)
+    assert out.returncode == 75, out.stderr
+    assert "rank_exited rank 1" in out.stderr.strip().splitlines()[-1]
+    assert alert_sink.wait_for(1)[0]["title"].startswith(f"[watchdog-d] {job}: rank_exited")
+    assert_no_leftovers(job)

@@ -205,5 +205,14 @@ def _events(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def torchrun_main() -> int:
-    """``watchdog-torchrun ARGS`` == ``watchdog-d run -- torchrun ARGS``."""
-    return main(["run", "--", "torchrun", *sys.argv[1:]])
+    """``watchdog-torchrun ARGS`` == ``watchdog-d run -- torchrun ARGS``.
+
+    The torchrun next to this interpreter is preferred (the same environment the
+    drop-in was installed into), then the one on PATH.
+    """
+    import os
+    import shutil
+
+    here = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    torchrun = here if os.access(here, os.X_OK) else shutil.which("torchrun") or "torchrun"
+    return main(["run", "--", torchrun, *sys.argv[1:]])
