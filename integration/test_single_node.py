@@ -106,3 +106,34 @@ def test_watchdog_torchrun_drop_in(tmp_path, alert_sink):
     assert "rank_exited rank 1" in out.stderr.strip().splitlines()[-1]
     assert alert_sink.wait_for(1)[0]["title"].startswith(f"[watchdog-d] {job}: rank_exited")
     assert_no_leftovers(job)
+
+
+def test_long_section_is_not_a_stall(guarded):
+    """A 5 s pause inside watchdog_d.section(timeout=60) with a 3 s stall timeout: no verdict."""
+    g = guarded(FAST, torchrun_cmd(), train_env(WD_STEPS=30, WD_PAUSE_AT=10, WD_PAUSE_S=5))
+    assert g.wait() == 0, g.stderr()
+    assert [e["kind"] for e in g.events()] == ["job_succeeded"]
+
+
+def test_section_overrun_is_a_stall(guarded):
+    g = guarded(FAST, torchrun_cmd(), train_env(WD_STEPS=30, WD_PAUSE_AT=10, WD_PAUSE_S=60,
+                                                WD_PAUSE_TIMEOUT=2))
+    assert g.wait() == 75, g.stderr()
+    assert "section 'eval' overran" in g.last_stderr_line(), g.last_stderr_line()
+    assert_no_leftovers(g.job_id)
+
+
+def test_explicit_steps_without_optimizer(guarded):
+    import sys
+    from pathlib import Path
+
+    from harness import TORCHRUN
+
+    script = str(Path(__file__).parent / "jobs" / "manual_loop.py")
+    cmd = [*TORCHRUN, "--standalone", "--nproc-per-node=2", script]
+    g = guarded(FAST, cmd, train_env(WD_FAULT="hang"))
+    assert g.wait() == 75, g.stderr()
+    assert "rank_stalled rank 1" in g.last_stderr_line(), g.last_stderr_line()
+    ev = g.events()[-1]
+    assert ev["step"] == 4            # the last step rank 1 declared before hanging
+    assert_no_leftovers(g.job_id)

@@ -5,7 +5,8 @@
 DDP on gloo (CPU). Faults are injected through the environment:
 WD_FAULT = kill | stop | hang | raise | exit | slow | none, on rank WD_FAULT_RANK
 at step WD_FAULT_STEP (only on the first attempt unless WD_FAULT_ALWAYS=1).
-WD_STEPS steps of about WD_STEP_TIME seconds; a checkpoint every WD_CKPT_EVERY
+WD_PAUSE_AT / WD_PAUSE_S / WD_PAUSE_TIMEOUT: every rank pauses inside
+watchdog_d.section("eval") at that step. WD_STEPS steps of about WD_STEP_TIME seconds; a checkpoint every WD_CKPT_EVERY
 steps into WD_CKPT_DIR, resumed from WATCHDOG_D_RESUME_FROM.
 """
 from __future__ import annotations
@@ -75,6 +76,11 @@ def main() -> int:
             raise RuntimeError(f"injected failure on rank {rank} at step {step}")
         if hit and fault == "exit":
             sys.exit(3)
+        if step == int(_env("WD_PAUSE_AT", "-1")):
+            # a long pause every rank takes (evaluation, say), declared as a section
+            pause = float(_env("WD_PAUSE_S", "5"))
+            with watchdog_d.section("eval", timeout=float(_env("WD_PAUSE_TIMEOUT", "60"))):
+                time.sleep(pause)
         if fault == "slow" and rank == fault_rank:
             time.sleep(step_time * 4)
         loss = torch.nn.functional.mse_loss(model(x), y)

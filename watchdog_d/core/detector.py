@@ -136,8 +136,8 @@ def _detect_stall(book: JobBook, now: float) -> Verdict | str | None:
         if rule == "section":
             over = since - r.section_remaining_s
             if over > 0:
-                stalled.append((node, r, f"section '{r.section}' overran its timeout",
-                                r.last_step_age_s + since))
+                stalled.append((node, r, f"section '{r.section}' overran its timeout by "
+                                f"{over:.1f}s", r.last_step_age_s + since))
             continue
         age = r.last_step_age_s + since
         if age > limit:
@@ -167,6 +167,11 @@ def _name_culprit(book: JobBook, stalled: list, alive: list) -> Verdict:
             "in uninterruptible sleep (state D: stuck in the kernel, often I/O or a GPU driver)"
         return verdict(n, r, f"rank process is {state}; peers wait for it",
                        "look at the node (dmesg, storage, GPU); the rank cannot make progress")
+    overran = [(n, r, why) for n, r, why, _ in stalled if why.startswith("section ")]
+    if overran:
+        n, r, why = min(overran, key=lambda x: x[1].rank)
+        return verdict(n, r, why, f"the rank is stuck in section '{r.section}' (its stack is "
+                       f"below); if the work is just slow, give the section a longer timeout")
     if len(steps) > 1:
         low = min(steps)
         n, r = max(((n, r) for n, r in alive if r.step == low),
