@@ -18,6 +18,7 @@ from . import localsock, log, rpc
 from .agent import Agent
 from .alerts import validate_alert_url
 from .config import Config, ConfigError
+from .redact import redact
 from .wrapper import Wrapper, WrapperError
 
 REGISTER_TIMEOUT_S = 10.0
@@ -90,7 +91,7 @@ def register(path: str, cfg: Config, command: list[str]) -> tuple[localsock.Conn
         "job_id": cfg.job_id, "on_failure": cfg.on_failure, "max_restarts": cfg.max_restarts,
         "min_stall_timeout_s": cfg.min_stall_timeout, "stall_factor": cfg.stall_factor,
         "startup_timeout_s": cfg.startup_timeout, "node_timeout_s": cfg.node_timeout,
-        "alert_urls": cfg.alert, "command": shlex.join(command)}})
+        "alert_urls": cfg.alert, "command": redact(shlex.join(command))}})
     try:
         reply = conn.recv(timeout=REGISTER_TIMEOUT_S)
     except TimeoutError:

@@ -24,6 +24,7 @@ from . import launch, localsock, log, wire
 from .config import Config
 from .core.model import Verdict
 from .rank import STACK_SIGNAL
+from .redact import redact
 from .teardown import JobProcesses, become_subreaper
 
 EXIT_TORN_DOWN = 75
@@ -105,7 +106,7 @@ class Wrapper:
         processes.launcher = proc.pid
         processes.refresh()
         log.log("job_launched", job=self.job_id, attempt=number, pid=proc.pid,
-                command=shlex.join(argv)[:200])
+                command=redact(shlex.join(argv))[:200])
         return Attempt(number, proc, processes, beacons)
 
     def _dump_stacks(self) -> None:
