@@ -402,3 +402,25 @@ def test_rank_forked_child_sys_exit_does_not_mark_the_rank(runs: dict[str, Run])
     assert p.returncode == 0, p.stderr
     v = slot(p.dir)
     assert (v.state, v.exit_code, v.step) == (EXITED, 0, 3)
+
+
+def test_excepthook_called_by_user_code_does_not_mark_the_rank(tmp_path) -> None:
+    """Libraries log handled errors with sys.excepthook(*sys.exc_info()): not an ending."""
+    import subprocess
+    import sys
+
+    from watchdog_d import beacon
+
+    code = ("import sys, watchdog_d\n"
+            "watchdog_d.step()\n"
+            "try:\n    raise ValueError('handled')\n"
+            "except ValueError:\n    sys.excepthook(*sys.exc_info())\n"
+            "import time; time.sleep(0.01)\n")
+    from wdtest_helpers import BOOT_DIR
+
+    env = {"PATH": "/usr/bin:/bin", "WATCHDOG_D_BEACON_DIR": str(tmp_path), "RANK": "0",
+           "PYTHONPATH": f"{BOOT_DIR}:{BOOT_DIR.parent.parent}"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    view = beacon.read_slot(beacon.slot_path(tmp_path, 0))
+    assert view is not None and view.state == beacon.EXITED and view.exit_code == 0

@@ -84,6 +84,10 @@ def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
     """One rank, now (``now`` on time.monotonic, like the beacon)."""
     slot = beacon.slot_path(beacon_dir, view.rank)
     alive, state, cpu = False, "", 0.0
+    if track.dead_at is None and view.state == beacon.EXCEPTION:
+        # an uncaught exception ends the rank even if its shutdown drags on (atexit
+        # handlers, a process group that will not destroy): judge it now
+        track.dead_at = view.exit_time if 0 < view.exit_time <= now else now
     if track.dead_at is None:
         try:
             if track.proc is None or track.proc.pid != view.pid:

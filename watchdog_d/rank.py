@@ -200,12 +200,33 @@ def _on_exit() -> None:
         pass
 
 
+def _uncaught() -> bool:
+    """Is the excepthook running for an uncaught exception of the main thread?
+
+    The interpreter calls it with no Python code below it: only hook frames (ours,
+    and wrappers such as torch.distributed's rank-prefixing hook). Code that calls
+    sys.excepthook itself, to log an error it handled, has a module frame below,
+    and must not mark the rank as ending.
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "<module>":
+            return False
+        frame = frame.f_back
+    return True
+
+
 def _wrap_excepthook(exc_path: Path) -> None:
     previous = sys.excepthook
 
     def hook(etype, value, tb):  # type: ignore[no-untyped-def]
         try:
-            if _writer is not None and os.environ.get(ENV_OWNER) == str(os.getpid()):
+            final = _uncaught()
+            if final and _writer is not None and os.environ.get(ENV_OWNER) == str(os.getpid()):
                 summary = "".join(traceback.format_exception_only(etype, value)).strip()
                 _writer.write_exit(EXCEPTION, 1, _mono(), summary.splitlines()[-1] if summary else "")
                 lines = traceback.format_exception(etype, value, tb)
