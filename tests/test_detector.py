@@ -130,18 +130,20 @@ def test_earliest_exit_across_heartbeats() -> None:
     ([dead(1, code=1), dead(0, code=1)], 0),
 ])
 def test_tie_break_at_equal_exit_time(ranks: list, expected: int) -> None:
+    # (only SIGTERMs -- consequences -- wait rootcause.SETTLE_S for a cause: evaluate later)
     c = Cluster()
     c.ingest(report("a", [rank(r.rank, step=0) for r in ranks]), 100.0)
     c.ingest(report("a", [*(dead(r.rank, code=r.exit_code, sig=r.exit_signal, age=0.5) for r in ranks)]),
              101.0)
-    _, v = only_verdict(c.evaluate(101.0))
+    _, v = only_verdict(c.evaluate(101.5))
     assert v.rank == expected
 
 
 def test_earlier_sigterm_still_beats_later_sigkill() -> None:
-    """The weight only breaks ties; a clearly earlier exit wins whatever it was."""
+    """A cause outranks a consequence, but not one that came much (> 5 s) earlier:
+    a clearly earlier exit wins whatever it was."""
     c = Cluster()
-    c.ingest(report("a", [dead(0, sig=SIGKILL, age=0.0), dead(1, sig=SIGTERM, age=3.0)]), 100.0)
+    c.ingest(report("a", [dead(0, sig=SIGKILL, age=0.0), dead(1, sig=SIGTERM, age=6.0)]), 100.0)
     _, v = only_verdict(c.evaluate(100.0))
     assert v.rank == 1
 
@@ -501,3 +503,55 @@ def test_silent_node_whose_peers_are_stuck_is_lost() -> None:
         c.ingest(report("a", [rank(0, step=10, last_step_age_s=float(t))]), float(t))
     d, v = only_verdict(c.evaluate(6.0))
     assert v.kind == "node_lost" and v.node == "b"
+
+
+# -- root cause across ranks (log findings) ------------------------------------------------
+def _finding(kind: str, role: str = "cause", severity: str = "fatal", age: float = 0.0,
+             line: str = "") -> "LogFinding":
+    from watchdog_d.core.model import LogFinding
+
+    return LogFinding(kind=kind, role=role, severity=severity, age_s=age, line=line or kind,
+                      explanation=f"{kind} explained", remedy=f"fix {kind}")
+
+
+def test_cause_on_a_later_rank_outranks_earlier_consequences() -> None:
+    """Rank 3 ran out of GPU memory; ranks 0-2 lost their peer, some reported first."""
+    c = Cluster()
+    c.ingest(report("a", [dead(0, code=1, age=0.6, findings=(_finding("peer_connection_lost", "consequence", "error", 0.6),)),
+                          dead(1, code=1, age=0.5, findings=(_finding("peer_connection_lost", "consequence", "error", 0.5),))]), 100.0)
+    assert c.evaluate(100.0) == []            # only consequences so far: wait for the cause
+    c.ingest(report("b", [dead(2, sig=SIGTERM, age=0.1),
+                          dead(3, code=1, age=0.2, findings=(_finding("cuda_oom", age=0.3, line="torch.OutOfMemoryError: CUDA out of memory."),))]), 100.4)
+    _, v = only_verdict(c.evaluate(100.4))
+    assert (v.kind, v.rank, v.node) == ("cuda_oom", 3, "b")
+    assert "CUDA out of memory" in v.cause and v.remedy == "fix cuda_oom"
+    assert "consequences" in v.cause and "rank 0 peer_connection_lost" in v.cause
+
+
+def test_only_consequences_decide_after_the_settle_time() -> None:
+    c = Cluster()
+    c.ingest(report("a", [dead(0, code=1, findings=(_finding("peer_connection_lost", "consequence", "error"),)),
+                          rank(1, step=3)]), 100.0)
+    assert c.evaluate(100.5) == []
+    _, v = only_verdict(c.evaluate(101.1))
+    assert (v.kind, v.rank) == ("peer_connection_lost", 0)
+
+
+def test_fatal_finding_on_a_live_rank_is_a_verdict() -> None:
+    c = Cluster()
+    c.ingest(report("a", [rank(0, step=3), rank(1, step=3, findings=(_finding("nccl_error", age=0.2),))]), 100.0)
+    _, v = only_verdict(c.evaluate(100.0))
+    assert (v.kind, v.rank) == ("nccl_error", 1)
+
+
+def test_error_finding_on_a_live_rank_is_not_a_verdict() -> None:
+    c = Cluster()
+    c.ingest(report("a", [rank(0, step=3), rank(1, step=3, findings=(_finding("data_loader_error", severity="error"),))]), 100.0)
+    assert [d for d in c.evaluate(100.0) if d.incident] == []
+
+
+def test_generic_exception_keeps_the_rank_exited_kind() -> None:
+    c = Cluster()
+    c.ingest(report("a", [dead(1, code=1, findings=(_finding("python_exception", severity="error", line="ValueError: bad"),))]), 100.0)
+    _, v = only_verdict(c.evaluate(100.0))
+    assert v.kind == "rank_exited" and "ValueError: bad" in v.cause

@@ -5,7 +5,7 @@ import json
 import math
 from dataclasses import asdict
 
-from .core.model import JobOnNode, JobSpec, NodeReport, RankReport, Verdict
+from .core.model import JobOnNode, JobSpec, LogFinding, NodeReport, RankReport, Verdict
 from .proto import watchdog_pb2 as pb
 
 MAX_TEXT = 16_384       # stack / excerpt text carried per rank
@@ -37,6 +37,26 @@ def spec_from_pb(m: pb.JobSpec) -> JobSpec:
                    alert_urls=tuple(m.alert_urls), command=m.command[:1000])
 
 
+MAX_FINDINGS = 16      # per rank and heartbeat
+
+
+def finding_to_pb(f: LogFinding) -> pb.Finding:
+    return pb.Finding(kind=f.kind, severity=f.severity, role=f.role, line=f.line[:500],
+                      line_no=f.line_no, age_s=f.age_s, fields=dict(f.fields),
+                      explanation=f.explanation, remedy=f.remedy)
+
+
+def finding_from_pb(m: pb.Finding) -> LogFinding:
+    if not m.kind:
+        raise WireError("finding without kind")
+    if not math.isfinite(m.age_s):
+        raise WireError("finding age is not a finite number")
+    return LogFinding(kind=m.kind[:64], severity=m.severity[:16], role=m.role[:16],
+                      line=m.line[:500], line_no=m.line_no, age_s=max(0.0, m.age_s),
+                      fields=tuple(sorted((k[:64], v[:200]) for k, v in m.fields.items()))[:16],
+                      explanation=m.explanation[:300], remedy=m.remedy[:300])
+
+
 def rank_to_pb(r: RankReport) -> pb.RankState:
     return pb.RankState(
         rank=r.rank, local_rank=r.local_rank, pid=r.pid, alive=r.alive,
@@ -45,7 +65,8 @@ def rank_to_pb(r: RankReport) -> pb.RankState:
         proc_state=r.proc_state, step=r.step, last_step_age_s=r.last_step_age_s,
         last_step_dt_s=r.last_step_dt_s, section=r.section,
         section_remaining_s=r.section_remaining_s, cpu_percent=r.cpu_percent,
-        log_offset=r.log_offset, stack=r.stack[-MAX_TEXT:], excerpt=r.excerpt[-MAX_TEXT:])
+        log_offset=r.log_offset, stack=r.stack[-MAX_TEXT:], excerpt=r.excerpt[-MAX_TEXT:],
+        findings=[finding_to_pb(f) for f in r.findings[:MAX_FINDINGS]])
 
 
 def rank_from_pb(m: pb.RankState) -> RankReport:
@@ -61,7 +82,8 @@ def rank_from_pb(m: pb.RankState) -> RankReport:
         proc_state=m.proc_state[:2], step=m.step, last_step_age_s=max(0.0, m.last_step_age_s),
         last_step_dt_s=max(0.0, m.last_step_dt_s), section=m.section[:64],
         section_remaining_s=m.section_remaining_s, cpu_percent=m.cpu_percent,
-        log_offset=m.log_offset, stack=m.stack[-MAX_TEXT:], excerpt=m.excerpt[-MAX_TEXT:])
+        log_offset=m.log_offset, stack=m.stack[-MAX_TEXT:], excerpt=m.excerpt[-MAX_TEXT:],
+        findings=tuple(finding_from_pb(f) for f in m.findings[:MAX_FINDINGS]))
 
 
 def report_to_pb(r: NodeReport) -> pb.Heartbeat:

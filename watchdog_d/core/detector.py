@@ -15,6 +15,7 @@ import re
 import signal as _signal
 from typing import TYPE_CHECKING
 
+from . import rootcause
 from .model import RankReport, Verdict
 from .stall import rank_timeout, stall_timeout
 
@@ -46,19 +47,6 @@ def exit_cause(r: RankReport) -> str:
     return f"rank process exited with status {r.exit_code}{detail}"
 
 
-def _exit_rank_order(item: tuple[NodeView, RankReport]) -> tuple:
-    """Earliest first; at equal times a crash outranks an exception (its likely echo),
-    and a SIGTERM (a launcher cleaning up) comes last."""
-    node, r = item
-    if r.exit_signal == _signal.SIGTERM:
-        weight = 2
-    elif r.exit_signal or r.exit_code is None:
-        weight = 0
-    else:
-        weight = 1
-    return (round(node.exit_at.get(r.rank, 0.0), 1), weight, r.rank)
-
-
 def _verdict(book: JobBook, kind: str, node: NodeView | None, r: RankReport | None,
              after: float, cause: str, remedy: str, excerpt: str = "") -> Verdict:
     return Verdict(job=book.spec.job_id, kind=kind, rank=None if r is None else r.rank,
@@ -69,11 +57,11 @@ def _verdict(book: JobBook, kind: str, node: NodeView | None, r: RankReport | No
 
 
 def detect(book: JobBook, now: float, node_seen: dict[str, float]) -> Verdict | str | None:
-    exited = [(n, r) for n, r in book.ranks() if r.failed]
-    if exited:
-        node, r = min(exited, key=_exit_rank_order)
-        return _verdict(book, "rank_exited", node, r, now - node.exit_at.get(r.rank, now),
-                        exit_cause(r), _exit_remedy(r), r.excerpt or r.stack)
+    picked = rootcause.pick(book, now)
+    if picked is not None:
+        return _failure_verdict(book, now, *picked)
+    if any(r.failed for _, r in book.ranks()):
+        return None   # only consequences so far: the cause may be on its way (SETTLE_S)
     for node in book.nodes.values():
         if node.ended_at is not None and node.part.state == "exited" and node.part.exit_code != 0:
             return _verdict(book, "job_failed", node, None, now - node.ended_at,
@@ -112,6 +100,22 @@ def _peers_progressed(book: JobBook, quiet: NodeView) -> bool:
             if r.alive and r.step >= 0 and node.seen_at - r.last_step_age_s > quiet.seen_at + margin:
                 return True
     return False
+
+
+def _failure_verdict(book: JobBook, now: float, first: rootcause.Failure,
+                     rest: list[rootcause.Failure]) -> Verdict:
+    r, f, node = first.rank, first.finding, first.node
+    # a generic traceback is just how a rank exits: keep the exit as the kind
+    kind = f.kind if f is not None and f.kind != "python_exception" else \
+        "rank_exited" if not r.alive else "python_exception"
+    parts = []
+    if f is not None:
+        parts.append(f"{f.explanation}: {f.line.strip()}" if f.explanation else f.line.strip())
+    if not r.alive:
+        parts.append(exit_cause(r))
+    cause = "; ".join(parts) + rootcause.describe_consequences(rest)
+    remedy = f.remedy if f is not None and f.remedy else _exit_remedy(r)
+    return _verdict(book, kind, node, r, now - first.at, cause, remedy, r.excerpt or r.stack)
 
 
 def _exit_remedy(r: RankReport) -> str:

@@ -11,6 +11,21 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class LogFinding:
+    """A line of a rank's log that matched the fingerprint catalogue."""
+
+    kind: str
+    severity: str = "error"          # fatal | error | warning
+    role: str = "cause"              # cause | consequence
+    line: str = ""
+    line_no: int = -1
+    age_s: float = 0.0               # how long ago the agent read it
+    fields: tuple[tuple[str, str], ...] = ()
+    explanation: str = ""
+    remedy: str = ""
+
+
+@dataclass(frozen=True)
 class RankReport:
     """What an agent saw of one rank process."""
 
@@ -34,6 +49,7 @@ class RankReport:
     log_offset: int = 0
     stack: str = ""                  # latest stack dump of the rank, if any
     excerpt: str = ""                # traceback / log lines worth showing
+    findings: tuple[LogFinding, ...] = ()
 
     @property
     def failed(self) -> bool:

@@ -1,0 +1,118 @@
+"""Root cause, not symptoms.
+
+When one rank fails, its peers fail after it: they lose their connection, time
+out in the collective, are SIGTERMed by their launcher. Reading every rank's
+exit and log findings, name the first real cause:
+
+1. causes outrank consequences (an out-of-memory outranks "Connection closed
+   by peer", whatever arrived first at the coordinator) -- unless the
+   consequence came CONSEQUENCE_LEAD_S earlier: a "cause" that late is itself
+   an aftermath (a launcher escalating SIGTERM to SIGKILL, say);
+2. then the earliest in time (a failure is dated at its first cause line,
+   else at its exit);
+3. at equal times a crash outranks an exception, and a SIGTERM (a launcher
+   cleaning up) comes last.
+The rest are listed as consequences. While the best candidate is only a
+consequence, the verdict waits ``SETTLE_S`` for the cause to arrive from
+another node: naming the right rank is worth a second, a hang is not.
+"""
+from __future__ import annotations
+
+import signal as _signal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .model import LogFinding, RankReport
+
+if TYPE_CHECKING:
+    from .state import JobBook, NodeView
+
+SETTLE_S = 1.0
+CONSEQUENCE_LEAD_S = 5.0
+_SEVERITY = {"fatal": 0, "error": 1, "warning": 2}
+
+
+@dataclass(frozen=True)
+class Failure:
+    node: "NodeView"
+    rank: RankReport
+    at: float                         # coordinator clock
+    finding: LogFinding | None
+    is_cause: bool
+
+
+def best_finding(findings: tuple[LogFinding, ...]) -> LogFinding | None:
+    """Causes first, then the most severe, then the earliest (largest age)."""
+    usable = [f for f in findings if f.severity in ("fatal", "error")]
+    if not usable:
+        return None
+    return min(usable, key=lambda f: (f.role != "cause", _SEVERITY.get(f.severity, 3), -f.age_s))
+
+
+def _exit_is_cause(r: RankReport) -> bool:
+    # a SIGTERM is a launcher cleaning up after someone else; anything else that
+    # killed the rank (SIGKILL, SIGSEGV, vanished) is a cause in itself
+    return r.exit_signal != _signal.SIGTERM
+
+
+def _weight(r: RankReport) -> int:
+    if r.alive:
+        return 1
+    if r.exit_signal == _signal.SIGTERM:
+        return 2
+    if r.exit_signal or r.exit_code is None:
+        return 0
+    return 1
+
+
+def failures(book: "JobBook") -> list[Failure]:
+    """Every rank that failed: exited badly, or alive with a fatal log finding."""
+    out = []
+    for node, r in book.ranks():
+        f = best_finding(r.findings)
+        found_at = node.seen_at - f.age_s if f else None
+        if r.failed:
+            at = node.exit_at.get(r.rank, node.seen_at)
+            if found_at is not None:
+                at = min(at, found_at)
+            is_cause = f.role == "cause" if f else _exit_is_cause(r)
+        elif f is not None and f.severity == "fatal" and found_at is not None:
+            at, is_cause = found_at, f.role == "cause"
+        else:
+            continue
+        out.append(Failure(node, r, at, f, is_cause))
+    return out
+
+
+def order(failure: Failure) -> tuple:
+    return (not failure.is_cause, round(failure.at, 1), _weight(failure.rank), failure.rank.rank)
+
+
+def pick(book: "JobBook", now: float) -> tuple[Failure, list[Failure]] | None:
+    """(root cause, consequences), or None: nothing failed, or only consequences so
+    far and the cause may still be on its way."""
+    found = sorted(failures(book), key=order)
+    if not found:
+        return None
+    earliest = min(found, key=lambda f: (round(f.at, 1), _weight(f.rank), f.rank.rank))
+    if found[0].at - earliest.at > CONSEQUENCE_LEAD_S:
+        found.remove(earliest)
+        found.insert(0, earliest)
+    first = found[0]
+    if not first.is_cause and now - first.at < SETTLE_S:
+        return None
+    return first, found[1:]
+
+
+def describe_consequences(rest: list[Failure], limit: int = 5) -> str:
+    if not rest:
+        return ""
+    parts = []
+    for f in rest[:limit]:
+        what = f.finding.kind if f.finding else ("exited" if not f.rank.alive else "failing")
+        if not f.rank.alive and f.rank.exit_signal:
+            what += f" ({_signal.Signals(f.rank.exit_signal).name})" \
+                if f.rank.exit_signal in _signal.Signals._value2member_map_ else ""
+        parts.append(f"rank {f.rank.rank} {what}")
+    more = f" and {len(rest) - limit} more" if len(rest) > limit else ""
+    return "; then, as consequences: " + ", ".join(parts) + more
