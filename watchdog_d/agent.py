@@ -20,7 +20,10 @@ import psutil
 from . import localsock, log, rpc, wire
 from .config import Config
 from .core.model import JobOnNode, JobSpec, NodeReport
+from .fingerprints import Catalogue, CatalogueError
+from .exits import ExitWatcher
 from .observe import RankTrack, observe_job
+from .ranklogs import AttemptLogs, with_logs
 from .proto import watchdog_pb2 as pb
 from .proto import watchdog_pb2_grpc as pb_grpc
 
@@ -37,6 +40,7 @@ class LocalJob:
     exit_code: int = 0
     tracks: dict[int, RankTrack] = field(default_factory=dict)
     last: JobOnNode | None = None
+    logs: AttemptLogs | None = None
 
 
 def _spec_from_msg(raw: dict) -> JobSpec:
@@ -69,6 +73,10 @@ class Agent:
         self.server: localsock.Server | None = None
         self.reachable = True
         self._threads: list[threading.Thread] = []
+        self.catalogue: Catalogue | None = None
+        self._observe_soon = threading.Event()
+        # a rank's death wakes the observer at once (and dates the death exactly)
+        self.exits = ExitWatcher(on_exit=lambda pid: self._observe_soon.set())
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
@@ -84,6 +92,8 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
         self._send_now.set()
+        self._observe_soon.set()
+        self.exits.stop()
         if self.server:
             self.server.close()
         self.channel.close()
@@ -109,6 +119,8 @@ class Agent:
                 self.observe_now()
                 with self.lock:
                     self.jobs.pop(job.spec.job_id, None)
+                    self._close_logs(job, finished=job.state != "running")
+                    self.exits.forget({t.pid for t in job.tracks.values()})
                 log.log("job_detached", job=job.spec.job_id)
 
     def _handle(self, conn: localsock.Conn, uid: int, msg: dict,
@@ -137,7 +149,9 @@ class Agent:
                 job.attempt = int(msg.get("attempt", job.attempt + 1))
                 job.launcher_pid = int(msg.get("launcher_pid", job.launcher_pid))
                 job.beacon_dir = str(msg.get("beacon_dir", job.beacon_dir))
+                self.exits.forget({t.pid for t in job.tracks.values()})
                 job.state, job.exit_code, job.tracks = "running", 0, {}
+                self._open_logs(job, str(msg.get("log_dir", "")))
             self._send_now.set()
         elif op == "ended" and job is not None:
             with self.lock:
@@ -148,13 +162,57 @@ class Agent:
             conn.send({"op": "error", "error": f"unexpected message {op!r}"})
         return job
 
+    # -- rank logs ----------------------------------------------------------------------
+    def _catalogue(self) -> Catalogue | None:
+        if self.catalogue is None:
+            try:
+                self.catalogue = Catalogue.load()
+            except CatalogueError as e:
+                log.error("catalogue_unusable", error=str(e))
+        return self.catalogue
+
+    def _open_logs(self, job: LocalJob, log_dir: str) -> None:
+        self._close_logs(job, finished=True)
+        catalogue = self._catalogue()
+        if not log_dir or catalogue is None:
+            return
+        try:   # read only what the job's owner could read: a directory of its own
+            owner = os.stat(log_dir).st_uid
+        except OSError:
+            owner = -1
+        if job.uid != 0 and owner != job.uid:
+            log.warn("log_dir_refused", job=job.spec.job_id, path=log_dir,
+                     reason="not owned by the job's user")
+            return
+        state = os.path.join(self.cfg.state_dir, "offsets",
+                             f"{job.spec.job_id}-attempt-{job.attempt}.json")
+        job.logs = AttemptLogs(log_dir, state, catalogue)
+
+    def _close_logs(self, job: LocalJob, finished: bool) -> None:
+        if job.logs is None:
+            return
+        job.logs.close()
+        if finished:       # the attempt is over: its offsets are of no further use
+            try:
+                os.unlink(job.logs.store.path)
+            except OSError:
+                pass
+        job.logs = None
+
     # -- observing and reporting -----------------------------------------------------
     def observe_now(self) -> None:
         now = time.monotonic()
         with self.lock:
             parts = []
             for job in self.jobs.values():
-                ranks = observe_job(job.beacon_dir, job.tracks, now) if job.beacon_dir else ()
+                ranks = observe_job(job.beacon_dir, job.tracks, now, self.exits) \
+                    if job.beacon_dir else ()
+                if job.logs is not None:
+                    try:
+                        job.logs.poll()
+                    except Exception as e:   # a log must never stop the watching
+                        log.error("log_poll_error", job=job.spec.job_id, error=repr(e)[:200])
+                    ranks = with_logs(ranks, job.logs, job.spec.min_stall_timeout_s / 2)
                 job.last = JobOnNode(spec=job.spec, attempt=job.attempt, state=job.state,
                                      exit_code=job.exit_code, ranks=ranks)
                 parts.append(job.last)
@@ -176,7 +234,8 @@ class Agent:
                 self.observe_now()
             except Exception as e:
                 log.error("observe_error", error=repr(e))
-            self._stop.wait(self.cfg.poll_interval)
+            self._observe_soon.wait(self.cfg.poll_interval)
+            self._observe_soon.clear()
 
     def _report_loop(self) -> None:
         backoff = 0.0

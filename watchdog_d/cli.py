@@ -80,12 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _common(p)
 
+    p = sub.add_parser("diagnose", help="offline: classify the failures in log files")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--catalogue", metavar="FILE", help="another fingerprint catalogue (TOML)")
+
     p = sub.add_parser("demo", help="a self-contained show on this CPU")
     _common(p)
     return parser
 
 
-_NOT_CONFIG = {"cmd", "json", "job", "verbose"}
+_NOT_CONFIG = {"cmd", "json", "job", "verbose", "paths", "catalogue"}
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -142,6 +147,8 @@ def _dispatch(args: argparse.Namespace, cfg: Config, command: list[str]) -> int:
         return _status(args, cfg)
     if args.cmd == "events":
         return _events(args, cfg)
+    if args.cmd == "diagnose":
+        return _diagnose(args)
     if args.cmd == "demo":
         from .demo import run_demo
 
@@ -176,6 +183,26 @@ def _status(args: argparse.Namespace, cfg: Config) -> int:
             snap = {"jobs": []}
     print(json.dumps(snap, indent=2) if args.json else render(snap))
     return 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    import os
+
+    from .diagnose import diagnose, exit_status, render
+    from .fingerprints import Catalogue, CatalogueError
+
+    missing = [p for p in args.paths if not os.path.exists(p)]
+    if missing:
+        print(f"watchdog-d: no such file or directory: {missing[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        catalogue = Catalogue.load(args.catalogue)
+    except CatalogueError as e:
+        print(f"watchdog-d: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    result = diagnose(args.paths, catalogue)
+    print(json.dumps(result, indent=1) if args.json else render(result))
+    return exit_status(result)
 
 
 def _events(args: argparse.Namespace, cfg: Config) -> int:

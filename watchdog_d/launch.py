@@ -68,6 +68,12 @@ def substitute(command: list[str], resume_from: str) -> list[str]:
     return [arg.replace("{resume_from}", resume_from) for arg in command]
 
 
+def rank_log_dir(cfg_log_dir: str, state_dir: str, job_id: str, attempt: int) -> Path:
+    """Where the ranks of one attempt write their logs (rank-R.log, rotated)."""
+    base = Path(cfg_log_dir) if cfg_log_dir else Path(state_dir) / "logs"
+    return base / job_id / f"attempt-{attempt}"
+
+
 def job_env(base: dict[str, str], *, job_id: str, attempt: int, beacons: Path, token: str,
             resume_from: str, state_dir: str, log_dir: str) -> dict[str, str]:
     env = dict(base)
@@ -80,8 +86,7 @@ def job_env(base: dict[str, str], *, job_id: str, attempt: int, beacons: Path, t
         TOKEN_ENV: token,
         "PYTHONPATH": os.pathsep.join(p for p in (BOOT_DIR, base.get("PYTHONPATH", "")) if p),
     })
-    if log_dir:
-        env["WATCHDOG_D_LOG_DIR"] = log_dir
+    env["WATCHDOG_D_RANK_LOG_DIR"] = str(rank_log_dir(log_dir, state_dir, job_id, attempt))
     for key, value in NCCL_DEFAULTS.items():
         env.setdefault(key, value)
     names = _fr_names()

@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 
 from . import beacon
+from .exits import ExitWatcher, zombie_status
 from .core.model import RankReport
 
 MAX_TEXT = 16_384
@@ -35,21 +36,6 @@ class RankTrack:
     exit_code: int | None = None
     exit_signal: int | None = None
     files: dict[str, tuple[float, int, str]] = field(default_factory=dict)
-
-
-def _zombie_status(pid: int) -> int | None:
-    """Exit status of a zombie (field 52 of /proc/PID/stat, Linux >= 3.5)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw.rsplit(")", 1)[-1].split()
-    if len(fields) < 50 or fields[0] != "Z":
-        return None
-    try:
-        return int(fields[-1])
-    except ValueError:
-        return None
 
 
 def _tail(track: RankTrack, path: Path) -> str:
@@ -80,9 +66,18 @@ def _state_letter(status: str) -> str:
 
 
 def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
-                 now: float) -> RankReport:
+                 now: float, exits: ExitWatcher | None = None) -> RankReport:
     """One rank, now (``now`` on time.monotonic, like the beacon)."""
     slot = beacon.slot_path(beacon_dir, view.rank)
+    ended = exits.ended(view.pid) if exits is not None else None
+    if track.dead_at is None and ended is not None:
+        # the pidfd told us exactly when, and the zombie how
+        track.dead_at, raw = ended
+        if raw is not None:
+            if os.WIFSIGNALED(raw):
+                track.exit_signal = os.WTERMSIG(raw)
+            elif os.WIFEXITED(raw):
+                track.exit_code = os.WEXITSTATUS(raw)
     alive, state, cpu = False, "", 0.0
     if track.dead_at is None and view.state == beacon.EXCEPTION:
         # an uncaught exception ends the rank even if its shutdown drags on (atexit
@@ -108,7 +103,7 @@ def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
             track.dead_at = track.alive_at if track.alive_at is not None else now
             if view.state != beacon.RUNNING and 0 < view.exit_time <= now:
                 track.dead_at = view.exit_time
-            raw = _zombie_status(view.pid)
+            raw = zombie_status(view.pid)
             if raw is not None:
                 if os.WIFSIGNALED(raw):
                     track.exit_signal = os.WTERMSIG(raw)
@@ -137,15 +132,17 @@ def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
         cpu_percent=cpu, stack=_tail(track, slot.with_suffix(".stack")))
 
 
-def observe_job(beacon_dir: str, tracks: dict[int, RankTrack],
-                now: float | None = None) -> tuple[RankReport, ...]:
+def observe_job(beacon_dir: str, tracks: dict[int, RankTrack], now: float | None = None,
+                exits: ExitWatcher | None = None) -> tuple[RankReport, ...]:
     now = time.monotonic() if now is None else now
     out = []
     for rank, view in sorted(beacon.scan(beacon_dir).items()):
         track = tracks.get(rank)
         if track is None or track.pid != view.pid:
             track = tracks[rank] = RankTrack(pid=view.pid)
-        out.append(observe_rank(view, track, beacon_dir, now))
+            if exits is not None:
+                exits.watch(view.pid)
+        out.append(observe_rank(view, track, beacon_dir, now, exits))
     return tuple(out)
 
 

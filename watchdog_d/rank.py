@@ -60,6 +60,9 @@ def _boot(env: os._Environ | dict) -> None:
     if owner and owner != str(pid):
         return  # a helper process the rank spawned (data loader, compile worker)
     env[ENV_OWNER] = str(pid)
+    log_dir = env.get("WATCHDOG_D_RANK_LOG_DIR")
+    if log_dir:
+        _start_log(os.path.join(log_dir, f"rank-{int(rank)}.log"), env)
     path = slot_path(beacon_dir, int(rank))
     _stack_file = open(path.with_suffix(".stack"), "w")
     faulthandler.register(STACK_SIGNAL, file=_stack_file, all_threads=True, chain=False)
@@ -71,6 +74,18 @@ def _boot(env: os._Environ | dict) -> None:
         _attach_step_hook(sys.modules["torch.optim.optimizer"])
     else:
         sys.meta_path.insert(0, _TorchOptimFinder())
+
+
+def _start_log(path: str, env: os._Environ | dict) -> None:
+    """The rank's own log file: its stdout and stderr go through a small tee process
+    (console unchanged), so the agent can read them even after a SIGKILL."""
+    try:
+        from .tee import start_tee
+
+        start_tee(path, int(env.get("WATCHDOG_D_LOG_MAX_BYTES", 100 << 20)),
+                  int(env.get("WATCHDOG_D_LOG_BACKUPS", 3)))
+    except Exception:
+        pass   # no log file is better than no training
 
 
 # -- explicit API (re-exported by watchdog_d) ---------------------------------

@@ -41,6 +41,7 @@ class Attempt:
     proc: subprocess.Popen
     processes: JobProcesses
     beacons: Path
+    log_dir: Path
 
 
 class Wrapper:
@@ -74,7 +75,7 @@ class Wrapper:
         att = self.attempt
         if att is not None:
             self._send({"op": "attempt", "attempt": att.number, "launcher_pid": os.getpid(),
-                        "beacon_dir": str(att.beacons)})
+                        "beacon_dir": str(att.beacons), "log_dir": str(att.log_dir)})
 
     def _try_reattach(self, now: float) -> None:
         """The agent went away (restarted?): keep the job running, try to get back."""
@@ -94,6 +95,7 @@ class Wrapper:
         env = launch.job_env(dict(os.environ), job_id=self.job_id, attempt=number,
                              beacons=beacons, token=token, resume_from=resume_from,
                              state_dir=self.cfg.state_dir, log_dir=self.cfg.log_dir)
+        Path(env["WATCHDOG_D_RANK_LOG_DIR"]).mkdir(parents=True, exist_ok=True)
         fr = launch.flight_recorder_prefix(env)
         if fr:
             Path(fr).parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +109,7 @@ class Wrapper:
         processes.refresh()
         log.log("job_launched", job=self.job_id, attempt=number, pid=proc.pid,
                 command=redact(shlex.join(argv))[:200])
-        return Attempt(number, proc, processes, beacons)
+        return Attempt(number, proc, processes, beacons, Path(env["WATCHDOG_D_RANK_LOG_DIR"]))
 
     def _dump_stacks(self) -> None:
         from . import beacon

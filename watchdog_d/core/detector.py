@@ -12,6 +12,7 @@ culprit can be named from stacks when the timeout expires.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 import signal as _signal
 from typing import TYPE_CHECKING
 
@@ -109,10 +110,17 @@ def _failure_verdict(book: JobBook, now: float, first: rootcause.Failure,
     kind = f.kind if f is not None and f.kind != "python_exception" else \
         "rank_exited" if not r.alive else "python_exception"
     parts = []
-    if f is not None:
-        parts.append(f"{f.explanation}: {f.line.strip()}" if f.explanation else f.line.strip())
+    if f is not None and f.kind != "python_exception":
+        parts.append(f"{f.explanation.rstrip('.')}: {f.line.strip()}" if f.explanation
+                     else f.line.strip())
     if not r.alive:
-        parts.append(exit_cause(r))
+        if parts:           # the finding says what; the exit only how
+            parts.append(exit_cause(replace(r, exit_detail="")))
+        else:               # a generic traceback: its last line is the detail
+            detail = r.exit_detail or (f.line.strip() if f is not None else "")
+            parts.append(exit_cause(replace(r, exit_detail=detail)))
+    elif not parts and f is not None:
+        parts.append(f.line.strip())
     cause = "; ".join(parts) + rootcause.describe_consequences(rest)
     remedy = f.remedy if f is not None and f.remedy else _exit_remedy(r)
     return _verdict(book, kind, node, r, now - first.at, cause, remedy, r.excerpt or r.stack)

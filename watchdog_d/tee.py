@@ -1,0 +1,275 @@
+"""Per-rank log capture: the console stays as it was, and one size-rotated file per rank.
+
+    python -m watchdog_d.tee --log PATH --max-bytes N --backups K
+
+reads the rank's stdout from fd 0 and its stderr from fd 3, copies them unchanged to
+fd 4 (the original stdout) and fd 5 (the original stderr), and appends both, in arrival
+order, to PATH. It outlives the rank on purpose: it ignores SIGTERM/SIGINT/SIGHUP/SIGPIPE
+and exits only when both pipes reach EOF, i.e. when the rank and every child that
+inherited its fds are gone, so whatever a SIGKILLed rank wrote still reaches the file.
+
+``start_tee()`` does the fd juggling in the rank. This module is stdlib-only and is run
+as a script (``python -I -S .../tee.py``) so the tee imports neither the package nor the
+job's site hooks.
+"""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import stat
+import sys
+import time
+TYPE_CHECKING = False                    # typing costs start-up time (mypy knows this name)
+if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Sequence
+
+READ_SIZE = 64 << 10
+MIN_GAP_S = float(os.environ.get("GAP", "0.001"))            # at most ~1000 reads a second per busy rank (see run())
+CONSOLE_STALL_S = 30.0       # a console that accepts nothing for this long loses that chunk
+
+
+def _say(fd: int, text: str) -> None:
+    try:
+        os.write(fd, f"watchdog-d tee: {text}\n".encode())
+    except OSError:
+        pass
+
+
+class Console:
+    """One console fd. A dead console (EPIPE, closed terminal) is dropped; the file goes on."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.dead = fd < 0
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        stalled_since = 0.0
+        # bounded: each pass writes >= 1 byte, or waits <= 1 s for at most CONSOLE_STALL_S
+        while view and not self.dead:
+            try:
+                view = view[os.write(self.fd, view):]
+                stalled_since = 0.0
+            except BlockingIOError:      # someone set O_NONBLOCK on the shared terminal
+                now = time.monotonic()
+                stalled_since = stalled_since or now
+                if now - stalled_since > CONSOLE_STALL_S:
+                    return
+                select.select([], [self.fd], [], 1.0)
+            except OSError:
+                self.dead = True
+
+
+class RotatingFile:
+    """Write-through, never above max_bytes; rotates at a newline when one fits. Never raises."""
+
+    def __init__(self, path: str, max_bytes: int, backups: int, warn_fd: int = -1):
+        self.path, self.max_bytes, self.backups, self.warn_fd = path, max_bytes, backups, warn_fd
+        self.fd, self.size, self.at_bol = -1, 0, True
+        self.failing = False
+        self.lost = 0                    # bytes not written while failing
+        self._open()
+
+    def _open(self) -> bool:
+        try:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            st = os.fstat(self.fd)
+            if not stat.S_ISREG(st.st_mode):
+                self.max_bytes = 0       # /dev/null, a FIFO...: never rename a device node
+            self.size, self.at_bol = st.st_size, True
+            return True
+        except OSError as e:
+            self._failed(e)
+            return False
+
+    def _failed(self, e: OSError) -> None:
+        if not self.failing:
+            self.failing = True
+            _say(self.warn_fd, f"writing {self.path} failed ({e.strerror}); the console copy goes on")
+
+    def _rotate(self) -> None:
+        os.close(self.fd)
+        self.fd = -1
+        try:
+            if self.backups > 0:
+                for i in range(self.backups - 1, 0, -1):
+                    try:
+                        os.replace(f"{self.path}.{i}", f"{self.path}.{i + 1}")
+                    except FileNotFoundError:
+                        pass
+                os.replace(self.path, f"{self.path}.1")
+            else:
+                os.unlink(self.path)     # no backups: a reader holding it open still drains it
+        except FileNotFoundError:
+            pass                         # deleted under us: just start a new one
+        except OSError as e:
+            self._failed(e)
+        self._open()
+
+    def write(self, data: bytes) -> None:
+        start, end = 0, len(data)
+        # bounded: each pass writes >= 1 byte or rotates (and a fresh file has room)
+        for _ in range(2 * end + 4):
+            if start >= end:
+                return
+            if self.fd < 0 and not self._open():
+                break
+            n = end - start
+            if 0 < self.max_bytes < self.size + n:
+                room = self.max_bytes - self.size
+                cut = data.rfind(b"\n", start, start + room) + 1 if room > 0 else 0
+                if cut > 0:
+                    n = cut - start              # up to the last newline that fits
+                elif room <= 0 or (self.at_bol and self.size > 0):
+                    self._rotate()               # the next line starts in a fresh file
+                    continue
+                else:
+                    n = room                     # mid-line, or a line longer than a file: split
+            if not self._write_all(data, start, start + n):
+                break
+            start += n
+            self.at_bol = data[start - 1] == 10
+        self.lost += end - start
+
+    def _write_all(self, data: bytes, a: int, b: int) -> bool:
+        view = memoryview(data)[a:b]
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as e:             # disk full, I/O error: keep the console going
+            self._failed(e)
+            try:
+                self.size = os.fstat(self.fd).st_size
+            except OSError:
+                pass
+            return False
+        self.size += b - a
+        if self.failing:
+            self.failing = False
+            _say(self.warn_fd, f"writing {self.path} works again; {self.lost} bytes are missing from it")
+            self.lost = 0
+        return True
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def run(inputs: dict[int, Console], sink: RotatingFile) -> None:
+    """Copy until every input is at EOF (the loop ends because pipes end)."""
+    poller = select.poll()
+    for fd in inputs:
+        poller.register(fd, select.POLLIN)
+    live = set(inputs)
+    last = 0.0
+    while live:
+        events = poller.poll()
+        # a rank that makes > 1000 small writes a second would cost a wake-up each (18% of
+        # a core for 100-byte lines at 1 MB/s); let them gather in the pipe for <= 1 ms
+        gap = time.monotonic() - last
+        if gap < MIN_GAP_S:
+            time.sleep(MIN_GAP_S - gap)
+        last = time.monotonic()
+        for fd, _ in events:
+            try:
+                data = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                poller.unregister(fd)
+                live.discard(fd)
+                continue
+            inputs[fd].write(data)       # console first: it is what a person watches
+            sink.write(data)
+
+
+OPTIONS = {"--log": "", "--max-bytes": str(100 << 20), "--backups": "5", "--stdout-fd": "0",
+           "--stderr-fd": "3", "--console-out-fd": "4", "--console-err-fd": "5"}
+USAGE = ("usage: python -m watchdog_d.tee --log PATH [--max-bytes N (0: never rotate)] [--backups K]\n"
+         "       [--stdout-fd 0] [--stderr-fd 3] [--console-out-fd 4] [--console-err-fd 5]\n")
+
+
+def _parse(argv: Sequence[str]) -> dict[str, str] | None:
+    """--name value pairs (argparse alone would triple the tee's start-up time)."""
+    opts = dict(OPTIONS)
+    args = list(argv)
+    if len(args) % 2:
+        return None
+    for name, value in zip(args[::2], args[1::2]):
+        if name not in opts:
+            return None
+        opts[name] = value
+    if not opts["--log"] or not all(opts[k].lstrip("-").isdigit() for k in opts if k != "--log"):
+        return None
+    return opts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    o = _parse(sys.argv[1:] if argv is None else argv)
+    if o is None:
+        sys.stderr.write(USAGE)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    n = {k: int(v) for k, v in o.items() if k != "--log"}
+    sink = RotatingFile(o["--log"], n["--max-bytes"], max(0, n["--backups"]), warn_fd=n["--console-err-fd"])
+    run({n["--stdout-fd"]: Console(n["--console-out-fd"]), n["--stderr-fd"]: Console(n["--console-err-fd"])}, sink)
+    sink.close()
+    return 0
+
+
+def _dup_high(fd: int) -> int:
+    """A close-on-exec copy of fd at >= 3 (or of /dev/null when fd is closed)."""
+    import fcntl
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    except OSError:
+        null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        high = fcntl.fcntl(null, fcntl.F_DUPFD_CLOEXEC, 3)
+        os.close(null)
+        return high
+
+
+def start_tee(log_path: str | os.PathLike[str], max_bytes: int, backups: int) -> subprocess.Popen[bytes]:
+    """Route this process's fds 1 and 2 through a tee into ``log_path``. Call early."""
+    import subprocess                    # not in the tee itself: it costs start-up time
+    log_path = os.fspath(log_path)
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()           # what was printed before goes out first
+        except (OSError, ValueError):
+            pass
+    # every fd >= 3 so it cannot land on 0-2, all close-on-exec except what we pass
+    opened: list[int] = []
+    try:
+        for _ in range(2):
+            r, w = os.pipe()
+            opened += [_dup_high(r), _dup_high(w)]
+            os.close(r)
+            os.close(w)
+        opened += [_dup_high(1), _dup_high(2)]
+        r_out, w_out, r_err, w_err, con_out, con_err = opened
+        cmd = [sys.executable or "python3", "-I", "-S", os.path.abspath(__file__), "--log", log_path,
+               "--max-bytes", str(max_bytes), "--backups", str(backups), "--stdout-fd", "0",
+               "--stderr-fd", str(r_err), "--console-out-fd", str(con_out), "--console-err-fd", str(con_err)]
+        # own session: a group kill of the job or a terminal hang-up does not reach it;
+        # it ends by itself when the last writer is gone
+        proc = subprocess.Popen(cmd, stdin=r_out, stdout=subprocess.DEVNULL, stderr=con_err,
+                                pass_fds=(r_err, con_out, con_err), close_fds=True, start_new_session=True)
+        os.dup2(w_out, 1)
+        os.dup2(w_err, 2)
+    finally:
+        for fd in opened:
+            os.close(fd)
+    return proc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
