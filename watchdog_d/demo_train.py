@@ -3,7 +3,7 @@
     torchrun --standalone --nproc-per-node 2 -m watchdog_d.demo_train
 
 DDP on gloo (CPU). Faults are injected through the environment:
-WD_FAULT = kill | stop | hang | raise | exit | slow | none, on rank WD_FAULT_RANK
+WD_FAULT = kill | stop | hang | raise | oom | exit | slow | none, on rank WD_FAULT_RANK
 at step WD_FAULT_STEP (only on the first attempt unless WD_FAULT_ALWAYS=1).
 WD_PAUSE_AT / WD_PAUSE_S / WD_PAUSE_TIMEOUT: every rank pauses inside
 watchdog_d.section("eval") at that step. WD_STEPS steps of about WD_STEP_TIME seconds; a checkpoint every WD_CKPT_EVERY
@@ -72,6 +72,12 @@ def main() -> int:
         if hit and fault == "stop":
             print(f"[rank {rank}] freezing (SIGSTOP) at step {step}", flush=True)
             os.kill(os.getpid(), signal.SIGSTOP)
+        if hit and fault == "oom":
+            # what a CUDA OOM looks like, on a CPU box; and a secret that must not leak
+            print(f"[rank {rank}] using token hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789", flush=True)
+            raise torch.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 2.30 GiB. GPU 0 has a total capacity "
+                "of 79.14 GiB of which 1.02 GiB is free.")
         if hit and fault == "raise":
             raise RuntimeError(f"injected failure on rank {rank} at step {step}")
         if hit and fault == "exit":
