@@ -31,6 +31,13 @@ def become_subreaper() -> bool:
         return False
 
 
+def _is_tee(p: psutil.Process) -> bool:
+    try:
+        return any(a.endswith("watchdog_d/tee.py") or a == "watchdog_d.tee" for a in p.cmdline())
+    except psutil.Error:
+        return False
+
+
 class JobProcesses:
     """Tracks every process of one attempt of a job."""
 
@@ -112,6 +119,12 @@ class JobProcesses:
             except psutil.Error:
                 pass
 
+    def _wait_tees(self, exclude: set[int], timeout: float) -> None:
+        tees = [p for p in self.living() if p.pid not in exclude and _is_tee(p)]
+        if tees:
+            psutil.wait_procs(tees, timeout=timeout)
+            self.reap()
+
     def _group_alive(self) -> bool:
         if not self.pgid:
             return False
@@ -143,12 +156,22 @@ class JobProcesses:
             time.sleep(0.05)
         hard = 0
         for _ in range(3):   # a process may fork while we kill: look again
-            procs = [p for p in self.living(scan_env=True) if p.pid not in exclude]
+            procs = [p for p in self.living(scan_env=True)
+                     if p.pid not in exclude and not _is_tee(p)]
             if not procs:
                 break
             hard += len(procs)
             self._signal_all(signal.SIGKILL, procs)
             psutil.wait_procs(procs, timeout=2)
+            self.reap()
+        # the ranks' log tees go last: they end by themselves once the ranks are gone,
+        # draining what the ranks wrote on the way (a SIGKILL would lose it)
+        self._wait_tees(exclude, 1.0)
+        tees = [p for p in self.living(scan_env=True) if p.pid not in exclude]
+        if tees:
+            hard += len(tees)
+            self._signal_all(signal.SIGKILL, tees)
+            psutil.wait_procs(tees, timeout=2)
             self.reap()
         if hard:
             log.log("teardown_sigkill", processes=hard)
