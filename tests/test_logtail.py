@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from watchdog_d.logtail import DirectoryTailer, FilePosition, Line, OffsetStore, Tailer
+from watchdog_d.logtail import Block, DirectoryTailer, FilePosition, Line, OffsetStore, Tailer
 
 
 def append(path: Path, data: bytes) -> None:
@@ -27,6 +27,20 @@ def rotate(path: Path, backups: int) -> None:
 
 def datas(lines: list[Line]) -> list[bytes]:
     return [ln.data for ln in lines]
+
+
+def block_lines(blocks: list[Block]) -> list[bytes]:
+    """The lines of blocks, checking what every block promises."""
+    out: list[bytes] = []
+    for b in blocks:
+        assert b.data.endswith(b"\n") and b.data.count(b"\n") == b.lines >= 1
+        assert b.truncated_lines == 0 or (b.lines, b.truncated_lines) == (1, 1)
+        out += b.data[:-1].split(b"\n")
+    return out
+
+
+def file_of(fid: str, tmp_path: Path) -> Path:
+    return next(f for f in tmp_path.iterdir() if f"{f.stat().st_dev}:{f.stat().st_ino}" == fid)
 
 
 def restart(t: Tailer, tmp_path: Path) -> Tailer:
@@ -175,9 +189,14 @@ def test_recreated_with_reused_inode_number_is_a_new_file(tmp_path: Path) -> Non
     assert datas(Tailer(p, fake).read()) == [b"fresh content that is longer than before"]
 
 
-@pytest.mark.parametrize("seed,max_line", [(7, 65536), (11, 30), (12, 8)])
-def test_restart_resumes_exactly_once_across_rotation(tmp_path: Path, seed: int, max_line: int) -> None:
+@pytest.mark.parametrize("seed,max_line", [(7, 65536), (11, 30), (12, 8), (13, 3)])
+@pytest.mark.parametrize("blocks", [False, True])
+def test_restart_resumes_exactly_once_across_rotation(tmp_path: Path, seed: int, max_line: int,
+                                                      blocks: bool) -> None:
     """Random writes, rotations (some mid-line, as the tee may cut), restarts, reads."""
+    def read(n: int = 4 << 20) -> list[bytes]:
+        return block_lines(t.read_blocks(n)) if blocks else datas(t.read(n))
+
     rng = random.Random(seed)
     p = tmp_path / "rank-3.log"
     written: list[bytes] = []
@@ -197,14 +216,14 @@ def test_restart_resumes_exactly_once_across_rotation(tmp_path: Path, seed: int,
         elif r < 0.55 and p.exists():
             rotate(p, 8)                                   # sometimes twice before a read
             if rng.random() < 0.7:
-                got += datas(t.read(rng.choice([7, 100, 4 << 20])))
+                got += read(rng.choice([7, 100, 4 << 20]))
         elif r < 0.7:
             t = restart(t, tmp_path)
         else:
-            got += datas(t.read(rng.choice([5, 64, 4 << 20])))
+            got += read(rng.choice([5, 64, 4 << 20]))
     append(p, bytes(stream))
     for _ in range(5):
-        got += datas(t.read())
+        got += read()
     assert got == written
 
 
@@ -262,15 +281,12 @@ def test_directory_tailer_caps_files_and_warns_once(tmp_path: Path, capfd: pytes
     for i in range(10_000):                     # hard links: 10x faster to make than files
         os.link(tmp_path / "src", tmp_path / f"rank-{i}.log")
     (tmp_path / "rank-0.log.1").write_bytes(b"backup, not a log of its own\n")
-    now = [0.0]
-    d = DirectoryTailer(tmp_path, max_files=64, clock=lambda: now[0])
+    d = DirectoryTailer(tmp_path, max_files=64, rescan_s=0)
     out = d.read()
     assert sorted(out, key=lambda n: int(n[5:-4])) == [f"rank-{i}.log" for i in range(64)]
     assert datas(out["rank-10.log"]) == [b"hello"]
     assert datas(out["rank-0.log"]) == [b"backup, not a log of its own", b"hello"]
-    assert d.read() == {}
-    now[0] += 10
-    d.read()
+    assert d.read() == {} and d.read() == {}
     err = capfd.readouterr().err
     assert err.count("log_files_skipped") == 1 and "skipped=9936" in err
 
@@ -286,3 +302,94 @@ def test_directory_tailer_positions_survive_restart(tmp_path: Path) -> None:
     append(tmp_path / "rank-1.log", b"c\n")
     d2 = DirectoryTailer(tmp_path, positions=store.load())
     assert {k: datas(v) for k, v in d2.read().items()} == {"rank-1.log": [b"c"]}
+
+
+# -- read_blocks: runs of lines as one bytes object -------------------------------------------
+
+def test_read_blocks_is_one_object_per_run_of_file_bytes(tmp_path: Path) -> None:
+    p = tmp_path / "rank-0.log"
+    lines = [b"step %d loss 1.234" % i for i in range(20_000)]
+    append(p, b"".join(ln + b"\n" for ln in lines) + b"partial st")
+    t = Tailer(p)
+    blocks = t.read_blocks()
+    assert len(blocks) == 1 and blocks[0].offset == 0 and blocks[0].lines == 20_000
+    assert blocks[0].data == p.read_bytes()[:-len(b"partial st")]
+    assert file_of(blocks[0].file_id, tmp_path) == p
+    at = len(blocks[0].data)
+    append(p, b"ep\nnext\n")
+    blocks = t.read_blocks()                               # the pending line and the run: one block
+    assert [(b.offset, b.data, b.lines) for b in blocks] == [(at, b"partial step\nnext\n", 2)]
+    assert t.read_blocks() == [] and t.position is not None and t.position.offset == p.stat().st_size
+
+
+def test_read_blocks_across_rotation_and_split_line(tmp_path: Path) -> None:
+    p = tmp_path / "log"
+    append(p, b"a1\na2\n")
+    t = Tailer(p)
+    assert block_lines(t.read_blocks()) == [b"a1", b"a2"]
+    append(p, b"a3\nhalf ")                                 # the tee cut a line at rotation
+    rotate(p, 3)
+    append(p, b"of it\nb1\nb2\n")
+    rotate(p, 3)
+    append(p, b"c1\nc2")
+    blocks = t.read_blocks()
+    assert block_lines(blocks) == [b"a3", b"half of it", b"b1", b"b2", b"c1"]
+    a, joined, b, c = blocks                                # one block per file, the joined line alone
+    assert (a.offset, a.data, joined.offset, joined.data, joined.lines) == (6, b"a3\n", 9, b"half of it\n", 1)
+    assert a.file_id == joined.file_id != b.file_id != c.file_id
+    for blk in (a, b, c):                                   # a multi-line block is the file's bytes
+        f = file_of(blk.file_id, tmp_path)
+        assert f.read_bytes()[blk.offset:blk.offset + len(blk.data)] == blk.data
+    assert (b.offset, c.offset) == (6, 0)
+    append(p, b"\n")
+    assert [(x.offset, x.data) for x in t.read_blocks()] == [(3, b"c2\n")]
+
+
+def test_read_blocks_after_truncation_and_restart(tmp_path: Path) -> None:
+    p = tmp_path / "log"
+    append(p, b"aaaa\nbbbb\ncccc\n")
+    t = Tailer(p)
+    assert [(b.offset, b.data) for b in t.read_blocks(7)] == [(0, b"aaaa\n")]
+    t = restart(t, tmp_path)                               # from the persisted position
+    assert [(b.offset, b.data) for b in t.read_blocks()] == [(5, b"bbbb\ncccc\n")]
+    with open(p, "wb") as f:                               # truncated, rewritten past our offset
+        f.write(b"new 1\nnew 2\nnew 3\n")
+    assert [(b.offset, b.lines) for b in t.read_blocks()] == [(0, 3)]
+    os.truncate(p, 0)
+    append(p, b"x\ny")
+    t = restart(t, tmp_path)
+    assert block_lines(t.read_blocks()) == [b"x"]
+    append(p, b"z\n")
+    t = restart(t, tmp_path)                               # the pending "y" was re-read, once
+    assert [(b.offset, b.data) for b in t.read_blocks()] == [(2, b"yz\n")]
+
+
+def test_read_blocks_cuts_over_long_lines(tmp_path: Path) -> None:
+    p = tmp_path / "log"
+    t = Tailer(p, max_line=10)
+    append(p, b"short\n" + b"L" * 25 + b"\n0123456789\nafter\n" + b"M" * 11 + b"\nend\n" + b"N" * 12)
+    blocks = t.read_blocks()
+    assert [(b.offset, b.data, b.lines, b.truncated_lines) for b in blocks] == [
+        (0, b"short\n", 1, 0), (6, b"L" * 10 + b"\n", 1, 1), (32, b"0123456789\nafter\n", 2, 0),
+        (49, b"M" * 10 + b"\n", 1, 1), (61, b"end\n", 1, 0), (65, b"N" * 10 + b"\n", 1, 1)]
+    t = restart(t, tmp_path)                               # still skipping the N line
+    append(p, b"N" * 100 + b"\nok\n")
+    assert [(b.offset, b.data, b.truncated_lines) for b in t.read_blocks()] == [(178, b"ok\n", 0)]
+    big = b"".join(b"line %05d\n" % i for i in range(5000))
+    append(p, big + b"Q" * 50 + b"\n" + big)              # windows of max_line + 1 find the cut
+    blocks = t.read_blocks()
+    assert [(b.lines, b.truncated_lines) for b in blocks] == [(5000, 0), (1, 1), (5000, 0)]
+    assert blocks[0].data == big == blocks[2].data and blocks[1].data == b"Q" * 10 + b"\n"
+
+
+def test_directory_tailer_read_blocks(tmp_path: Path) -> None:
+    for i in range(3):
+        append(tmp_path / f"rank-{i}.log", b"a\nb\n" * (i + 1))
+    d = DirectoryTailer(tmp_path)
+    out = d.read_blocks()
+    assert {k: [(b.offset, b.lines) for b in v] for k, v in out.items()} == {
+        "rank-0.log": [(0, 2)], "rank-1.log": [(0, 4)], "rank-2.log": [(0, 6)]}
+    assert d.bytes_read == 24 and d.read_blocks() == {}
+    rotate(tmp_path / "rank-1.log", 2)
+    append(tmp_path / "rank-1.log", b"c\n")
+    assert {k: block_lines(v) for k, v in d.read_blocks().items()} == {"rank-1.log": [b"c"]}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from watchdog_d.logtail import Tailer
-from watchdog_d.tee import RotatingFile
+from watchdog_d.tee import RotatingFile, start_tee
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -86,14 +86,15 @@ def test_sigkilled_rank_console_unchanged_file_complete_and_rotated(tmp_path: Pa
     assert [ln.truncated for ln in lines].count(True) == 1
 
 
+# one os.write per line: print() makes several writes when PYTHONUNBUFFERED is set
 WAITER = r"""
 import os, sys
 from watchdog_d.tee import start_tee
 tee = start_tee(sys.argv[1], 1 << 20, 1)
-print("tee", tee.pid, flush=True)
+os.write(1, b"tee %d\n" % tee.pid)
 sys.stdin.readline()
-print("after the signals", flush=True)
-print("on stderr", file=sys.stderr, flush=True)
+os.write(1, b"after the signals\n")
+os.write(2, b"on stderr\n")
 """
 
 
@@ -119,12 +120,12 @@ def test_signals_to_the_tee_do_not_stop_it(tmp_path: Path) -> None:
 
 
 CHATTER = r"""
-import sys
+import os, sys
 from watchdog_d.tee import start_tee
 start_tee(sys.argv[1], int(sys.argv[2]), 1)
 for i in range(300):
-    print("out", i, flush=True)
-    print("err", i, file=sys.stderr, flush=True)
+    os.write(1, b"out %d\n" % i)
+    os.write(2, b"err %d\n" % i)
 """
 
 
@@ -170,3 +171,21 @@ def test_rotation_rules_in_process(tmp_path: Path) -> None:
     g.write(b"12345678\n12345678\n")
     g.close()
     assert sorted(os.listdir(tmp_path))[-1] == "r.log.2" and (tmp_path / "n.log").read_bytes() == b"12345678\n"
+
+
+def test_module_with_the_documented_fd_layout(tmp_path: Path) -> None:
+    """python -m watchdog_d.tee: stdin and fd 3 in, fd 4 and fd 5 out."""
+    log = tmp_path / "r.log"
+    script = 'printf "out\\n" | "$0" -m watchdog_d.tee --log "$1" 3< <(printf "err\\n") 4>&1 5>&2'
+    proc = subprocess.run(["bash", "-c", script, sys.executable, str(log)], capture_output=True, env=ENV, timeout=20)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"out\n", b"err\n")
+    assert sorted(log.read_bytes().splitlines()) == [b"err", b"out"]
+
+
+def test_start_tee_that_cannot_start_leaves_the_fds_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    before = [os.fstat(fd) for fd in (1, 2)]
+    with pytest.raises(OSError, match="did not start"):
+        start_tee(tmp_path / "x.log", 1000, 1)
+    after = [os.fstat(fd) for fd in (1, 2)]
+    assert [(s.st_dev, s.st_ino) for s in before] == [(s.st_dev, s.st_ino) for s in after]

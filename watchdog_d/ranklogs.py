@@ -12,27 +12,29 @@ import os
 import re
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import log
 from .core.model import LogFinding
 from .fingerprints import Catalogue, Finding
-from .logtail import DirectoryTailer, OffsetStore
+from .logtail import Block, DirectoryTailer, OffsetStore
 
 TAIL_LINES = 40
 KEEP_FINDINGS = 8               # the first few causes and the latest few, per rank
 READ_PER_POLL = 8 << 20         # bytes per poll for the whole attempt (back-pressure)
 SAVE_EVERY_S = 1.0
+TAIL_LINE_MAX = 1000            # bytes of a line kept in the tail
 _RANK_FILE = re.compile(r"^rank-(\d+)\.log$")
+_FINDING_FIELDS = frozenset(f.name for f in fields(Finding))
 
 
 @dataclass
 class RankLog:
     findings: list[tuple[float, Finding]] = field(default_factory=list)   # (seen, finding)
     tail: deque = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
-    offset: int = 0
-    lines: int = 0
+    offset: int = 0             # end of the last line read, in the file it is in
+    lines: int = 0              # lines read: the last one's 1-based number
 
     def add(self, seen: float, f: Finding) -> None:
         self.findings.append((seen, f))
@@ -59,13 +61,19 @@ class AttemptLogs:
 
     def _restore(self, payload: dict) -> None:
         now = self.clock()
-        for key, data in payload.get("ranks", {}).items():
-            rl = self.ranks.setdefault(int(key), RankLog())
-            rl.offset, rl.lines = int(data.get("offset", 0)), int(data.get("lines", 0))
-            rl.tail.extend(data.get("tail", [])[-TAIL_LINES:])
-            for f in data.get("findings", []):
-                # ages restart at the agent restart: what matters is the order, kept
-                rl.findings.append((now - float(f.pop("age_s", 0.0)), Finding(**f)))
+        ranks = payload.get("ranks", {})
+        for key, data in (ranks.items() if isinstance(ranks, dict) else ()):
+            try:
+                rl = RankLog(offset=int(data.get("offset", 0)), lines=int(data.get("lines", 0)))
+                rl.tail.extend(str(t) for t in data.get("tail", [])[-TAIL_LINES:])
+                for f in data.get("findings", []):
+                    # ages restart at the agent restart: what matters is the order, kept
+                    kept = {k: v for k, v in f.items() if k in _FINDING_FIELDS}
+                    rl.findings.append((now - float(f.get("age_s", 0.0)), Finding(**kept)))
+                self.ranks[int(key)] = rl
+            except (TypeError, ValueError, AttributeError) as e:
+                # lines already read are not read again: this rank's findings are lost
+                log.warn("log_state_unreadable", rank=key, error=str(e)[:200])
 
     def _payload(self) -> dict:
         now = self.clock()
@@ -76,18 +84,18 @@ class AttemptLogs:
 
     def poll(self) -> None:
         now = self.clock()
-        for name, lines in self.tailer.read(READ_PER_POLL).items():
+        for name, blocks in self.tailer.read_blocks(READ_PER_POLL).items():
             m = _RANK_FILE.match(name)
-            if not m or not lines:
+            if not m or not blocks:
                 continue
             rl = self.ranks.setdefault(int(m.group(1)), RankLog())
-            block = b"\n".join(l.data for l in lines) + b"\n"
-            for f in self.catalogue.scan(block, lines[0].offset, rl.lines + 1):
-                rl.add(now, f)
-            rl.lines += len(lines)
-            last = lines[-1]
-            rl.offset = last.offset + len(last.data) + 1
-            rl.tail.extend(l.data[:1000].decode("utf-8", "replace") for l in lines[-TAIL_LINES:])
+            for b in blocks:         # a block's lines start at b.offset + their index in b.data
+                for f in self.catalogue.scan(b.data, b.offset, rl.lines + 1):
+                    rl.add(now, f)
+                rl.lines += b.lines
+            last = blocks[-1]
+            rl.offset = last.offset + len(last.data)    # (a cut line: where its first bytes end)
+            rl.tail.extend(_last_lines(blocks, TAIL_LINES))
             self._dirty = True
         if self._dirty and now - self._saved_at >= SAVE_EVERY_S:
             self.save()
@@ -116,6 +124,20 @@ class AttemptLogs:
         if self._dirty:
             self.save()
         self.tailer.close()
+
+
+def _last_lines(blocks: list[Block], n: int) -> list[str]:
+    """The last n lines of blocks, each cut to TAIL_LINE_MAX bytes. Found from the end
+    (rfind): no pass over, nor copy of, the rest of a block."""
+    out: list[bytes] = []
+    for b in reversed(blocks):
+        data, start = b.data, len(b.data) - 1          # data[start] is the last newline
+        for _ in range(min(n - len(out), b.lines)):
+            start = data.rfind(b"\n", 0, start)
+        out[:0] = data[start + 1:-1].split(b"\n")
+        if len(out) >= n:
+            break
+    return [ln[:TAIL_LINE_MAX].decode("utf-8", "replace") for ln in out]
 
 
 def with_logs(ranks: tuple, logs: AttemptLogs | None, stale_after_s: float) -> tuple:

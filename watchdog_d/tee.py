@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 READ_SIZE = 64 << 10
-MIN_GAP_S = float(os.environ.get("GAP", "0.001"))            # at most ~1000 reads a second per busy rank (see run())
+MIN_GAP_S = 0.002            # a busy rank: at most ~500 reads a second (see run())
 CONSOLE_STALL_S = 30.0       # a console that accepts nothing for this long loses that chunk
 
 
@@ -164,15 +164,22 @@ def run(inputs: dict[int, Console], sink: RotatingFile) -> None:
     for fd in inputs:
         poller.register(fd, select.POLLIN)
     live = set(inputs)
-    last = 0.0
+    last, busy, full = 0.0, False, False
     while live:
-        events = poller.poll()
-        # a rank that makes > 1000 small writes a second would cost a wake-up each (18% of
-        # a core for 100-byte lines at 1 MB/s); let them gather in the pipe for <= 1 ms
-        gap = time.monotonic() - last
-        if gap < MIN_GAP_S:
-            time.sleep(MIN_GAP_S - gap)
-        last = time.monotonic()
+        # A rank making thousands of small writes a second would cost one wake-up each
+        # (~20% of a core for 100-byte lines at 1 MB/s). Woken again within MIN_GAP_S, the
+        # tee turns to timed reads: sleep MIN_GAP_S, take all that gathered in the pipe,
+        # until a round finds nothing. Latency stays <= MIN_GAP_S; nothing waits in here.
+        if busy:
+            if not full:                 # a full read: more is waiting, no pause
+                time.sleep(MIN_GAP_S)
+            events = poller.poll(0)
+            busy = bool(events)
+        else:
+            events = poller.poll()
+            now = time.monotonic()
+            busy, last = now - last < MIN_GAP_S, now
+        full = False
         for fd, _ in events:
             try:
                 data = os.read(fd, READ_SIZE)
@@ -184,14 +191,16 @@ def run(inputs: dict[int, Console], sink: RotatingFile) -> None:
                 poller.unregister(fd)
                 live.discard(fd)
                 continue
+            full = full or len(data) == READ_SIZE
             inputs[fd].write(data)       # console first: it is what a person watches
             sink.write(data)
 
 
 OPTIONS = {"--log": "", "--max-bytes": str(100 << 20), "--backups": "5", "--stdout-fd": "0",
-           "--stderr-fd": "3", "--console-out-fd": "4", "--console-err-fd": "5"}
+           "--stderr-fd": "3", "--console-out-fd": "4", "--console-err-fd": "5", "--ready-fd": "-1"}
 USAGE = ("usage: python -m watchdog_d.tee --log PATH [--max-bytes N (0: never rotate)] [--backups K]\n"
-         "       [--stdout-fd 0] [--stderr-fd 3] [--console-out-fd 4] [--console-err-fd 5]\n")
+         "       [--stdout-fd 0] [--stderr-fd 3] [--console-out-fd 4] [--console-err-fd 5]\n"
+         "       [--ready-fd N (one byte written there once the tee runs)]\n")
 
 
 def _parse(argv: Sequence[str]) -> dict[str, str] | None:
@@ -218,9 +227,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, signal.SIG_IGN)
     n = {k: int(v) for k, v in o.items() if k != "--log"}
     sink = RotatingFile(o["--log"], n["--max-bytes"], max(0, n["--backups"]), warn_fd=n["--console-err-fd"])
+    if n["--ready-fd"] >= 0:
+        _say_ready(n["--ready-fd"])
     run({n["--stdout-fd"]: Console(n["--console-out-fd"]), n["--stderr-fd"]: Console(n["--console-err-fd"])}, sink)
     sink.close()
     return 0
+
+
+def _say_ready(fd: int) -> None:
+    try:
+        os.write(fd, b"+")
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _dup_high(fd: int) -> int:
@@ -235,8 +254,13 @@ def _dup_high(fd: int) -> int:
         return high
 
 
-def start_tee(log_path: str | os.PathLike[str], max_bytes: int, backups: int) -> subprocess.Popen[bytes]:
-    """Route this process's fds 1 and 2 through a tee into ``log_path``. Call early."""
+def start_tee(log_path: str | os.PathLike[str], max_bytes: int, backups: int,
+              ready_timeout: float = 10.0) -> subprocess.Popen[bytes]:
+    """Route this process's fds 1 and 2 through a tee into ``log_path``. Call early.
+
+    Returns once the tee runs. If it cannot start, raises OSError with fds 1 and 2 left
+    as they were (the caller goes on without capture rather than write into a dead pipe).
+    """
     import subprocess                    # not in the tee itself: it costs start-up time
     log_path = os.fspath(log_path)
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
@@ -249,20 +273,32 @@ def start_tee(log_path: str | os.PathLike[str], max_bytes: int, backups: int) ->
     # every fd >= 3 so it cannot land on 0-2, all close-on-exec except what we pass
     opened: list[int] = []
     try:
-        for _ in range(2):
+        for _ in range(3):
             r, w = os.pipe()
             opened += [_dup_high(r), _dup_high(w)]
             os.close(r)
             os.close(w)
         opened += [_dup_high(1), _dup_high(2)]
-        r_out, w_out, r_err, w_err, con_out, con_err = opened
-        cmd = [sys.executable or "python3", "-I", "-S", os.path.abspath(__file__), "--log", log_path,
+        r_out, w_out, r_err, w_err, r_ready, w_ready, con_out, con_err = opened
+        # -I: neither PYTHONPATH nor the job's sitecustomize nor watchdog_d/ shadows the stdlib
+        # (but a PYTHONHOME the interpreter may need is kept)
+        flags = ["-s", "-S"] if os.environ.get("PYTHONHOME") else ["-I", "-S"]
+        cmd = [sys.executable or "python3", *flags, os.path.abspath(__file__), "--log", log_path,
                "--max-bytes", str(max_bytes), "--backups", str(backups), "--stdout-fd", "0",
-               "--stderr-fd", str(r_err), "--console-out-fd", str(con_out), "--console-err-fd", str(con_err)]
+               "--stderr-fd", str(r_err), "--console-out-fd", str(con_out), "--console-err-fd", str(con_err),
+               "--ready-fd", str(w_ready)]
         # own session: a group kill of the job or a terminal hang-up does not reach it;
         # it ends by itself when the last writer is gone
         proc = subprocess.Popen(cmd, stdin=r_out, stdout=subprocess.DEVNULL, stderr=con_err,
-                                pass_fds=(r_err, con_out, con_err), close_fds=True, start_new_session=True)
+                                pass_fds=(r_err, w_ready, con_out, con_err), close_fds=True,
+                                start_new_session=True)
+        os.close(w_ready)
+        opened.remove(w_ready)
+        ok = select.select([r_ready], [], [], ready_timeout)[0] and os.read(r_ready, 1) == b"+"
+        if not ok:
+            proc.kill()
+            proc.wait()
+            raise OSError(f"watchdog-d tee did not start (exit {proc.returncode}); output not captured")
         os.dup2(w_out, 1)
         os.dup2(w_err, 2)
     finally:
