@@ -50,7 +50,7 @@ def _normal_line_pool(rng: random.Random, n: int) -> list[str]:
         return f"gpu-node{rng.randint(0, 63):02d}"
 
     makers = [
-        (30, lambda s: f"[rank{rng.randint(0, 63)}]:2024-06-01 12:{rng.randint(0, 59):02d}:"
+        (40, lambda s: f"[rank{rng.randint(0, 63)}]:2024-06-01 12:{rng.randint(0, 59):02d}:"
                        f"{rng.randint(0, 59):02d},{rng.randint(0, 999):03d} INFO train.py:210 "
                        f"step={s} loss={rng.uniform(1.5, 3.5):.4f} lr={rng.uniform(1e-5, 3e-4):.3e} "
                        f"grad_norm={rng.uniform(0.1, 4):.3f} tokens/s={rng.randint(80000, 200000)} "
@@ -61,7 +61,7 @@ def _normal_line_pool(rng: random.Random, n: int) -> list[str]:
             f"Epoch {s % 7}: {p:3d}%|{'█' * (p // 10):<10}| {s + p}/500150 "
             f"[6:28:43<94:39:17,  {rng.uniform(1, 2):.2f}it/s, loss={rng.uniform(1, 3):.3g}, v_num=95nc]"
             for p in sorted(rng.sample(range(100), 3)))),
-        (15, lambda s: f"{host()}:{rng.randint(1000, 99999)}:{rng.randint(1000, 99999)} [{rng.randint(0, 7)}] "
+        (4, lambda s: f"{host()}:{rng.randint(1000, 99999)}:{rng.randint(1000, 99999)} [{rng.randint(0, 7)}] "
                        + rng.choice([
                            f"NCCL INFO Channel {rng.randint(0, 31):02d}/0 : {rng.randint(0, 63)}[{rng.randint(0, 7)}] -> "
                            f"{rng.randint(0, 63)}[{rng.randint(0, 7)}] via P2P/CUMEM/read",
@@ -73,7 +73,7 @@ def _normal_line_pool(rng: random.Random, n: int) -> list[str]:
                            "NCCL INFO [Service thread] Connection closed by localRank 3",
                            "NCCL INFO transport/net.cc:1302 -> 6 (timeout=600 retries=7)",
                        ])),
-        (6, lambda s: f"eval step={s} val_loss={rng.uniform(1, 3):.3f} ppl={rng.uniform(3, 20):.2f} "
+        (2, lambda s: f"eval step={s} val_loss={rng.uniform(1, 3):.3f} ppl={rng.uniform(3, 20):.2f} "
                       f"error_rate={rng.uniform(0, 0.2):.3f} accuracy={rng.uniform(0.7, 0.95):.3f} (0 errors, no errors found)"),
         (5, lambda s: f"throughput: {rng.uniform(300, 700):.1f} samples/s, {rng.uniform(0.8, 1.6):.2f}M tokens/s, "
                       f"step time {rng.uniform(0.5, 1.5):.2f}s, data time {rng.uniform(0, 0.05):.3f}s, "
@@ -88,15 +88,15 @@ def _normal_line_pool(rng: random.Random, n: int) -> list[str]:
             "but did not find any unused parameters in the forward pass.",
             "DeprecationWarning: The 'warn' method is deprecated, use 'warning' instead",
         ])),
-        (4, lambda s: f"Saving checkpoint to /ckpt/run-7/step_{s} (model.safetensors, optimizer.pt) took "
+        (1, lambda s: f"Saving checkpoint to /ckpt/run-7/step_{s} (model.safetensors, optimizer.pt) took "
                       f"{rng.uniform(5, 40):.1f}s; keeping the last 3"),
-        (3, lambda s: f"config: {{'timeout': 600, 'batch_size': {rng.choice([8, 16, 32])}, 'seq_len': 4096, "
+        (1, lambda s: f"config: {{'timeout': 600, 'batch_size': {rng.choice([8, 16, 32])}, 'seq_len': 4096, "
                       f"'dataloader_num_workers': 8, 'nccl_timeout_s': 1800, 'on_error': 'raise', "
                       f"'ExceptionGroup': false, 'max_restarts': 3}}"),
-        (3, lambda s: f"W0601 12:00:{rng.randint(0, 59):02d}.{rng.randint(0, 999999):06d} {rng.randint(1000, 99999)} "
+        (1, lambda s: f"W0601 12:00:{rng.randint(0, 59):02d}.{rng.randint(0, 999999):06d} {rng.randint(1000, 99999)} "
                       "torch/distributed/run.py:793] Setting OMP_NUM_THREADS environment variable for each "
                       "process to be 1 in default, to avoid your system being overloaded"),
-        (3, lambda s: f"data: shard {rng.randint(0, 4095):05d}/04096 loaded {rng.randint(1000, 9000)} samples "
+        (6, lambda s: f"data: shard {rng.randint(0, 4095):05d}/04096 loaded {rng.randint(1000, 9000)} samples "
                       f"from s3://datasets/pile/train-{rng.randint(0, 4095):05d}.jsonl.zst in "
                       f"{rng.uniform(0.1, 2):.2f}s (workers=8, prefetch=2)"),
     ]
@@ -135,26 +135,27 @@ def generate(path: Path, mb: int, cat: Catalogue, seed: int = SEED) -> int:
 
 # -- the catalogue ------------------------------------------------------------
 
-def scan_file(cat: Catalogue, path: Path, block: int) -> int:
-    findings = 0
+def scan_file(cat: Catalogue, path: Path, block: int) -> tuple[int, float]:
+    """Stream the file through Catalogue.scan like the agent would: blocks cut at
+    line boundaries, byte offsets and line numbers carried across blocks.
+    Returns (findings, seconds spent inside scan)."""
+    findings, in_scan = 0, 0.0
     offset, line_no, carry = 0, 1, b""
     with open(path, "rb", buffering=0) as f:
         while True:
             chunk = f.read(block)
-            if not chunk:
-                break
-            data = carry + chunk
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:
-                carry = data
-                continue
+            data = carry + chunk if carry else chunk
+            if not data:
+                return findings, in_scan
+            # at EOF the last line may lack its newline: scan it anyway
+            cut = data.rfind(b"\n") + 1 if chunk else len(data)
             whole, carry = data[:cut], data[cut:]
-            findings += len(cat.scan(whole, offset, line_no))
-            offset += len(whole)
-            line_no += whole.count(b"\n")
-    if carry:
-        findings += len(cat.scan(carry, offset, line_no))
-    return findings
+            if whole:
+                t0 = time.perf_counter()
+                findings += len(cat.scan(whole, offset, line_no))
+                in_scan += time.perf_counter() - t0
+                offset += len(whole)
+                line_no += whole.count(b"\n")
 
 
 # -- grep ---------------------------------------------------------------------
@@ -294,8 +295,8 @@ def tail_cost() -> None:
 
 # -- main ---------------------------------------------------------------------
 
-def timed(fn, runs: int) -> tuple[float, int]:
-    times, result = [], 0
+def median_runs(fn, runs: int) -> tuple[float, object]:
+    times, result = [], None
     for _ in range(runs):
         t0 = time.perf_counter()
         result = fn()
@@ -327,14 +328,20 @@ def main() -> int:
               f"grep: {len(pats)} ERE patterns ({fallbacks} entries fell back to keywords)")
         block = int(args.block_mb * 1_000_000)
         scan_file(cat, path, block)  # warm the page cache for both tools
-        t_scan, n_scan = timed(lambda: scan_file(cat, path, block), args.runs)
-        t_grep, n_grep = timed(lambda: grep_file(pats, path), args.runs)
-        print(f"\nmedian of {args.runs} runs, one CPU")
-        print(f"{'tool':<28}{'MB':>8}{'seconds':>10}{'MB/s':>9}{'matches':>10}")
-        for name, t, n in (("Catalogue.scan", t_scan, n_scan), ("grep -c -E (LC_ALL=C)", t_grep, n_grep)):
-            print(f"{name:<28}{size:>8.0f}{t:>10.2f}{size / t:>9.0f}{n:>10}")
-        print(f"ratio scan/grep speed: {t_grep / t_scan:.2f}")
-        print(f"scan findings {n_scan} for {injected} injected failure lines")
+        scans = [scan_file(cat, path, block) for _ in range(args.runs)]
+        t_total, (n_scan, _) = median_runs(lambda: scan_file(cat, path, block), args.runs)
+        t_scan = statistics.median(s for _, s in scans)
+        t_grep, n_grep = median_runs(lambda: grep_file(pats, path), args.runs)
+        print(f"\nmedian of {args.runs} runs, one CPU, {args.block_mb:g} MB blocks")
+        print(f"{'tool':<34}{'MB':>7}{'seconds':>9}{'MB/s':>7}{'matches':>9}")
+        rows = (("Catalogue.scan (time in scan)", t_scan, n_scan),
+                ("read + scan + line count", t_total, n_scan),
+                ("grep -c -E (LC_ALL=C)", t_grep, n_grep))
+        for name, t, n in rows:
+            print(f"{name:<34}{size:>7.0f}{t:>9.2f}{size / t:>7.0f}{n:>9}")
+        print(f"speed ratio scan/grep: {t_grep / t_scan:.2f} (end to end {t_grep / t_total:.2f})")
+        print(f"scan findings {n_scan} for {injected} injected failure lines"
+              f"{'' if n_scan == injected else '  <-- MISMATCH'}")
     finally:
         if args.keep:
             print(f"kept {path}")
