@@ -41,6 +41,7 @@ class LocalJob:
     tracks: dict[int, RankTrack] = field(default_factory=dict)
     last: JobOnNode | None = None
     logs: AttemptLogs | None = None
+    delivered: set = field(default_factory=set)    # (verb, attempt) handed to the wrapper
 
 
 def _spec_from_msg(raw: dict) -> JobSpec:
@@ -248,7 +249,10 @@ class Agent:
             if self._stop.is_set():
                 return
             try:
-                self.stub.Report(wire.report_to_pb(report), timeout=2.0, metadata=self.metadata)
+                ack = self.stub.Report(wire.report_to_pb(report), timeout=2.0,
+                                       metadata=self.metadata)
+                for cmd in ack.commands:
+                    self._deliver(cmd)
                 if not self.reachable:
                     log.log("coordinator_back", coordinator=self.target)
                 self.reachable, backoff = True, 0.0
@@ -283,8 +287,13 @@ class Agent:
     def _deliver(self, cmd: pb.Command) -> None:
         with self.lock:
             job = self.jobs.get(cmd.job_id)
-        if job is None or cmd.attempt < job.attempt and cmd.verb != "done":
-            return
+            if job is None or cmd.attempt < job.attempt and cmd.verb != "done":
+                return
+            if cmd.verb in ("teardown", "restart"):   # also re-sent with every ack: once
+                key = (cmd.verb, cmd.attempt)
+                if key in job.delivered:
+                    return
+                job.delivered.add(key)
         log.log("command_received", job=cmd.job_id, verb=cmd.verb, attempt=cmd.attempt)
         job.conn.send({"op": "command", "verb": cmd.verb, "attempt": cmd.attempt,
                        "verdict": cmd.verdict_json, "action": cmd.action})

@@ -91,8 +91,12 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad heartbeat: {e}")
         with self.lock:
             self.cluster.ingest(report, self.clock())
+            orders = [pb.Command(job_id=job_id, verb=verb, attempt=attempt,
+                                 verdict_json=wire.verdict_to_json(verdict), action=action)
+                      for job_id, verb, attempt, verdict, action
+                      in self.cluster.standing_orders(report.node_id)]
         self.wake.set()   # evaluate now: an exit must not wait for the next tick
-        return pb.HeartbeatAck(seq=request.seq)
+        return pb.HeartbeatAck(seq=request.seq, commands=orders)
 
     def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext):
         if not request.node_id:

@@ -269,12 +269,14 @@ def _anchor_all(data: bytes, lit: bytes, anchor: tuple[bytes, int, int],
 # -- rank attribution ------------------------------------------------------
 
 _RANK_PATTERNS = (
-    re.compile(r"^\s*\[rank(\d+)\]:"),                    # torchrun 2.x: "[rank3]:"
-    re.compile(r"\[(?:PG\b[^\]]*?\s)?Rank (\d+)\]"),      # "[Rank 3]", "[PG 0 Rank 3]", "[PG ID 0 PG GUID 0(default_pg) Rank 3]"
+    re.compile(r"^\s*\[rank(\d+)\]:"),                  # torchrun 2.x: "[rank3]:"
+    # "[Rank 3]", "[PG 0 Rank 3]", "[PG ID 0 PG GUID 0(default_pg) Rank 3]"
+    re.compile(r"\[(?:PG\b[^\]]*?\s)?Rank (\d+)\]"),
     re.compile(r"\bglobal[_ ]rank\s*[:=]\s*(\d+)\b"),
-    # "rank: 3", "rank=3", torchrun's "rank      : 3 (local_rank: 1)"; not local/node/group ranks
+    # "rank: 3", "rank=3", torchrun's "rank      : 3 (local_rank: 1)"; not a
+    # local, node or group rank
     re.compile(r"(?<![\w-])(?<!local )(?<!node )(?<!group )[Rr]ank\s*[:=]\s*(\d+)\b"),
-    re.compile(r"\bon rank (\d+)\b"),                      # "NCCL communicator was aborted on rank 2"
+    re.compile(r"\bon rank (\d+)\b"),                    # "NCCL communicator was aborted on rank 2"
     re.compile(r"\[rank(\d+)\]"),
 )
 
@@ -291,7 +293,7 @@ def rank_from_text(line: str) -> int | None:
 # -- helpers ---------------------------------------------------------------
 
 def _window_bytes(data: bytes, start: int, end: int, hit: int) -> str:
-    """The decoded text of data[start:end] to match: around hit, within its \\r segment."""
+    """The cleaned text of data[start:end] to match: around hit, in its \\r segment."""
     lo, hi = max(start, hit - EVAL_WINDOW), min(end, hit + EVAL_WINDOW)
     # a tqdm-style line holds several \\r-separated screens: keep the hit's one
     a = data.rfind(b"\r", lo, hit) + 1 or lo
@@ -360,5 +362,6 @@ def _entry(i: int, item: Any, source: str) -> Fingerprint:
         explanation=item["explanation"].strip(), remedy=item["remedy"].strip(),
         priority=priority, exclude=tuple(exclude),
         examples=tuple(_str_list(item.get("examples", []), f"{where}: examples", True)),
-        non_examples=tuple(_str_list(item.get("non_examples", []), f"{where}: non_examples", True)),
+        non_examples=tuple(_str_list(item.get("non_examples", []), f"{where}: non_examples",
+                                     True)),
         index=i)

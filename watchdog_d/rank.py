@@ -242,10 +242,11 @@ def _wrap_excepthook(exc_path: Path) -> None:
         try:
             final = _uncaught()
             if final and _writer is not None and os.environ.get(ENV_OWNER) == str(os.getpid()):
-                summary = "".join(traceback.format_exception_only(etype, value)).strip()
-                _writer.write_exit(EXCEPTION, 1, _mono(), summary.splitlines()[-1] if summary else "")
+                # the traceback file first: whoever sees the state must find it there
                 lines = traceback.format_exception(etype, value, tb)
                 exc_path.write_text("".join(lines)[-20000:])
+                summary = "".join(traceback.format_exception_only(etype, value)).strip()
+                _writer.write_exit(EXCEPTION, 1, _mono(), summary.splitlines()[-1] if summary else "")
         except Exception:
             pass
         previous(etype, value, tb)

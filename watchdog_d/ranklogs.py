@@ -120,6 +120,14 @@ class AttemptLogs:
             explanation=f.explanation, remedy=f.remedy) for seen, f in rl.findings)
         return findings, rl.offset, "\n".join(rl.tail)
 
+    def classify(self, text: str) -> tuple[LogFinding, ...]:
+        """Findings of a piece of text that is not (yet) in a log file."""
+        found = self.catalogue.scan(text.encode("utf-8", "replace") + b"\n")
+        return tuple(LogFinding(
+            kind=f.kind, severity=f.severity, role=f.role, line=f.line, line_no=-1, age_s=0.0,
+            fields=tuple(sorted(f.fields.items())), explanation=f.explanation,
+            remedy=f.remedy) for f in found)
+
     def close(self) -> None:
         if self._dirty:
             self.save()
@@ -151,6 +159,11 @@ def with_logs(ranks: tuple, logs: AttemptLogs | None, stale_after_s: float) -> t
     out = []
     for r in ranks:
         findings, offset, tail = logs.view(r.rank)
+        if not r.alive and r.excerpt and not findings:
+            # the rank's own traceback (written before it marked its exit) may be ahead
+            # of its log file: classify it now, so "Connection reset by peer" is known
+            # for the consequence it is before any verdict is made
+            findings = logs.classify(r.excerpt)
         wanted = (not r.alive) or bool(findings) or r.last_step_age_s > stale_after_s
         out.append(replace(r, findings=findings, log_offset=offset,
                            excerpt=(tail or r.excerpt) if wanted else r.excerpt))

@@ -121,7 +121,8 @@ class Verdict:
     def one_line(self) -> str:
         where = f" on {self.node}" if self.node else ""
         step = f" at step {self.step}" if self.step is not None and self.step >= 0 else ""
-        return f"{self.kind} rank {self.rank_label}{where}{step}: {self.cause}"
+        cause = " ".join(self.cause.split())      # one line, whatever the cause holds
+        return f"{self.kind} rank {self.rank_label}{where}{step}: {cause}"
 
 
 @dataclass(frozen=True)

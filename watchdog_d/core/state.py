@@ -112,6 +112,19 @@ class Cluster:
             node.exit_at.clear()
             node.ended_at, node.answered = None, False
 
+    def standing_orders(self, node_id: str) -> list[tuple[str, str, int, Verdict, str]]:
+        """Verbs a node must carry out whatever it heard before: the teardown of a job
+        of a stopping attempt it is still part of. (job, verb, attempt, verdict, action)"""
+        out = []
+        for job_id, book in self.jobs.items():
+            node = book.nodes.get(node_id)
+            if node is None or book.status != "stopping" or book.verdict is None \
+                    or book.outcome == "stopped":
+                continue
+            verb = "restart" if book.action.startswith("restart") else "teardown"
+            out.append((job_id, verb, book.attempt, book.verdict, book.action))
+        return out
+
     # -- decisions -------------------------------------------------------------
     def evaluate(self, now: float) -> list[Decision]:
         out: list[Decision] = []
