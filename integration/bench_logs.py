@@ -302,9 +302,15 @@ def grep_file(pats: list[str], path: Path) -> int:
 
 # -- tail ---------------------------------------------------------------------
 
-def tail_cost() -> None:
-    """Agent CPU for tailing 8 ranks each writing 1 MB/s (filled in by the lead)."""
-    return None
+def tail_cost(runs: int = 3, line_bytes: int = 100) -> dict:
+    """Agent CPU for tailing 8 ranks each writing 1 MB/s (the run itself lives in
+    bench_tail.py): the median run by CPU."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_tail import tail_cost as one_run
+
+    results = sorted((one_run(8, 1.0, 10, line_bytes) for _ in range(runs)),
+                     key=lambda r: r["cpu_pct"])
+    return results[len(results) // 2]
 
 
 # -- main ---------------------------------------------------------------------
@@ -324,6 +330,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--block-mb", type=float, default=4.0)
     ap.add_argument("--keep", action="store_true", help="keep the generated log")
+    ap.add_argument("--no-tail", action="store_true", help="skip the agent tail-cost part")
     args = ap.parse_args()
     if hasattr(os, "sched_setaffinity"):  # one core, inherited by grep
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
@@ -365,6 +372,15 @@ def main() -> int:
             print(f"kept {path}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    if not args.no_tail:
+        if hasattr(os, "sched_setaffinity"):   # writers and agent: the whole machine again
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        r = tail_cost(args.runs)
+        print(f"\nagent tail cost, 8 ranks x 1 MB/s of {r['line_bytes']}-byte lines, median of "
+              f"{args.runs}: {r['cpu_pct']:.2f}% of one core (catalogue scan {r['scan_pct']:.2f}%, "
+              f"reading/offsets/tails {r['tail_pct']:.2f}%); read {r['bytes_read']} of "
+              f"{r['bytes_written']} bytes written, {r['findings']} findings for "
+              f"{r['errors_written']} error lines")
     return 0
 
 
