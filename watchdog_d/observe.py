@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,10 +143,3 @@ def observe_job(beacon_dir: str, tracks: dict[int, RankTrack], now: float | None
                 exits.watch(view.pid)
         out.append(observe_rank(view, track, beacon_dir, now, exits))
     return tuple(out)
-
-
-def signal_name(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return str(sig)

@@ -31,16 +31,9 @@ _COLLECTIVE_FRAME = re.compile(r"torch/distributed/|torch/nn/parallel/distribute
                                r"reduce_scatter|wait)\b")
 
 
-def _signame(sig: int) -> str:
-    try:
-        return _signal.Signals(sig).name
-    except ValueError:
-        return f"signal {sig}"
-
-
 def exit_cause(r: RankReport) -> str:
     if r.exit_signal:
-        return f"rank process was killed by {_signame(r.exit_signal)}"
+        return f"rank process was killed by {rootcause.signame(r.exit_signal)}"
     if r.exit_code is None:
         return ("rank process vanished without a clean exit (killed by a signal such as "
                 "SIGKILL from the OOM killer, or os._exit)")
@@ -130,7 +123,7 @@ def _exit_remedy(r: RankReport) -> str:
     if r.exit_signal == _signal.SIGKILL:
         return _OOM_REMEDY
     if r.exit_signal:
-        return f"a {_signame(r.exit_signal)} usually means a crash in native code: read the rank's log"
+        return f"a {rootcause.signame(r.exit_signal)} usually means a crash in native code: read the rank's log"
     if r.exit_code is None:
         return _OOM_REMEDY
     return "read the rank's traceback below; fix the error and resume from the last checkpoint"

@@ -41,6 +41,13 @@ class Failure:
     is_cause: bool
 
 
+def signame(sig: int) -> str:
+    try:
+        return _signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
 def best_finding(findings: tuple[LogFinding, ...]) -> LogFinding | None:
     """Causes first, then the most severe, then the earliest (largest age)."""
     usable = [f for f in findings if f.severity in ("fatal", "error")]
@@ -111,8 +118,7 @@ def describe_consequences(rest: list[Failure], limit: int = 5) -> str:
     for f in rest[:limit]:
         what = f.finding.kind if f.finding else ("exited" if not f.rank.alive else "failing")
         if not f.rank.alive and f.rank.exit_signal:
-            what += f" ({_signal.Signals(f.rank.exit_signal).name})" \
-                if f.rank.exit_signal in _signal.Signals._value2member_map_ else ""
+            what += f" ({signame(f.rank.exit_signal)})"
         parts.append(f"rank {f.rank.rank} {what}")
     more = f" and {len(rest) - limit} more" if len(rest) > limit else ""
     return "; then, as consequences: " + ", ".join(parts) + more
