@@ -63,3 +63,43 @@ def test_malformed_calls_are_invalid_argument(secured):
         # still serving
         assert stub.Status(pb.StatusRequest(), timeout=5, metadata=ok).json
     assert secured.coordinator.poll() is None
+
+
+def test_metrics_endpoint(tmp_path):
+    """``coordinator --metrics-port``: Prometheus text with the picture of the jobs."""
+    import subprocess
+    import time
+    import urllib.request
+
+    from harness import WATCHDOG, free_port, train_env
+
+    port, metrics = free_port(), free_port()
+    proc = subprocess.Popen([*WATCHDOG, "coordinator", "--listen", f"127.0.0.1:{port}",
+                             "--metrics-port", str(metrics), "--state-dir", str(tmp_path)],
+                            env=train_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        channel, stub = _stub(f"127.0.0.1:{port}")
+        with channel:
+            grpc.channel_ready_future(channel).result(timeout=20)
+            stub.Report(pb.Heartbeat(node_id="n1", jobs=[pb.JobOnNode(
+                state="running", spec=pb.JobSpec(job_id="jm", on_failure="teardown",
+                                                 min_stall_timeout_s=60, stall_factor=5,
+                                                 startup_timeout_s=900, node_timeout_s=5),
+                ranks=[pb.RankState(rank=0, alive=True, step=42, last_step_age_s=0.5)])]),
+                timeout=5)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics",
+                                              timeout=2).read().decode()
+                if "watchdog_d_rank_step" in body and 'job="jm"' in body:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "no metrics"
+            time.sleep(0.1)
+        assert 'watchdog_d_rank_step{job="jm",node="n1",rank="0"} 42' in body
+        assert "watchdog_d_jobs 1" in body
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
