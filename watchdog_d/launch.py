@@ -61,7 +61,43 @@ def beacon_dir(job_id: str, attempt: int) -> Path:
 
 
 def remove_beacons(path: Path) -> None:
+    """All attempts' beacons of this wrapper (at its end)."""
     shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def remove_attempt_beacons(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+PARTIAL = (".tmp", ".partial", ".incomplete", ".lock")
+
+
+def latest_checkpoint(beacons: Path, checkpoint_dir: str) -> str:
+    """What a relaunch resumes from: the newest checkpoint a rank recorded with
+    ``checkpoint_saved`` that still exists; else the newest complete-looking entry
+    of ``--checkpoint-dir`` (not a partial write, not empty); else nothing."""
+    from . import beacon
+
+    recorded = [(v.ckpt_step, v.ckpt_path) for v in beacon.scan(beacons).values()
+                if v.ckpt_path and v.ckpt_step >= 0 and os.path.exists(v.ckpt_path)]
+    if recorded:
+        return max(recorded)[1]
+    if not checkpoint_dir:
+        return ""
+    try:
+        entries = [e for e in os.scandir(checkpoint_dir) if not e.name.endswith(PARTIAL)
+                   and not e.name.startswith(".")]
+    except OSError:
+        return ""
+    complete = []
+    for e in entries:
+        try:
+            st = e.stat()
+            if e.is_dir() and any(os.scandir(e.path)) or e.is_file() and st.st_size > 0:
+                complete.append((st.st_mtime, e.path))
+        except OSError:
+            continue
+    return max(complete)[1] if complete else ""
 
 
 def substitute(command: list[str], resume_from: str) -> list[str]:

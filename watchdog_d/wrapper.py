@@ -13,6 +13,7 @@ import queue
 import secrets
 import shlex
 import signal
+import sys
 import subprocess
 import threading
 import time
@@ -158,10 +159,10 @@ class Wrapper:
                 launch.remove_beacons(self.attempt.beacons)
 
     def _supervise(self) -> int:
-        att = self.attempt
-        assert att is not None
         last_refresh = 0.0
         while True:
+            att = self.attempt
+            assert att is not None
             try:
                 msg = self.inbox.get(timeout=0.1)
             except queue.Empty:
@@ -181,9 +182,13 @@ class Wrapper:
                 result = self._command(msg)
                 if result is not None:
                     return result
+                if self.attempt is not att:
+                    continue          # relaunched: the old launcher's exit is no news
             rc = att.proc.poll()
             if rc is not None:
-                return self._ended_by_itself(rc)
+                result = self._ended_by_itself(rc)
+                if result is not None:
+                    return result
 
     def _command(self, msg: dict) -> int | None:
         verb = msg.get("verb")
@@ -192,8 +197,28 @@ class Wrapper:
             return None
         if verb in ("teardown", "restart"):
             verdict = wire.verdict_from_json(msg.get("verdict", ""))
+            if verb == "restart":
+                return self._restart(verdict, msg.get("action") or verb)
             return self._torn_down(verdict, msg.get("action") or verb)
         return None   # "done" before the job ended: nothing to do
+
+    def _restart(self, verdict: Verdict | None, action: str) -> None:
+        """Tear this attempt down and launch the next, from the latest checkpoint."""
+        att = self.attempt
+        assert att is not None
+        resume = launch.latest_checkpoint(att.beacons, self.cfg.checkpoint_dir)
+        log.warn("restart", job=self.job_id, reason=verdict.kind if verdict else "command",
+                 action=action, resume_from=resume or "-")
+        self._stop_job(self.cfg.grace)
+        launch.remove_attempt_beacons(att.beacons)
+        print(f"watchdog-d: job {self.job_id}: "
+              f"{verdict.one_line() if verdict else 'restart asked'} [action: {action}]; "
+              f"relaunching as attempt {att.number + 1}"
+              f"{' from ' + resume if resume else ' from scratch (no checkpoint found)'}",
+              file=sys.stderr, flush=True)
+        self.attempt = self._launch(att.number + 1, resume)
+        self._announce()
+        return None
 
     def _torn_down(self, verdict: Verdict | None, action: str) -> int:
         what = verdict.one_line() if verdict else "coordinator asked for teardown"
@@ -201,13 +226,12 @@ class Wrapper:
                  grace_s=self.cfg.grace)
         self._stop_job(self.cfg.grace)
         self._send({"op": "ended", "state": "exited", "exit_code": EXIT_TORN_DOWN})
-        if action.startswith("restart"):
-            action = f"{action} (relaunch not implemented yet: stopped)"
         # printed by the caller as the very last line on stderr
         self.final_line = f"watchdog-d: job {self.job_id} torn down: {what} [action: {action}]"
         return EXIT_TORN_DOWN
 
-    def _ended_by_itself(self, rc: int) -> int:
+    def _ended_by_itself(self, rc: int) -> int | None:
+        """The launcher exited by itself: its status, or None when a relaunch follows."""
         att = self.attempt
         assert att is not None
         att.processes.stop(min(self.cfg.grace, 2.0))     # leftovers of a finished job
@@ -222,7 +246,10 @@ class Wrapper:
             if msg is None:
                 break
             if msg.get("op") == "command":
-                if msg.get("verb") in ("teardown", "restart"):
+                if msg.get("verb") == "restart":
+                    return self._restart(wire.verdict_from_json(msg.get("verdict", "")),
+                                         msg.get("action") or "restart")
+                if msg.get("verb") == "teardown":
                     return self._torn_down(wire.verdict_from_json(msg.get("verdict", "")),
                                            msg.get("action") or "teardown")
                 if msg.get("verb") == "done":
