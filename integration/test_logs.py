@@ -116,3 +116,45 @@ def test_diagnose_survives_bad_input(tmp_path):
     kinds = {f["kind"] for file in doc["files"] for f in file["findings"]}
     assert "cuda_error" in kinds
     assert took < 100, took
+
+
+def test_agent_restart_resumes_the_rank_logs(guarded, tmp_path, alert_sink):
+    """The node's agent dies and comes back mid-job: it resumes each rank log from the
+    offsets it saved (not from the start, not skipping what was written meanwhile), and
+    a CUDA OOM printed after the restart is still named."""
+    from cluster import Cluster
+    from harness import free_port
+
+    cluster = Cluster(tmp_path, ["node-a"], alert_url=alert_sink.url)
+    try:
+        job = f"logs-restart-{free_port()}"
+        g = guarded(["--agent-socket", cluster.sockets["node-a"], "--grace", "3",
+                     "--log-dir", str(tmp_path / "logs")], torchrun_cmd(),
+                    train_env(WD_FAULT="oom", WD_FAULT_STEP=120, WD_STEPS=400), job_id=job)
+        offsets = tmp_path / "node-a" / "offsets" / f"{job}-attempt-0.json"
+        deadline = time.monotonic() + 60
+        while not offsets.exists():
+            assert time.monotonic() < deadline and g.proc.poll() is None, g.stderr()
+            time.sleep(0.1)
+        saved = json.loads(offsets.read_text())
+        assert saved["positions"], saved
+        cluster.agents["node-a"].kill()
+        cluster.agents["node-a"].wait()
+        time.sleep(1.0)                            # the ranks keep writing meanwhile
+        before = offsets.stat().st_mtime_ns
+        cluster.start_agent("node-a")
+        # the new agent's first save: it counted no line twice (its count can only be
+        # at most what the file holds by now; a re-read from the start would exceed it)
+        deadline = time.monotonic() + 30
+        while not (offsets.exists() and offsets.stat().st_mtime_ns > before):
+            assert time.monotonic() < deadline and g.proc.poll() is None, cluster.log("node-a")
+            time.sleep(0.05)
+        counted = json.loads(offsets.read_text())["payload"]["ranks"]["0"]["lines"]
+        rank0 = tmp_path / "logs" / job / "attempt-0" / "rank-0.log"
+        assert counted <= rank0.read_bytes().count(b"\n")
+        assert counted >= saved["payload"]["ranks"]["0"]["lines"]
+        assert g.wait(timeout=90) == 75, g.stderr()
+        assert "cuda_oom rank 1" in g.last_stderr_line(), g.last_stderr_line()
+        assert_no_leftovers(job)
+    finally:
+        cluster.stop()
