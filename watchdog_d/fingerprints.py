@@ -33,6 +33,11 @@ _OPTIONAL = ("priority", "exclude", "examples", "non_examples")
 _CONTROL = {c: None for c in (*range(0, 9), *range(10, 32), *range(127, 160))}
 
 
+try:   # the optional C prefilter (setup.py builds it; pure Python otherwise)
+    from . import _fastscan
+except ImportError:  # pragma: no cover - depends on the build
+    _fastscan = None
+
 class CatalogueError(ValueError):
     """The catalogue file is missing, not TOML, or an entry is malformed."""
 
@@ -95,6 +100,7 @@ class Catalogue:
         # a trigger containing another one finds no line the shorter one misses
         lits = [t for t in dict.fromkeys(triggers) if not any(o != t and o in t for o in triggers)]
         self._plan = tuple((t.encode(), _anchor_candidates(t.encode())) for t in lits)
+        self._trigger_bytes = tuple(t for t, _ in self._plan)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Catalogue:
@@ -150,15 +156,11 @@ class Catalogue:
         """Findings in a block of whole lines, in line order, at most one per line."""
         if not data:
             return []
-        first_hit: dict[int, int] = {}  # line start -> first trigger hit in that line
-        sample = data[:_SAMPLE] if len(data) >= 4 * _SAMPLE else b""
-        counts: dict[bytes, int] = {}
-        for lit, anchors in self._plan:
-            anchor = _pick_anchor(lit, anchors, sample, counts, len(data))
-            if anchor is None:
-                _find_all(data, lit, 0, first_hit)
-            else:
-                _anchor_all(data, lit, anchor, first_hit)
+        if _fastscan is not None and len(self._plan) <= 64:
+            # one pass in C for all triggers (the same answer as the loop below)
+            first_hit: dict[int, int] = _fastscan.first_hits(data, self._trigger_bytes)
+        else:
+            first_hit = self._first_hits(data)
         findings: list[Finding] = []
         line_no, counted = first_line_no, 0
         for start in sorted(first_hit):
@@ -174,6 +176,19 @@ class Catalogue:
         return findings
 
     # -- internals ---------------------------------------------------------
+
+    def _first_hits(self, data: bytes) -> dict[int, int]:
+        """line start -> first trigger hit in that line (pure Python)."""
+        first_hit: dict[int, int] = {}
+        sample = data[:_SAMPLE] if len(data) >= 4 * _SAMPLE else b""
+        counts: dict[bytes, int] = {}
+        for lit, anchors in self._plan:
+            anchor = _pick_anchor(lit, anchors, sample, counts, len(data))
+            if anchor is None:
+                _find_all(data, lit, 0, first_hit)
+            else:
+                _anchor_all(data, lit, anchor, first_hit)
+        return first_hit
 
     def _classify(self, text: str) -> tuple[Fingerprint, re.Match[str]] | None:
         if any(p.search(text) for p in self._ignore):
