@@ -35,9 +35,10 @@ static PyObject *first_hits(PyObject *self, PyObject *args) {
     memset(nbucket, 0, sizeof nbucket);
     for (Py_ssize_t k = 0; k < nlits; k++) {
         PyObject *o = PyTuple_GET_ITEM(lits, k);
-        if (!PyBytes_Check(o) || PyBytes_GET_SIZE(o) == 0) {
+        if (!PyBytes_Check(o) || PyBytes_GET_SIZE(o) == 0 ||
+            memchr(PyBytes_AS_STRING(o), '\n', (size_t)PyBytes_GET_SIZE(o)) != NULL) {
             PyBuffer_Release(&buf);
-            PyErr_SetString(PyExc_TypeError, "literals must be non-empty bytes");
+            PyErr_SetString(PyExc_TypeError, "literals must be non-empty bytes without a newline");
             return NULL;
         }
         lit[k] = PyBytes_AS_STRING(o);
@@ -57,14 +58,10 @@ static PyObject *first_hits(PyObject *self, PyObject *args) {
         return NULL;
     }
     const unsigned char *d = (const unsigned char *)buf.buf;
-    Py_ssize_t n = buf.len, line = 0;
+    Py_ssize_t n = buf.len, scanned = 0, line = 0;   /* line: start of the line of `scanned` */
     for (Py_ssize_t p = 0; p < n; p++) {
         unsigned char c = d[p];
-        if (c == '\n') {
-            line = p + 1;
-            continue;
-        }
-        if (!first[c])
+        if (!first[c])               /* the common case: one table lookup per byte */
             continue;
         if (p + 1 < n) {   /* the byte pair must start some literal too */
             unsigned char c1 = d[p + 1];
@@ -74,6 +71,13 @@ static PyObject *first_hits(PyObject *self, PyObject *args) {
         for (int j = 0; j < nbucket[c]; j++) {
             int k = bucket[c][j];
             if (p + len[k] <= n && memcmp(d + p, lit[k], (size_t)len[k]) == 0) {
+                /* the hit's line start: the last newline between what we know and p */
+                for (Py_ssize_t q = p - 1; q >= scanned; q--) {
+                    if (d[q] == '\n') {
+                        line = q + 1;
+                        break;
+                    }
+                }
                 PyObject *key = PyLong_FromSsize_t(line);
                 PyObject *val = PyLong_FromSsize_t(p);
                 int bad = key == NULL || val == NULL || PyDict_SetItem(out, key, val) < 0;
@@ -92,6 +96,7 @@ static PyObject *first_hits(PyObject *self, PyObject *args) {
                     p = nl - d;
                     line = p + 1;
                 }
+                scanned = p + 1;
                 break;
             }
         }
