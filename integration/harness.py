@@ -5,6 +5,7 @@ killed at the end, whatever the test did.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -108,6 +109,9 @@ def torchrun_cmd(nproc: int = 2, extra: list[str] | None = None) -> list[str]:
             "-m", "watchdog_d.demo_train"]
 
 
+_SEQ = itertools.count()
+
+
 class Guarded:
     """One ``watchdog-d run`` as a user would start it."""
 
@@ -117,7 +121,10 @@ class Guarded:
         self.state_dir = tmp / "state"
         self.argv = [*(prefix or []), *WATCHDOG, "run", "--job-id", job_id, "--state-dir", str(self.state_dir),
                      *run_args, "--", *command]
-        self.stdout_path, self.stderr_path = tmp / f"{job_id}.out", tmp / f"{job_id}.err"
+        # one pair of files per wrapper: the wrappers of one job on several "nodes"
+        # share the job id, and two writers on one file overwrite each other
+        n = next(_SEQ)
+        self.stdout_path, self.stderr_path = tmp / f"{job_id}-{n}.out", tmp / f"{job_id}-{n}.err"
         self.proc = subprocess.Popen(self.argv, env=env, stdout=open(self.stdout_path, "wb"),
                                      stderr=open(self.stderr_path, "wb"))
         self.started = time.monotonic()
