@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from .core.rootcause import SEVERITY
 from .fingerprints import Catalogue, Finding, rank_from_text
 from .redact import redact
 
@@ -23,7 +24,6 @@ BLOCK = 4 << 20                  # bytes scanned at a time
 MAX_FILES = 20_000               # per PATH
 MAX_JSON = 16 << 20              # error.json larger than this is scanned as text
 LOG_NAMES = re.compile(r"(\.(log|txt|out|err)(\.\d+)?|^(stdout|stderr)|^error\.json)$")
-_SEVERITY = {"fatal": 0, "error": 1, "warning": 2}
 
 # line timestamps, most specific first: glog header (E1122 05:24:32.301000), ISO 8601
 _GLOG = re.compile(r"\b[EWIF](\d{2})(\d{2}) (\d{2}):(\d{2}):(\d{2})\.(\d+)")
@@ -62,7 +62,7 @@ class FileReport:
         usable = [f for f in self.findings if f.severity in ("fatal", "error")]
         if not usable:
             return None
-        return min(usable, key=lambda f: (f.role != "cause", _SEVERITY[f.severity], f.line_no))
+        return min(usable, key=lambda f: (f.role != "cause", SEVERITY[f.severity], f.line_no))
 
 
 def rank_from_path(path: Path) -> int | None:

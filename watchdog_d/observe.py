@@ -19,9 +19,8 @@ import psutil
 
 from . import beacon
 from .exits import ExitWatcher, zombie_status
-from .core.model import RankReport
+from .core.model import MAX_TEXT, RankReport
 
-MAX_TEXT = 16_384
 
 
 @dataclass

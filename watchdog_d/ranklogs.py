@@ -24,10 +24,18 @@ TAIL_LINES = 40
 KEEP_FINDINGS = 8               # the first few causes and the latest few, per rank
 READ_PER_POLL = 8 << 20         # bytes per poll for the whole attempt (back-pressure)
 SAVE_EVERY_S = 1.0
+POLL_S = 0.25                   # the agent reads logs this often (beacons every 0.1 s)
 TAIL_LINE_MAX = 1000            # bytes of a line kept in the tail
 _RANK_FILE = re.compile(r"^rank-(\d+)\.log$")
 _FINDING_FIELDS = frozenset(f.name for f in fields(Finding))
 
+
+
+def _log_finding(f: Finding, age_s: float, line_no: int | None = None) -> LogFinding:
+    """A catalogue finding as it travels in a heartbeat."""
+    return LogFinding(kind=f.kind, severity=f.severity, role=f.role, line=f.line,
+                      line_no=f.line_no if line_no is None else line_no, age_s=age_s, fields=tuple(sorted(f.fields.items())),
+                      explanation=f.explanation, remedy=f.remedy)
 
 @dataclass
 class RankLog:
@@ -114,19 +122,13 @@ class AttemptLogs:
         if rl is None:
             return (), 0, ""
         now = self.clock()
-        findings = tuple(LogFinding(
-            kind=f.kind, severity=f.severity, role=f.role, line=f.line, line_no=f.line_no,
-            age_s=max(0.0, now - seen), fields=tuple(sorted(f.fields.items())),
-            explanation=f.explanation, remedy=f.remedy) for seen, f in rl.findings)
+        findings = tuple(_log_finding(f, max(0.0, now - seen)) for seen, f in rl.findings)
         return findings, rl.offset, "\n".join(rl.tail)
 
     def classify(self, text: str) -> tuple[LogFinding, ...]:
         """Findings of a piece of text that is not (yet) in a log file."""
         found = self.catalogue.scan(text.encode("utf-8", "replace") + b"\n")
-        return tuple(LogFinding(
-            kind=f.kind, severity=f.severity, role=f.role, line=f.line, line_no=-1, age_s=0.0,
-            fields=tuple(sorted(f.fields.items())), explanation=f.explanation,
-            remedy=f.remedy) for f in found)
+        return tuple(_log_finding(f, 0.0, line_no=-1) for f in found)   # not a log line
 
     def close(self) -> None:
         if self._dirty:

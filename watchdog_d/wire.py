@@ -5,10 +5,9 @@ import json
 import math
 from dataclasses import asdict
 
-from .core.model import JobOnNode, JobSpec, LogFinding, NodeReport, RankReport, Verdict
+from .core.model import MAX_TEXT, JobOnNode, JobSpec, LogFinding, NodeReport, RankReport, Verdict
 from .proto import watchdog_pb2 as pb
 
-MAX_TEXT = 16_384       # stack / excerpt text carried per rank
 
 
 class WireError(ValueError):

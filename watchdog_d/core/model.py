@@ -10,6 +10,9 @@ import math
 from dataclasses import dataclass, field
 
 
+MAX_TEXT = 16_384   # stack / excerpt text kept and carried per rank
+
+
 @dataclass(frozen=True)
 class LogFinding:
     """A line of a rank's log that matched the fingerprint catalogue."""

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 SETTLE_S = 1.0
 CONSEQUENCE_LEAD_S = 5.0
-_SEVERITY = {"fatal": 0, "error": 1, "warning": 2}
+SEVERITY = {"fatal": 0, "error": 1, "warning": 2}      # most severe first
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def best_finding(findings: tuple[LogFinding, ...]) -> LogFinding | None:
     usable = [f for f in findings if f.severity in ("fatal", "error")]
     if not usable:
         return None
-    return min(usable, key=lambda f: (f.role != "cause", _SEVERITY.get(f.severity, 3), -f.age_s))
+    return min(usable, key=lambda f: (f.role != "cause", SEVERITY.get(f.severity, 3), -f.age_s))
 
 
 def _exit_is_cause(r: RankReport) -> bool:
