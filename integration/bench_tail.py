@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from watchdog_d import ranklogs  # noqa: E402
 from watchdog_d.fingerprints import Catalogue  # noqa: E402
-from watchdog_d.ranklogs import AttemptLogs, RankLog  # noqa: E402
+from watchdog_d.ranklogs import POLL_S, AttemptLogs, RankLog  # noqa: E402
 
-POLL_S = 0.25            # the agent's log poll interval
+
 BURST_S = 0.02           # a rank writes a step's worth of lines at a time
 ROTATE_BYTES = 20 << 20
 BACKUPS = 3

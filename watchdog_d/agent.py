@@ -23,6 +23,7 @@ from .core.model import JobOnNode, JobSpec, NodeReport
 from .fingerprints import Catalogue, CatalogueError
 from .exits import ExitWatcher
 from .observe import RankTrack, observe_job
+from .ranklogs import POLL_S as LOG_POLL_S
 from .ranklogs import AttemptLogs, with_logs
 from .proto import watchdog_pb2 as pb
 from .proto import watchdog_pb2_grpc as pb_grpc
@@ -41,6 +42,7 @@ class LocalJob:
     tracks: dict[int, RankTrack] = field(default_factory=dict)
     last: JobOnNode | None = None
     logs: AttemptLogs | None = None
+    logs_read_at: float = float("-inf")
     delivered: set = field(default_factory=set)    # (verb, attempt) handed to the wrapper
 
 
@@ -120,7 +122,7 @@ class Agent:
                 self.observe_now()
                 with self.lock:
                     self.jobs.pop(job.spec.job_id, None)
-                    self._close_logs(job, finished=job.state != "running")
+                    self._close_logs(job)
                     self.exits.forget({t.pid for t in job.tracks.values()})
                 log.log("job_detached", job=job.spec.job_id)
 
@@ -173,7 +175,7 @@ class Agent:
         return self.catalogue
 
     def _open_logs(self, job: LocalJob, log_dir: str) -> None:
-        self._close_logs(job, finished=True)
+        self._close_logs(job)
         catalogue = self._catalogue()
         if not log_dir or catalogue is None:
             return
@@ -189,15 +191,16 @@ class Agent:
                              f"{job.spec.job_id}-attempt-{job.attempt}.json")
         job.logs = AttemptLogs(log_dir, state, catalogue)
 
-    def _close_logs(self, job: LocalJob, finished: bool) -> None:
+    def _close_logs(self, job: LocalJob) -> None:
+        """The attempt is over (a new one, or the wrapper left): its offsets are of no
+        further use. (An agent that dies keeps them: that is what they are for.)"""
         if job.logs is None:
             return
         job.logs.close()
-        if finished:       # the attempt is over: its offsets are of no further use
-            try:
-                os.unlink(job.logs.store.path)
-            except OSError:
-                pass
+        try:
+            os.unlink(job.logs.store.path)
+        except OSError:
+            pass
         job.logs = None
 
     # -- observing and reporting -----------------------------------------------------
@@ -208,11 +211,15 @@ class Agent:
             for job in self.jobs.values():
                 ranks = observe_job(job.beacon_dir, job.tracks, now, self.exits) \
                     if job.beacon_dir else ()
-                if job.logs is not None:
+                # logs at their own pace, but at once when a rank died (its last lines)
+                if job.logs is not None and (now - job.logs_read_at >= LOG_POLL_S
+                                             or any(not r.alive for r in ranks)):
+                    job.logs_read_at = now
                     try:
                         job.logs.poll()
                     except Exception as e:   # a log must never stop the watching
                         log.error("log_poll_error", job=job.spec.job_id, error=repr(e)[:200])
+                if job.logs is not None:
                     ranks = with_logs(ranks, job.logs, job.spec.min_stall_timeout_s / 2)
                 job.last = JobOnNode(spec=job.spec, attempt=job.attempt, state=job.state,
                                      exit_code=job.exit_code, ranks=ranks)
