@@ -246,12 +246,8 @@ class Wrapper:
             if msg is None:
                 break
             if msg.get("op") == "command":
-                if msg.get("verb") == "restart":
-                    return self._restart(wire.verdict_from_json(msg.get("verdict", "")),
-                                         msg.get("action") or "restart")
-                if msg.get("verb") == "teardown":
-                    return self._torn_down(wire.verdict_from_json(msg.get("verdict", "")),
-                                           msg.get("action") or "teardown")
+                if msg.get("verb") in ("teardown", "restart"):
+                    return self._command(msg)     # an exit status, or None: relaunched
                 if msg.get("verb") == "done":
                     return code
             if msg.get("op") == "user_signal":
