@@ -126,12 +126,15 @@ class CountingCatalogue:
     def __init__(self, cat: Catalogue) -> None:
         self.cat, self.found, self.cpu, self.calls = cat, 0, 0.0, 0
 
-    def scan(self, data: bytes, base_offset: int = 0, first_line_no: int = 1) -> list:
+    def scan_counted(self, data: bytes, base_offset: int = 0, first_line_no: int = 1) -> tuple[list, int]:
         c = time.process_time()
-        got = self.cat.scan(data, base_offset, first_line_no)
+        got, lines = self.cat.scan_counted(data, base_offset, first_line_no)
         self.cpu += time.process_time() - c
         self.found, self.calls = self.found + len(got), self.calls + 1
-        return got
+        return got, lines
+
+    def scan(self, data: bytes, base_offset: int = 0, first_line_no: int = 1) -> list:
+        return self.scan_counted(data, base_offset, first_line_no)[0]
 
 
 class LinesAttemptLogs(AttemptLogs):

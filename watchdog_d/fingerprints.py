@@ -101,6 +101,8 @@ class Catalogue:
         lits = [t for t in dict.fromkeys(triggers) if not any(o != t and o in t for o in triggers)]
         self._plan = tuple((t.encode(), _anchor_candidates(t.encode())) for t in lits)
         self._trigger_bytes = tuple(t for t, _ in self._plan)
+        # the C prefilter's terms (see _fastscan.c); else the pure-Python loop
+        self._use_c = len(lits) <= 64 and all(len(t) <= 255 for t in self._trigger_bytes)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Catalogue:
@@ -154,13 +156,18 @@ class Catalogue:
 
     def scan(self, data: bytes, base_offset: int = 0, first_line_no: int = 1) -> list[Finding]:
         """Findings in a block of whole lines, in line order, at most one per line."""
+        return self.scan_counted(data, base_offset, first_line_no)[0]
+
+    def scan_counted(self, data: bytes, base_offset: int = 0,
+                     first_line_no: int = 1) -> tuple[list[Finding], int]:
+        """``scan``, and the number of newlines in ``data`` (counted in the same pass)."""
         if not data:
-            return []
-        if _fastscan is not None and len(self._plan) <= 64:
-            # one pass in C for all triggers (the same answer as the loop below)
-            first_hit: dict[int, int] = _fastscan.first_hits(data, self._trigger_bytes)
+            return [], 0
+        if self._use_c and _fastscan is not None:
+            # one pass in C for all triggers and the newlines (the same answer as below)
+            first_hit, newlines = _fastscan.first_hits(data, self._trigger_bytes)
         else:
-            first_hit = self._first_hits(data)
+            first_hit, newlines = self._first_hits(data), data.count(b"\n")
         findings: list[Finding] = []
         line_no, counted = first_line_no, 0
         for start in sorted(first_hit):
@@ -173,7 +180,7 @@ class Catalogue:
                 line_no += data.count(b"\n", counted, start)
                 counted = start
                 findings.append(_make(text, *found, line_no, base_offset + start))
-        return findings
+        return findings, newlines
 
     # -- internals ---------------------------------------------------------
 

@@ -14,7 +14,7 @@ import os
 import re
 import stat
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from fnmatch import translate as fnmatch_translate
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -45,35 +45,42 @@ class Block:
     offset: int
     data: bytes
     file_id: str         # "dev:inode" of the file the first line starts in
-    lines: int           # == data.count(b"\n")
     truncated_lines: int = 0
+    _lines: int = field(default=-1, repr=False, compare=False)
+
+    @property
+    def lines(self) -> int:
+        """data.count(b"\\n"), counted when first asked: the agent counts them while
+        scanning (``Catalogue.scan_counted``) instead of in a pass of its own."""
+        if self._lines < 0:
+            self._lines = self.data.count(b"\n")
+        return self._lines
 
 
 class _Blocks:
     """Collects a read's blocks, merging a run that continues the previous one in the file."""
-    __slots__ = ("done", "parts", "fid", "at", "end", "lines")
+    __slots__ = ("done", "parts", "fid", "at", "end")
 
     def __init__(self) -> None:
         self.done: list[Block] = []
-        self.parts, self.fid, self.at, self.end, self.lines = [], "", 0, 0, 0
+        self.parts, self.fid, self.at, self.end = [], "", 0, 0
 
-    def run(self, at: int, fid: str, data: bytes, lines: int) -> None:
+    def run(self, at: int, fid: str, data: bytes) -> None:
         if self.parts and at == self.end and fid == self.fid:
             self.parts.append(data)
-            self.lines += lines
         else:
             self._close()
-            self.parts, self.fid, self.at, self.lines = [data], fid, at, lines
+            self.parts, self.fid, self.at = [data], fid, at
         self.end = at + len(data)
 
     def alone(self, at: int, fid: str, line: bytes, cut: bool) -> None:
         self._close()
-        self.done.append(Block(at, line + b"\n", fid, 1, int(cut)))
+        self.done.append(Block(at, line + b"\n", fid, int(cut), 1))
 
     def _close(self) -> None:
         if self.parts:
             data = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
-            self.done.append(Block(self.at, data, self.fid, self.lines))
+            self.done.append(Block(self.at, data, self.fid))
             self.parts = []
 
     def result(self) -> list[Block]:
@@ -272,11 +279,11 @@ class Tailer:
                 pos = nl + 1                     # lines up to nl are all short enough
                 continue
             if pos > start:
-                out.run(base + start, fid, data[start:pos], data.count(b"\n", start, pos))
+                out.run(base + start, fid, data[start:pos])
             out.alone(base + pos, fid, data[pos:pos + ml], True)
             pos = start = data.find(b"\n", pos + ml) + 1       # found: pos < end
         if end > start:
-            out.run(base + start, fid, data[start:end], data.count(b"\n", start, end))
+            out.run(base + start, fid, data[start:end])
 
     def _pend(self, data: bytes, start: int, end: int, out: _Blocks) -> None:
         """data[start:end] (no newline) begins or continues the pending line."""
@@ -297,7 +304,7 @@ class Tailer:
         if self._buf_at:
             at, fid, cut = self._buf_at[0].offset, self._buf_at[1], len(self._buf) > self.max_line
             if whole and not cut and self._cur is not None and fid == self._cur.fid:
-                out.run(at, fid, bytes(self._buf) + b"\n", 1)
+                out.run(at, fid, bytes(self._buf) + b"\n")
             else:
                 out.alone(at, fid, bytes(self._buf[:self.max_line]), cut)
         self._buf.clear()
