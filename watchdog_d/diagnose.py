@@ -117,8 +117,9 @@ def scan_file(path: Path, catalogue: Catalogue) -> FileReport:
                 if cut == 0 and len(block) >= BLOCK:
                     cut = len(block)          # a line longer than a block: scan it in pieces
                 if cut:
-                    report.findings += catalogue.scan(block[:cut], offset, line_no)
-                    line_no += block.count(b"\n", 0, cut)
+                    found, lines = catalogue.scan_counted(block[:cut], offset, line_no)
+                    report.findings += found
+                    line_no += lines
                     offset += cut
                 pending = block[cut:]
     except OSError as e:
