@@ -210,6 +210,7 @@ class Wrapper:
         log.warn("restart", job=self.job_id, reason=verdict.kind if verdict else "command",
                  action=action, resume_from=resume or "-")
         self._stop_job(self.cfg.grace)
+        log.log("attempt_stopped", job=self.job_id, attempt=att.number)
         launch.remove_attempt_beacons(att.beacons)
         print(f"watchdog-d: job {self.job_id}: "
               f"{verdict.one_line() if verdict else 'restart asked'} [action: {action}]; "
