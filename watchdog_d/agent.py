@@ -37,8 +37,9 @@ class LocalJob:
     attempt: int = 0
     launcher_pid: int = 0
     beacon_dir: str = ""
-    state: str = "running"
+    state: str = "running"             # running | exited | stopped | waiting (for a relaunch)
     exit_code: int = 0
+    note: str = ""
     tracks: dict[int, RankTrack] = field(default_factory=dict)
     last: JobOnNode | None = None
     logs: AttemptLogs | None = None
@@ -54,7 +55,9 @@ def _spec_from_msg(raw: dict) -> JobSpec:
                    startup_timeout_s=float(raw.get("startup_timeout_s", 900)),
                    node_timeout_s=float(raw.get("node_timeout_s", 5)),
                    alert_urls=tuple(str(u) for u in raw.get("alert_urls", ())),
-                   command=str(raw.get("command", ""))[:1000])
+                   command=str(raw.get("command", ""))[:1000],
+                   restart_backoff_s=max(0.0, float(raw.get("restart_backoff_s", 0.0))),
+                   crash_loop=max(0, int(raw.get("crash_loop", 3))))
 
 
 class Agent:
@@ -153,9 +156,13 @@ class Agent:
                 job.launcher_pid = int(msg.get("launcher_pid", job.launcher_pid))
                 job.beacon_dir = str(msg.get("beacon_dir", job.beacon_dir))
                 self.exits.forget({t.pid for t in job.tracks.values()})
-                job.state, job.exit_code, job.tracks = "running", 0, {}
+                job.state, job.exit_code, job.tracks, job.note = "running", 0, {}, ""
                 self._open_logs(job, str(msg.get("log_dir", "")))
             self._send_now.set()
+        elif op == "waiting" and job is not None:
+            with self.lock:   # the attempt's ranks are down; the next generation is awaited
+                job.state, job.note = "waiting", str(msg.get("note", ""))[:1000]
+            self.observe_now()
         elif op == "ended" and job is not None:
             with self.lock:
                 job.state = "stopped" if msg.get("state") == "stopped" else "exited"
@@ -222,7 +229,7 @@ class Agent:
                 if job.logs is not None:
                     ranks = with_logs(ranks, job.logs, job.spec.min_stall_timeout_s / 2)
                 job.last = JobOnNode(spec=job.spec, attempt=job.attempt, state=job.state,
-                                     exit_code=job.exit_code, ranks=ranks)
+                                     exit_code=job.exit_code, ranks=ranks, note=job.note)
                 parts.append(job.last)
             self._seq += 1
             self._latest = NodeReport(node_id=self.node_id, host=self.host, seq=self._seq,
@@ -296,14 +303,15 @@ class Agent:
             job = self.jobs.get(cmd.job_id)
             if job is None or cmd.attempt < job.attempt and cmd.verb != "done":
                 return
-            if cmd.verb in ("teardown", "restart"):   # also re-sent with every ack: once
+            if cmd.verb in ("teardown", "restart", "relaunch"):   # also re-sent with every ack: once
                 key = (cmd.verb, cmd.attempt)
                 if key in job.delivered:
                     return
                 job.delivered.add(key)
         log.log("command_received", job=cmd.job_id, verb=cmd.verb, attempt=cmd.attempt)
         job.conn.send({"op": "command", "verb": cmd.verb, "attempt": cmd.attempt,
-                       "verdict": cmd.verdict_json, "action": cmd.action})
+                       "verdict": cmd.verdict_json, "action": cmd.action,
+                       "resume_from": cmd.resume_from, "resume_step": cmd.resume_step})
 
 
 def run_agent(cfg: Config) -> int:

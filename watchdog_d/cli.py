@@ -24,6 +24,14 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-failure", dest="on_failure", choices=("alert", "teardown", "restart"))
     p.add_argument("--max-restarts", dest="max_restarts", type=int)
     p.add_argument("--checkpoint-dir", dest="checkpoint_dir")
+    p.add_argument("--checkpoint-glob", dest="checkpoint_glob", metavar="GLOB",
+                   help="entries of --checkpoint-dir that are checkpoints (default *)")
+    p.add_argument("--checkpoint-marker", dest="checkpoint_markers", action="append", metavar="NAME",
+                   help="a checkpoint directory is complete when it holds this file (repeatable)")
+    p.add_argument("--restart-backoff", dest="restart_backoff", type=float, metavar="SECONDS",
+                   help="wait before relaunch i: SECONDS x 2^(i-1) (default 0)")
+    p.add_argument("--crash-loop", dest="crash_loop", type=int, metavar="K",
+                   help="give up after K attempts in a row end before their first step (default 3; 0: never)")
     p.add_argument("--min-stall-timeout", dest="min_stall_timeout", type=float, metavar="SECONDS")
     p.add_argument("--stall-factor", dest="stall_factor", type=float, metavar="X")
     p.add_argument("--startup-timeout", dest="startup_timeout", type=float, metavar="SECONDS")

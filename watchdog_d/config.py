@@ -14,6 +14,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checkpoints import Rule as _CheckpointRule
+
 
 class ConfigError(ValueError):
     """A setting that cannot be used; the message says which and why."""
@@ -47,7 +49,12 @@ class Config:
     alert: list[str] = field(default_factory=list)
     on_failure: str = "teardown"
     max_restarts: int = 0
+    restart_backoff: float = 0.0         # seconds before relaunch i: this x 2^(i-1)
+    crash_loop: int = 3                  # attempts in a row without a step -> gave_up (0: off)
     checkpoint_dir: str = ""
+    checkpoint_glob: str = "*"
+    checkpoint_markers: list[str] = field(default_factory=lambda: list(_CheckpointRule.markers))
+    checkpoint_partial: list[str] = field(default_factory=lambda: list(_CheckpointRule.partial))
     min_stall_timeout: float = 60.0
     stall_factor: float = 5.0
     startup_timeout: float = 900.0
@@ -76,8 +83,10 @@ class Config:
                      "heartbeat_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.grace < 0 or self.max_restarts < 0 or self.alert_cooldown < 0:
-            raise ConfigError("grace, max_restarts and alert_cooldown must be >= 0")
+        if min(self.grace, self.max_restarts, self.alert_cooldown, self.restart_backoff,
+               self.crash_loop) < 0:
+            raise ConfigError("grace, max_restarts, alert_cooldown, restart_backoff and crash_loop "
+                              "must be >= 0")
         if self.stall_factor < 1:
             raise ConfigError(f"stall_factor must be >= 1, got {self.stall_factor}")
         for name in ("coordinator", "listen"):
@@ -90,6 +99,10 @@ class Config:
         if self.job_id and not all(c.isalnum() or c in "-_." for c in self.job_id):
             raise ConfigError(f"job_id may hold letters, digits, '-', '_' and '.', got {self.job_id!r}")
         return self
+
+    def checkpoint_rule(self) -> _CheckpointRule:
+        return _CheckpointRule(pattern=self.checkpoint_glob, partial=tuple(self.checkpoint_partial),
+                               markers=tuple(self.checkpoint_markers))
 
     def finish(self) -> "Config":
         """Fill the defaults that depend on the machine."""

@@ -42,11 +42,13 @@ class Coordinator(pb_grpc.CoordinatorServicer):
     def __init__(self, cfg: Config, *, clock=time.monotonic, sender: AlertSender | None = None):
         self.cfg = cfg
         self.clock = clock
-        self.cluster = Cluster()
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.outboxes: dict[str, _Outbox] = {}
         self.store = IncidentStore(Path(cfg.state_dir) / "incidents.sqlite")
+        # a restarted coordinator still knows each job's recorded checkpoint
+        self._saved_checkpoints = self.store.checkpoints()
+        self.cluster = Cluster(checkpoints=self._saved_checkpoints)
         self.sender = sender or AlertSender(tuple(cfg.alert), cooldown_s=cfg.alert_cooldown)
         self.server: grpc.Server | None = None
         self.port = 0
@@ -91,10 +93,19 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad heartbeat: {e}")
         with self.lock:
             self.cluster.ingest(report, self.clock())
-            orders = [pb.Command(job_id=job_id, verb=verb, attempt=attempt,
-                                 verdict_json=wire.verdict_to_json(verdict), action=action)
-                      for job_id, verb, attempt, verdict, action
-                      in self.cluster.standing_orders(report.node_id)]
+            orders = [pb.Command(job_id=o.job_id, verb=o.verb, attempt=o.attempt,
+                                 verdict_json=wire.verdict_to_json(o.verdict) if o.verdict else "",
+                                 action=o.action, resume_from=o.resume_from, resume_step=o.resume_step)
+                      for o in self.cluster.standing_orders(report.node_id)]
+            changed = {job: ck for job, ck in self.cluster.checkpoints.items()
+                       if self._saved_checkpoints.get(job) != ck}
+            self._saved_checkpoints.update(changed)
+        for job, (step, path) in changed.items():
+            try:
+                self.store.save_checkpoint(job, step, path, time.time())
+                log.log("checkpoint_recorded", job=job, step=step, path=path)
+            except Exception as e:
+                log.error("store_failed", error=repr(e))
         self.wake.set()   # evaluate now: an exit must not wait for the next tick
         return pb.HeartbeatAck(seq=request.seq, commands=orders)
 
@@ -154,17 +165,19 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         if d.verb == "none":
             return
         action = d.incident.action if d.incident else ""
-        attempt = d.incident.verdict.attempt if d.incident else 0
+        attempt = d.attempt if d.attempt >= 0 else d.incident.verdict.attempt if d.incident else 0
         for node in d.nodes:
             cmd = pb.Command(job_id=d.job_id, verb=d.verb, attempt=attempt,
-                             verdict_json=verdict_json, action=action)
+                             verdict_json=verdict_json, action=action,
+                             resume_from=d.resume_from, resume_step=d.resume_step)
             with self.lock:
                 box = self.outboxes.setdefault(node, _Outbox())
             try:
                 box.queue.put_nowait(cmd)
             except queue.Full:
                 log.warn("command_dropped", node=node, verb=d.verb, reason="outbox full")
-        log.log("command", job=d.job_id, verb=d.verb, nodes=",".join(d.nodes))
+        log.log("command", job=d.job_id, verb=d.verb, attempt=attempt, nodes=",".join(d.nodes),
+                resume_from=d.resume_from or None)
 
     def _write_status(self) -> None:
         path = Path(self.cfg.state_dir) / "status.json"

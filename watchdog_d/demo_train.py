@@ -7,7 +7,8 @@ WD_FAULT = kill | stop | hang | raise | oom | exit | slow | none, on rank WD_FAU
 at step WD_FAULT_STEP (only on the first attempt unless WD_FAULT_ALWAYS=1).
 WD_PAUSE_AT / WD_PAUSE_S / WD_PAUSE_TIMEOUT: every rank pauses inside
 watchdog_d.section("eval") at that step. WD_STEPS steps of about WD_STEP_TIME seconds; a checkpoint every WD_CKPT_EVERY
-steps into WD_CKPT_DIR, resumed from WATCHDOG_D_RESUME_FROM.
+steps into WD_CKPT_DIR, resumed from WATCHDOG_D_RESUME_FROM. For benchmarks: WD_FAULT_MARK
+(wall time of the fault) and WD_STEP_MARK (rank 0's first step, into WD_STEP_MARK.<attempt>).
 """
 from __future__ import annotations
 
@@ -93,6 +94,10 @@ def main() -> int:
         opt.zero_grad()
         loss.backward()
         opt.step()                      # the watchdog's step hook fires here
+        if step == start and rank == 0 and _env("WD_STEP_MARK", ""):   # for benchmarks:
+            attempt = _env("WATCHDOG_D_RESTART_COUNT", "0")          # this process's first step
+            with open(f"{_env('WD_STEP_MARK', '')}.{attempt}", "w") as f:
+                f.write(repr(time.time()))
         time.sleep(step_time)
         if ckpt_dir and rank == 0 and (step + 1) % ckpt_every == 0:
             path = os.path.join(ckpt_dir, f"step-{step + 1}.pt")

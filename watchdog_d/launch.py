@@ -10,8 +10,10 @@ import secrets
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from . import checkpoints
 from .rank import ENV_DIR, ENV_OWNER
 from .teardown import TOKEN_ENV
 
@@ -69,35 +71,93 @@ def remove_attempt_beacons(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-PARTIAL = (".tmp", ".partial", ".incomplete", ".lock")
-
-
-def latest_checkpoint(beacons: Path, checkpoint_dir: str) -> str:
-    """What a relaunch resumes from: the newest checkpoint a rank recorded with
-    ``checkpoint_saved`` that still exists; else the newest complete-looking entry
-    of ``--checkpoint-dir`` (not a partial write, not empty); else nothing."""
+def recorded_checkpoint(beacons: Path) -> tuple[int, str] | None:
+    """(step, path) of the newest checkpoint a rank of this node recorded with
+    ``checkpoint_saved`` (read before the attempt's beacons are removed)."""
     from . import beacon
 
     recorded = [(v.ckpt_step, v.ckpt_path) for v in beacon.scan(beacons).values()
-                if v.ckpt_path and v.ckpt_step >= 0 and os.path.exists(v.ckpt_path)]
-    if recorded:
-        return max(recorded)[1]
-    if not checkpoint_dir:
-        return ""
-    try:
-        entries = [e for e in os.scandir(checkpoint_dir) if not e.name.endswith(PARTIAL)
-                   and not e.name.startswith(".")]
-    except OSError:
-        return ""
-    complete = []
-    for e in entries:
+                if v.ckpt_path and v.ckpt_step >= 0]
+    return max(recorded) if recorded else None
+
+
+@dataclass(frozen=True)
+class Resume:
+    path: str = ""          # "" : from scratch
+    step: int = -1          # -1 : unknown
+    note: str = ""          # what people should know (a missing checkpoint dir, ...)
+
+
+def choose_resume(recorded: list[tuple[int, str]], checkpoint_dir: str,
+                  rule: checkpoints.Rule) -> Resume:
+    """What a relaunch resumes from: the newest recorded checkpoint (by the ranks,
+    here or on any node, via the coordinator) that exists on this node; else the
+    newest complete entry of ``checkpoint_dir``; else nothing."""
+    notes = []
+    for step, path in sorted(recorded, reverse=True):
+        if path and os.path.exists(path):
+            return Resume(path, step)
+        if path:
+            notes.append(f"recorded checkpoint {path} (step {step}) is gone")
+    if checkpoint_dir:
+        skipped: list[str] = []
         try:
-            st = e.stat()
-            if e.is_dir() and any(os.scandir(e.path)) or e.is_file() and st.st_size > 0:
-                complete.append((st.st_mtime, e.path))
-        except OSError:
-            continue
-    return max(complete)[1] if complete else ""
+            found = checkpoints.newest_complete(
+                checkpoint_dir, rule, on_skip=lambda p, why: skipped.append(f"{os.path.basename(p)}: {why}"))
+        except checkpoints.CheckpointDirError as e:
+            return Resume(note="; ".join(notes + [f"{e}: relaunching from scratch"]))
+        if found is not None:
+            if skipped:
+                notes.append("skipped " + ", ".join(skipped[:3]))
+            return Resume(found.path, found.step, "; ".join(notes))
+        notes.append(f"no complete checkpoint in {checkpoint_dir}"
+                     + (f" (skipped {', '.join(skipped[:3])})" if skipped else ""))
+    if notes:
+        notes.append("relaunching from scratch")
+    return Resume(note="; ".join(notes))
+
+
+_TORCHRUN_MODULES = ("torch.distributed.run", "torch.distributed.launch")
+_TORCHRUN_FLAGS = {"--standalone", "--no-python", "--no_python", "--run-path", "--run_path",
+                   "-m", "--module", "--use-env", "--use_env"}     # options without a value
+
+
+def _torchrun_args_end(command: list[str], at: int) -> int:
+    """Index of the training script (or of "--"): torchrun's own options end there."""
+    i = at
+    while i < len(command):
+        a = command[i]
+        if a == "--" or not a.startswith("-"):
+            return i
+        i += 1 if a in _TORCHRUN_FLAGS or "=" in a else 2
+    return len(command)
+
+
+def fresh_rendezvous(command: list[str], job_id: str, attempt: int) -> list[str]:
+    """torchrun's command for attempt N > 0 with a rendezvous id of its own, so a
+    relaunch cannot join what is left of the dead attempt: ``--rdzv-id X`` becomes
+    ``X-aN``; a dynamic rendezvous without an id gets ``JOB-aN``. (--standalone
+    makes a fresh one anyway; a static --master-port is reused once every node's
+    ranks are down, which the generation barrier ensures.) Other commands: as is."""
+    if attempt <= 0:
+        return list(command)
+    at = next((i + 1 for i, a in enumerate(command) if os.path.basename(a) == "torchrun"), None)
+    if at is None:
+        at = next((i + 2 for i, a in enumerate(command[:-1])
+                   if a == "-m" and command[i + 1] in _TORCHRUN_MODULES), None)
+    if at is None:
+        return list(command)
+    out, has_id, end = list(command), False, _torchrun_args_end(command, at)
+    for i in range(at, end):
+        m = re.fullmatch(r"(--rdzv[-_]id)(=(.*))?", out[i])
+        if m and m.group(2):
+            out[i], has_id = f"{m.group(1)}={m.group(3)}-a{attempt}", True
+        elif m and i + 1 < end:
+            out[i + 1], has_id = f"{out[i + 1]}-a{attempt}", True
+    dynamic = any(re.fullmatch(r"--rdzv[-_]backend(=.*)?", a) for a in out[at:end])
+    if not has_id and dynamic and "--standalone" not in out[at:end]:
+        out.insert(at, f"--rdzv-id={job_id}-a{attempt}")
+    return out
 
 
 def substitute(command: list[str], resume_from: str) -> list[str]:
@@ -111,13 +171,14 @@ def rank_log_dir(cfg_log_dir: str, state_dir: str, job_id: str, attempt: int) ->
 
 
 def job_env(base: dict[str, str], *, job_id: str, attempt: int, beacons: Path, token: str,
-            resume_from: str, state_dir: str, log_dir: str) -> dict[str, str]:
+            resume_from: str, state_dir: str, log_dir: str, resume_step: int = -1) -> dict[str, str]:
     env = dict(base)
     env.pop(ENV_OWNER, None)          # inherited from an outer guarded job: not ours
     env.update({
         "WATCHDOG_D_JOB_ID": job_id,
         "WATCHDOG_D_RESTART_COUNT": str(attempt),
         "WATCHDOG_D_RESUME_FROM": resume_from,
+        "WATCHDOG_D_RESUME_STEP": str(resume_step) if resume_from and resume_step >= 0 else "",
         ENV_DIR: str(beacons),
         TOKEN_ENV: token,
         "PYTHONPATH": os.pathsep.join(p for p in (BOOT_DIR, base.get("PYTHONPATH", "")) if p),

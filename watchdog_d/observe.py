@@ -120,14 +120,20 @@ def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
             exit_code=code, exit_signal=sig, exit_detail=view.detail,
             exit_age_s=now - track.dead_at, proc_state="X", step=view.step,
             last_step_age_s=0.0, last_step_dt_s=view.step_dt, excerpt=excerpt,
-            stack=_tail(track, slot.with_suffix(".stack")))
+            stack=_tail(track, slot.with_suffix(".stack")), **_checkpoint(view))
     since = view.step_time if view.step >= 0 else view.start_time
     remaining = view.section_deadline - now if view.section_deadline > 0 else math.inf
     return RankReport(
         rank=view.rank, local_rank=view.local_rank, pid=view.pid, alive=True,
         proc_state=state, step=view.step, last_step_age_s=max(0.0, now - since),
         last_step_dt_s=view.step_dt, section=view.section, section_remaining_s=remaining,
-        cpu_percent=cpu, stack=_tail(track, slot.with_suffix(".stack")))
+        cpu_percent=cpu, stack=_tail(track, slot.with_suffix(".stack")), **_checkpoint(view))
+
+
+def _checkpoint(view: beacon.BeaconView) -> dict:
+    if view.ckpt_path and view.ckpt_step >= 0:
+        return {"ckpt_path": view.ckpt_path, "ckpt_step": view.ckpt_step}
+    return {}
 
 
 def observe_job(beacon_dir: str, tracks: dict[int, RankTrack], now: float | None = None,

@@ -29,6 +29,7 @@ STACK_SIGNAL = signal.SIGRTMIN + 3 if hasattr(signal, "SIGRTMIN") else signal.SI
 _writer: BeaconWriter | None = None
 _tried = False
 _manual = False          # the user calls step() explicitly: the auto hook stops counting
+_first_step = 0          # a relaunch counts on from the step its checkpoint was taken at
 _sections: list[tuple[str, float, float]] = []
 _stack_file = None
 _mono = time.monotonic
@@ -51,7 +52,7 @@ def boot() -> None:
 
 
 def _boot(env: os._Environ | dict) -> None:
-    global _writer, _stack_file
+    global _writer, _stack_file, _first_step
     beacon_dir, rank = env.get(ENV_DIR), env.get("RANK")
     if not beacon_dir or rank is None:
         return
@@ -67,6 +68,8 @@ def _boot(env: os._Environ | dict) -> None:
     _stack_file = open(path.with_suffix(".stack"), "w")
     faulthandler.register(STACK_SIGNAL, file=_stack_file, all_threads=True, chain=False)
     _writer = BeaconWriter(path, pid, int(rank), int(env.get("LOCAL_RANK", -1)), _mono())
+    resume_step = env.get("WATCHDOG_D_RESUME_STEP", "")
+    _first_step = max(0, int(resume_step)) if resume_step.lstrip("-").isdigit() else 0
     atexit.register(_on_exit)
     _wrap_excepthook(path.with_suffix(".exc"))
     _wrap_exits()
@@ -99,7 +102,7 @@ def step(n: int | None = None) -> None:
         if w is None:
             return
     try:
-        w.write_step(w.step + 1 if n is None else int(n), _mono())
+        w.write_step(_next_step(w) if n is None else int(n), _mono())
     except Exception:
         pass
 
@@ -150,12 +153,16 @@ def checkpoint_saved(path: str | os.PathLike, step: int) -> None:
 
 # -- automatic step hook ------------------------------------------------------
 
+def _next_step(w: BeaconWriter) -> int:
+    return w.step + 1 if w.step >= 0 else _first_step
+
+
 def _on_optimizer_step(optimizer: object, args: object, kwargs: object) -> None:
     if _manual:
         return
     w = _writer
     try:
-        w.write_step(w.step + 1, _mono())  # type: ignore[union-attr]
+        w.write_step(_next_step(w), _mono())  # type: ignore[arg-type]
     except Exception:
         pass
 

@@ -91,7 +91,8 @@ def register(path: str, cfg: Config, command: list[str]) -> tuple[localsock.Conn
         "job_id": cfg.job_id, "on_failure": cfg.on_failure, "max_restarts": cfg.max_restarts,
         "min_stall_timeout_s": cfg.min_stall_timeout, "stall_factor": cfg.stall_factor,
         "startup_timeout_s": cfg.startup_timeout, "node_timeout_s": cfg.node_timeout,
-        "alert_urls": cfg.alert, "command": redact(shlex.join(command))}})
+        "alert_urls": cfg.alert, "command": redact(shlex.join(command)),
+        "restart_backoff_s": cfg.restart_backoff, "crash_loop": cfg.crash_loop}})
     try:
         reply = conn.recv(timeout=REGISTER_TIMEOUT_S)
     except TimeoutError:

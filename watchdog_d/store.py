@@ -36,6 +36,12 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS checkpoints (   -- the newest checkpoint a job's ranks recorded
+    job   TEXT PRIMARY KEY,
+    step  INTEGER NOT NULL,
+    path  TEXT NOT NULL,
+    ts    REAL NOT NULL
+);
 """
 
 
@@ -104,6 +110,20 @@ class IncidentStore:
         with self._connect() as conn:
             rows = conn.execute("SELECT DISTINCT job FROM incidents ORDER BY job").fetchall()
         return [r[0] for r in rows]
+
+    def save_checkpoint(self, job: str, step: int, path: str, ts: float) -> None:
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO checkpoints (job, step, path, ts) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(job) DO UPDATE SET step = excluded.step, path = excluded.path,"
+                " ts = excluded.ts", (job, int(step), str(path), ts))
+
+    def checkpoints(self, limit: int = 100_000) -> dict[str, tuple[int, str]]:
+        """job -> (step, path), the most recently recorded first ``limit``."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT job, step, path FROM checkpoints ORDER BY ts DESC LIMIT ?",
+                                (limit,)).fetchall()
+        return {job: (int(step), path) for job, step, path in rows}
 
     def put_meta(self, key: str, value: str) -> None:
         with self._connect() as conn:

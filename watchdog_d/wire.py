@@ -18,7 +18,8 @@ def spec_to_pb(s: JobSpec) -> pb.JobSpec:
     return pb.JobSpec(job_id=s.job_id, on_failure=s.on_failure, max_restarts=s.max_restarts,
                       min_stall_timeout_s=s.min_stall_timeout_s, stall_factor=s.stall_factor,
                       startup_timeout_s=s.startup_timeout_s, node_timeout_s=s.node_timeout_s,
-                      alert_urls=list(s.alert_urls), command=s.command)
+                      alert_urls=list(s.alert_urls), command=s.command,
+                      restart_backoff_s=s.restart_backoff_s, crash_loop=s.crash_loop)
 
 
 def spec_from_pb(m: pb.JobSpec) -> JobSpec:
@@ -30,10 +31,13 @@ def spec_from_pb(m: pb.JobSpec) -> JobSpec:
         value = getattr(m, name)
         if not math.isfinite(value) or value <= 0:
             raise WireError(f"{name} must be a positive number")
+    if not math.isfinite(m.restart_backoff_s) or m.restart_backoff_s < 0:
+        raise WireError("restart_backoff_s must be a number >= 0")
     return JobSpec(job_id=m.job_id, on_failure=m.on_failure, max_restarts=max(0, m.max_restarts),
                    min_stall_timeout_s=m.min_stall_timeout_s, stall_factor=m.stall_factor,
                    startup_timeout_s=m.startup_timeout_s, node_timeout_s=m.node_timeout_s,
-                   alert_urls=tuple(m.alert_urls), command=m.command[:1000])
+                   alert_urls=tuple(m.alert_urls), command=m.command[:1000],
+                   restart_backoff_s=m.restart_backoff_s, crash_loop=max(0, m.crash_loop))
 
 
 MAX_FINDINGS = 16      # per rank and heartbeat
@@ -65,7 +69,8 @@ def rank_to_pb(r: RankReport) -> pb.RankState:
         last_step_dt_s=r.last_step_dt_s, section=r.section,
         section_remaining_s=r.section_remaining_s, cpu_percent=r.cpu_percent,
         log_offset=r.log_offset, stack=r.stack[-MAX_TEXT:], excerpt=r.excerpt[-MAX_TEXT:],
-        findings=[finding_to_pb(f) for f in r.findings[:MAX_FINDINGS]])
+        findings=[finding_to_pb(f) for f in r.findings[:MAX_FINDINGS]],
+        ckpt_path=r.ckpt_path[:4096], ckpt_step=r.ckpt_step)
 
 
 def rank_from_pb(m: pb.RankState) -> RankReport:
@@ -82,13 +87,15 @@ def rank_from_pb(m: pb.RankState) -> RankReport:
         last_step_dt_s=max(0.0, m.last_step_dt_s), section=m.section[:64],
         section_remaining_s=m.section_remaining_s, cpu_percent=m.cpu_percent,
         log_offset=m.log_offset, stack=m.stack[-MAX_TEXT:], excerpt=m.excerpt[-MAX_TEXT:],
-        findings=tuple(finding_from_pb(f) for f in m.findings[:MAX_FINDINGS]))
+        findings=tuple(finding_from_pb(f) for f in m.findings[:MAX_FINDINGS]),
+        ckpt_path=m.ckpt_path[:4096], ckpt_step=m.ckpt_step if m.ckpt_path else -1)
 
 
 def report_to_pb(r: NodeReport) -> pb.Heartbeat:
     return pb.Heartbeat(node_id=r.node_id, host=r.host, seq=r.seq, jobs=[
         pb.JobOnNode(spec=spec_to_pb(j.spec), attempt=j.attempt, state=j.state,
-                     exit_code=j.exit_code, ranks=[rank_to_pb(x) for x in j.ranks])
+                     exit_code=j.exit_code, ranks=[rank_to_pb(x) for x in j.ranks],
+                     note=j.note[:1000])
         for j in r.jobs])
 
 
@@ -97,10 +104,11 @@ def report_from_pb(m: pb.Heartbeat) -> NodeReport:
         raise WireError("heartbeat without node_id")
     jobs = []
     for j in m.jobs:
-        if j.state not in ("running", "exited", "stopped"):
+        if j.state not in ("running", "exited", "stopped", "waiting"):
             raise WireError(f"bad job state {j.state!r}")
         jobs.append(JobOnNode(spec=spec_from_pb(j.spec), attempt=max(0, j.attempt), state=j.state,
-                              exit_code=j.exit_code, ranks=tuple(rank_from_pb(x) for x in j.ranks)))
+                              exit_code=j.exit_code, ranks=tuple(rank_from_pb(x) for x in j.ranks),
+                              note=j.note[:1000]))
     return NodeReport(node_id=m.node_id[:200], host=m.host[:200], seq=m.seq, jobs=tuple(jobs))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import secrets
 import shlex
 import signal
@@ -23,13 +24,15 @@ from pathlib import Path
 
 from . import launch, localsock, log, wire
 from .config import Config
-from .core.model import Verdict
+from .core import policy
+from .core.model import JobSpec, Verdict
 from .rank import STACK_SIGNAL
 from .redact import redact
 from .teardown import JobProcesses, become_subreaper
 
 EXIT_TORN_DOWN = 75
 SETTLE_S = 3.0          # after the job ends by itself: wait this long for the verdict
+RELAUNCH_WAIT_S = 180.0  # torn down for a restart: give up when no relaunch comes (+ backoff)
 
 
 class WrapperError(RuntimeError):
@@ -59,6 +62,9 @@ class Wrapper:
         self.user_signal: int | None = None
         self.attempt: Attempt | None = None
         self.final_line = ""
+        self.waiting_since: float | None = None   # torn down for a restart, relaunch awaited
+        self.restart_action = ""
+        self.resume: launch.Resume | None = None   # chosen when the attempt went down
 
     # -- pieces --------------------------------------------------------------------
     def _reader(self, conn: localsock.Conn) -> None:
@@ -90,26 +96,34 @@ class Wrapper:
             self._announce()
             log.warn("agent_reattached", job=self.job_id)
 
-    def _launch(self, number: int, resume_from: str = "") -> Attempt:
+    def _launch(self, number: int, resume: launch.Resume = launch.Resume()) -> Attempt:
         beacons = launch.beacon_dir(self.job_id, number)
         token = secrets.token_hex(8)
         env = launch.job_env(dict(os.environ), job_id=self.job_id, attempt=number,
-                             beacons=beacons, token=token, resume_from=resume_from,
-                             state_dir=self.cfg.state_dir, log_dir=self.cfg.log_dir)
+                             beacons=beacons, token=token, resume_from=resume.path,
+                             resume_step=resume.step, state_dir=self.cfg.state_dir,
+                             log_dir=self.cfg.log_dir)
         Path(env["WATCHDOG_D_RANK_LOG_DIR"]).mkdir(parents=True, exist_ok=True)
         fr = launch.flight_recorder_prefix(env)
         if fr:
             Path(fr).parent.mkdir(parents=True, exist_ok=True)
-        argv = launch.substitute(self.command, resume_from)
+        argv = launch.substitute(launch.fresh_rendezvous(self.command, self.job_id, number), resume.path)
         try:
             proc = subprocess.Popen(argv, env=env, process_group=0)
         except OSError as e:
-            raise WrapperError(f"cannot start {argv[0]!r}: {e.strerror}") from None
+            if number == 0:
+                raise WrapperError(f"cannot start {argv[0]!r}: {e.strerror}") from None
+            # a relaunch that cannot start is an attempt that failed at once: the
+            # coordinator sees job_failed, and the budget or the crash-loop guard ends it
+            print(f"watchdog-d: job {self.job_id}: cannot relaunch {argv[0]!r}: {e.strerror}",
+                  file=sys.stderr, flush=True)
+            log.error("relaunch_failed", job=self.job_id, attempt=number, error=e.strerror)
+            proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(127)"], process_group=0)
         processes = JobProcesses(token, pgid=proc.pid)
         processes.launcher = proc.pid
         processes.refresh()
         log.log("job_launched", job=self.job_id, attempt=number, pid=proc.pid,
-                command=redact(shlex.join(argv))[:200])
+                resume_from=resume.path or None, command=redact(shlex.join(argv))[:200])
         return Attempt(number, proc, processes, beacons, Path(env["WATCHDOG_D_RANK_LOG_DIR"]))
 
     def _dump_stacks(self) -> None:
@@ -184,6 +198,10 @@ class Wrapper:
                     return result
                 if self.attempt is not att:
                     continue          # relaunched: the old launcher's exit is no news
+            if self.waiting_since is not None:
+                if now - self.waiting_since > self._wait_limit():
+                    return self._no_relaunch()
+                continue              # down for a restart: the old launcher's exit is no news
             rc = att.proc.poll()
             if rc is not None:
                 result = self._ended_by_itself(rc)
@@ -195,31 +213,75 @@ class Wrapper:
         if verb == "dump_stacks":
             self._dump_stacks()
             return None
+        if verb == "relaunch":
+            offered = (int(msg.get("resume_step", -1)), str(msg.get("resume_from", "")))
+            return self._relaunch(int(msg.get("attempt", 0)), offered)
         if verb in ("teardown", "restart"):
             verdict = wire.verdict_from_json(msg.get("verdict", ""))
             if verb == "restart":
-                return self._restart(verdict, msg.get("action") or verb)
+                offered = (int(msg.get("resume_step", -1)), str(msg.get("resume_from", "")))
+                return self._restart(verdict, msg.get("action") or verb, offered)
             return self._torn_down(verdict, msg.get("action") or verb)
         return None   # "done" before the job ended: nothing to do
 
-    def _restart(self, verdict: Verdict | None, action: str) -> None:
-        """Tear this attempt down and launch the next, from the latest checkpoint."""
+    def _restart(self, verdict: Verdict | None, action: str,
+                 offered: tuple[int, str] = (-1, "")) -> None:
+        """Tear this attempt down, choose what to resume from, and wait for the next
+        generation: it starts when every node's ranks are down (the coordinator's
+        ``relaunch``), so no relaunch can meet a rank of the dead attempt."""
         att = self.attempt
         assert att is not None
-        resume = launch.latest_checkpoint(att.beacons, self.cfg.checkpoint_dir)
+        if self.waiting_since is not None:
+            return None                  # down already
         log.warn("restart", job=self.job_id, reason=verdict.kind if verdict else "command",
-                 action=action, resume_from=resume or "-")
+                 action=action)
+        recorded = [offered] + ([mine] if (mine := launch.recorded_checkpoint(att.beacons)) else [])
         self._stop_job(self.cfg.grace)
         log.log("attempt_stopped", job=self.job_id, attempt=att.number)
         launch.remove_attempt_beacons(att.beacons)
+        self.resume = launch.choose_resume(recorded, self.cfg.checkpoint_dir, self.cfg.checkpoint_rule())
+        if self.resume.note:
+            log.warn("resume_problem", job=self.job_id, note=self.resume.note)
+        self.waiting_since, self.restart_action = time.monotonic(), action
+        self._send({"op": "waiting", "attempt": att.number, "note": self.resume.note})
         print(f"watchdog-d: job {self.job_id}: "
               f"{verdict.one_line() if verdict else 'restart asked'} [action: {action}]; "
-              f"relaunching as attempt {att.number + 1}"
-              f"{' from ' + resume if resume else ' from scratch (no checkpoint found)'}",
+              f"attempt {att.number} stopped, relaunching when every node is down"
+              + (f" ({self.resume.note})" if self.resume.note else ""),
               file=sys.stderr, flush=True)
-        self.attempt = self._launch(att.number + 1, resume)
+        return None
+
+    def _relaunch(self, number: int, offered: tuple[int, str]) -> None:
+        """The coordinator's go for generation ``number``: launch it."""
+        att = self.attempt
+        assert att is not None
+        if number <= att.number:
+            return None                  # old news
+        if self.waiting_since is None:   # missed the restart (away, reattaching): stop first
+            self._restart(None, "relaunch", offered)
+        resume = self.resume
+        if resume is None or (resume.path and not os.path.exists(resume.path)):
+            resume = launch.choose_resume([offered], self.cfg.checkpoint_dir, self.cfg.checkpoint_rule())
+        self.waiting_since, self.resume = None, None
+        log.log("relaunch", job=self.job_id, attempt=number, resume_from=resume.path or "-")
+        print(f"watchdog-d: job {self.job_id}: relaunching as attempt {number}"
+              f"{' from ' + resume.path if resume.path else ' from scratch (no checkpoint found)'}",
+              file=sys.stderr, flush=True)
+        self.attempt = self._launch(number, resume)
         self._announce()
         return None
+
+    def _wait_limit(self) -> float:
+        m = re.match(r"restart (\d+)/", self.restart_action)
+        spec = JobSpec(job_id=self.job_id, restart_backoff_s=self.cfg.restart_backoff)
+        return RELAUNCH_WAIT_S + policy.backoff_s(spec, int(m.group(1)) if m else 1)
+
+    def _no_relaunch(self) -> int:
+        log.error("relaunch_never_came", job=self.job_id, waited_s=round(self._wait_limit()))
+        self._send({"op": "ended", "state": "exited", "exit_code": EXIT_TORN_DOWN})
+        self.final_line = (f"watchdog-d: job {self.job_id} torn down: no relaunch came from the "
+                           f"coordinator within {self._wait_limit():.0f}s [action: gave_up]")
+        return EXIT_TORN_DOWN
 
     def _torn_down(self, verdict: Verdict | None, action: str) -> int:
         what = verdict.one_line() if verdict else "coordinator asked for teardown"

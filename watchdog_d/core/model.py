@@ -53,6 +53,8 @@ class RankReport:
     stack: str = ""                  # latest stack dump of the rank, if any
     excerpt: str = ""                # traceback / log lines worth showing
     findings: tuple[LogFinding, ...] = ()
+    ckpt_path: str = ""              # the newest checkpoint it recorded (checkpoint_saved)
+    ckpt_step: int = -1              # -1: none
 
     @property
     def failed(self) -> bool:
@@ -77,6 +79,8 @@ class JobSpec:
     node_timeout_s: float = 5.0
     alert_urls: tuple[str, ...] = ()
     command: str = ""
+    restart_backoff_s: float = 0.0    # wait before relaunch i: this x 2^(i-1), capped
+    crash_loop: int = 3               # attempts in a row without a step -> gave_up (0: off)
 
 
 @dataclass(frozen=True)
@@ -85,9 +89,10 @@ class JobOnNode:
 
     spec: JobSpec
     attempt: int = 0
-    state: str = "running"            # running | exited | stopped (by the user)
-    exit_code: int = 0
+    state: str = "running"            # running | exited | stopped (by the user) | waiting
+    exit_code: int = 0                #   (waiting: torn down for a restart, for the next generation)
     ranks: tuple[RankReport, ...] = ()
+    note: str = ""                    # from the wrapper, for people (e.g. a checkpoint problem)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ class NodeView:
     exit_at: dict[int, float] = field(default_factory=dict)   # rank -> when it exited
     ended_at: float | None = None       # when its wrapper reported the job over
     answered: bool = False              # its wrapper was told how the job ended
+    attempt_seen: int = 0               # the attempt of its latest report (behind: < the job's)
 
 
 @dataclass
@@ -40,6 +41,10 @@ class JobBook:
     outcome: str = ""                   # succeeded | failed | stopped | torn_down
     ended_at: float | None = None
     reported: set = field(default_factory=set)    # (kind, rank) already made incidents
+    checkpoint: tuple[int, str] | None = None     # (step, path): the newest a rank recorded
+    no_progress: int = 0                # attempts in a row that ended before their first step
+    restart_asked_at: float | None = None   # a restart's teardown was asked for then
+    torn_down_at: float | None = None       # ... and every node had done it by then
 
     def ranks(self):
         for node in self.nodes.values():
@@ -57,16 +62,36 @@ class Decision:
     incident: Incident | None = None    # to record (and alert, if wanted)
     alert: bool = False
     alert_urls: tuple[str, ...] = ()
+    attempt: int = -1                   # relaunch: the generation to start (else the verdict's)
+    resume_from: str = ""               # relaunch: the checkpoint to offer
+    resume_step: int = -1
 
 
-KEEP_ENDED_S = 3600.0
-ONCE_PER_ATTEMPT = ("rank_exited", "job_failed")      # can happen only once per attempt     # an ended job stays in the picture (status) this long
+@dataclass(frozen=True)
+class Order:
+    """A verb a node must carry out whatever it heard before (sent with every ack)."""
+
+    job_id: str
+    verb: str                           # teardown | restart | relaunch
+    attempt: int
+    verdict: Verdict | None = None
+    action: str = ""
+    resume_from: str = ""
+    resume_step: int = -1
+
+
+KEEP_ENDED_S = 3600.0               # an ended job stays in the picture (status) this long
+ONCE_PER_ATTEMPT = ("rank_exited", "job_failed")      # can happen only once per attempt
+BARRIER_CAP_S = 60.0                # a relaunch waits at most this long for every node's teardown
 
 
 class Cluster:
-    def __init__(self) -> None:
+    def __init__(self, checkpoints: dict[str, tuple[int, str]] | None = None) -> None:
         self.jobs: dict[str, JobBook] = {}
         self.node_seen: dict[str, tuple[str, float]] = {}   # node -> (host, seen_at)
+        # job -> (step, path) of the newest checkpoint its ranks recorded; the shell
+        # loads it from the state store and saves what changes (outlives the JobBook)
+        self.checkpoints: dict[str, tuple[int, str]] = dict(checkpoints or {})
 
     # -- input ---------------------------------------------------------------
     def ingest(self, report: NodeReport, now: float) -> None:
@@ -80,15 +105,22 @@ class Cluster:
         if book is None or (book.status == "ended" and part.state == "running"
                             and part.attempt <= book.attempt):
             # a new job, or the same job id run again (same --rdzv-id, another srun step)
-            book = self.jobs[job_id] = JobBook(spec=part.spec, created_at=now)
+            book = self.jobs[job_id] = JobBook(spec=part.spec, created_at=now,
+                                               checkpoint=self.checkpoints.get(job_id))
+        node = book.nodes.get(report.node_id)
         if part.attempt < book.attempt:
-            return  # a report about an attempt already replaced
+            # a node still at an attempt already replaced (it missed the relaunch, or
+            # its ranks are being stopped): alive, and told to catch up or stop
+            if node is not None:
+                node.seen_at, node.attempt_seen = now, part.attempt
+                node.part = replace(node.part, state=part.state, note=part.note)
+            return
         if part.attempt > book.attempt:
             self._new_attempt(book, part.attempt)
-        node = book.nodes.get(report.node_id)
         if node is None:
             node = book.nodes[report.node_id] = NodeView(report.node_id, report.host, now, part)
-        node.seen_at, node.host, node.part = now, report.host, part
+        node.seen_at, node.host, node.part, node.attempt_seen = now, report.host, part, part.attempt
+        self._note_checkpoint(book, part)
         for r in part.ranks:
             if not r.alive and r.rank not in node.exit_at:
                 node.exit_at[r.rank] = now - r.exit_age_s
@@ -96,33 +128,55 @@ class Cluster:
                 if r.rank in book.last_step:
                     book.steps.add(r.last_step_dt_s)
                 book.last_step[r.rank] = r.step
-        if part.state != "running" and node.ended_at is None:
-            node.ended_at = now
+        if part.state in ("exited", "stopped") and node.ended_at is None:
+            node.ended_at = now      # ("waiting": down for a restart, not over)
+
+    def _note_checkpoint(self, book: JobBook, part: JobOnNode) -> None:
+        for r in part.ranks:
+            if r.ckpt_path and r.ckpt_step >= 0 and (
+                    book.checkpoint is None or r.ckpt_step > book.checkpoint[0]):
+                book.checkpoint = (r.ckpt_step, r.ckpt_path)
+                self.checkpoints[book.spec.job_id] = book.checkpoint
 
     @staticmethod
     def _new_attempt(book: JobBook, attempt: int) -> None:
         """Forget everything that belonged to the attempt before."""
         book.attempt, book.status, book.verdict, book.action = attempt, "running", None, ""
         book.stacks_asked_at, book.outcome, book.ended_at = None, "", None
+        book.restart_asked_at = book.torn_down_at = None
         book.last_step.clear()            # a first step's duration includes start-up
         book.reported.clear()
         for node in book.nodes.values():
             # nodes that have not reported the new attempt yet: nothing known of it
-            node.part = replace(node.part, attempt=attempt, state="running", ranks=())
+            node.part = replace(node.part, attempt=attempt, state="running", ranks=(), note="")
             node.exit_at.clear()
             node.ended_at, node.answered = None, False
 
-    def standing_orders(self, node_id: str) -> list[tuple[str, str, int, Verdict, str]]:
-        """Verbs a node must carry out whatever it heard before: the teardown of a job
-        of a stopping attempt it is still part of. (job, verb, attempt, verdict, action)"""
+    def standing_orders(self, node_id: str) -> list[Order]:
+        """Verbs a node must carry out whatever it heard before: the teardown (or the
+        restart's teardown) of a stopping attempt it is part of; the relaunch of a newer
+        generation it has not started; the end of a job it waits in that will not
+        come back."""
         out = []
         for job_id, book in self.jobs.items():
             node = book.nodes.get(node_id)
-            if node is None or book.status != "stopping" or book.verdict is None \
-                    or book.outcome == "stopped":
+            if node is None:
                 continue
-            verb = "restart" if book.action.startswith("restart") else "teardown"
-            out.append((job_id, verb, book.attempt, book.verdict, book.action))
+            behind = node.attempt_seen < book.attempt
+            relaunching = book.action.startswith("restart") and book.outcome != "stopped"
+            action = book.action if book.outcome != "stopped" else "stopped"
+            if behind and book.status == "running":
+                ck = book.checkpoint or (-1, "")
+                out.append(Order(job_id, "relaunch", book.attempt, resume_from=ck[1], resume_step=ck[0]))
+            elif node.part.state == "waiting":
+                if not (book.status == "stopping" and relaunching):
+                    # it tore its ranks down for a relaunch that is not coming
+                    out.append(Order(job_id, "teardown", max(book.attempt, node.attempt_seen),
+                                     book.verdict, action))
+            elif not behind and book.status == "stopping" and book.verdict is not None:
+                ck = book.checkpoint or (-1, "")
+                out.append(Order(job_id, "restart" if relaunching else "teardown", book.attempt,
+                                 book.verdict, action, resume_from=ck[1], resume_step=ck[0]))
         return out
 
     # -- decisions -------------------------------------------------------------
@@ -141,9 +195,12 @@ class Cluster:
     def _evaluate_job(self, book: JobBook, now: float) -> list[Decision]:
         decisions: list[Decision] = []
         nodes = tuple(sorted(book.nodes))
-        if book.status == "running" and any(n.part.state == "stopped" for n in book.nodes.values()):
+        user_stopped = any(n.part.state == "stopped" for n in book.nodes.values())
+        if book.status == "running" and user_stopped:
             book.status = "stopping"      # the user stopped it: what follows is not a failure
             book.outcome = "stopped"
+        elif book.status == "stopping" and book.action.startswith("restart") and user_stopped:
+            book.outcome = "stopped"      # stopped between two attempts: no relaunch
         if book.status == "running":
             found = detector.detect(book, now, {n: s for n, (_, s) in self.node_seen.items()})
             if isinstance(found, Verdict) and (found.kind, found.rank) not in book.reported:
@@ -159,6 +216,8 @@ class Cluster:
                 # progress again: the episode is over; a later stall is a new incident
                 book.stacks_asked_at = None
                 book.reported = {k for k in book.reported if k[0] in ONCE_PER_ATTEMPT}
+        if book.status == "stopping" and book.action.startswith("restart") and book.outcome != "stopped":
+            decisions.extend(self._relaunch_when_down(book, now))
         # answer every wrapper whose job ended by itself and is owed nothing else
         for node in book.nodes.values():
             if node.ended_at is not None and not node.answered and (
@@ -170,8 +229,44 @@ class Cluster:
             decisions.extend(self._close(book, now))
         return decisions
 
+    def _relaunch_when_down(self, book: JobBook, now: float) -> list[Decision]:
+        """The generation barrier: the next attempt starts only once every node of this
+        one has its ranks down (or is silent, or BARRIER_CAP_S passed), plus the
+        backoff; then every waiting node gets the same attempt number and checkpoint."""
+        asked = book.restart_asked_at if book.restart_asked_at is not None else now
+        if book.torn_down_at is None:
+            def pending(n: NodeView) -> bool:
+                silent = now - self.node_seen.get(n.node_id, ("", n.seen_at))[1]
+                return (n.attempt_seen == book.attempt and n.part.state != "waiting"
+                        and silent <= book.spec.node_timeout_s)
+            if any(pending(n) for n in book.nodes.values()) and now - asked < BARRIER_CAP_S:
+                return []
+            book.torn_down_at = now
+        if now < book.torn_down_at + policy.backoff_s(book.spec, book.restarts):
+            return []
+        ready = tuple(sorted(n.node_id for n in book.nodes.values() if n.part.state == "waiting"))
+        if not ready:
+            return []                    # nobody can start it (yet): they get it when back
+        notes = [f"{n.node_id}: {n.part.note}" for n in book.nodes.values()
+                 if n.part.state == "waiting" and n.part.note]
+        self._new_attempt(book, book.attempt + 1)
+        step, path = book.checkpoint or (-1, "")
+        incident = None
+        if notes:   # something people must know about this relaunch (a checkpoint problem)
+            v = Verdict(job=book.spec.job_id, kind="restart", attempt=book.attempt,
+                        cause=f"attempt {book.attempt} relaunched; " + "; ".join(notes),
+                        remedy="check the checkpoint directory and what the job resumed from")
+            incident = Incident(0.0, v, f"restart {book.restarts}/{book.spec.max_restarts}")
+        return [Decision(book.spec.job_id, "relaunch", ready, incident, alert=incident is not None,
+                         alert_urls=book.spec.alert_urls, attempt=book.attempt,
+                         resume_from=path, resume_step=step)]
+
     def _decide(self, book: JobBook, verdict: Verdict, now: float) -> Decision:
-        action = policy.decide(verdict.kind, book.spec, book.restarts)
+        book.no_progress = 0 if book.last_step else book.no_progress + 1
+        action = policy.decide(verdict.kind, book.spec, book.restarts, book.no_progress)
+        if action == "gave_up" and policy.crash_looping(book.spec, book.no_progress):
+            verdict = replace(verdict, cause=f"{verdict.cause}; gave up: {book.no_progress} attempts "
+                                             f"in a row ended before their first step (crash loop)")
         book.verdict, book.action = verdict, action
         verb = "none"
         if policy.stops_job(action):
@@ -179,9 +274,12 @@ class Cluster:
             verb = "restart" if action.startswith("restart") else "teardown"
             if verb == "restart":
                 book.restarts += 1
+                book.restart_asked_at = now
         incident = Incident(ts=0.0, verdict=verdict, action=action)
+        step, path = book.checkpoint or (-1, "")
         return Decision(book.spec.job_id, verb, tuple(sorted(book.nodes)), incident,
-                        alert=policy.wants_alert(verdict.kind), alert_urls=book.spec.alert_urls)
+                        alert=policy.wants_alert(verdict.kind), alert_urls=book.spec.alert_urls,
+                        resume_from=path, resume_step=step)
 
     def _close(self, book: JobBook, now: float) -> list[Decision]:
         """Every node reported the job over: record how it ended."""

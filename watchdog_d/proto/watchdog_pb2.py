@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0ewatchdog.proto\x12\rwatchdog_d.v1\"\xce\x01\n\x07JobSpec\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\non_failure\x18\x02 \x01(\t\x12\x14\n\x0cmax_restarts\x18\x03 \x01(\x05\x12\x1b\n\x13min_stall_timeout_s\x18\x04 \x01(\x01\x12\x14\n\x0cstall_factor\x18\x05 \x01(\x01\x12\x19\n\x11startup_timeout_s\x18\x06 \x01(\x01\x12\x16\n\x0enode_timeout_s\x18\x07 \x01(\x01\x12\x12\n\nalert_urls\x18\x08 \x03(\t\x12\x0f\n\x07\x63ommand\x18\t \x01(\t\"\xa5\x03\n\tRankState\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x12\n\nlocal_rank\x18\x02 \x01(\x05\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\r\n\x05\x61live\x18\x04 \x01(\x08\x12\x15\n\rhas_exit_code\x18\x05 \x01(\x08\x12\x11\n\texit_code\x18\x06 \x01(\x05\x12\x13\n\x0b\x65xit_signal\x18\x07 \x01(\x05\x12\x13\n\x0b\x65xit_detail\x18\x08 \x01(\t\x12\x12\n\nexit_age_s\x18\t \x01(\x01\x12\x12\n\nproc_state\x18\n \x01(\t\x12\x0c\n\x04step\x18\x0b \x01(\x03\x12\x17\n\x0flast_step_age_s\x18\x0c \x01(\x01\x12\x16\n\x0elast_step_dt_s\x18\r \x01(\x01\x12\x0f\n\x07section\x18\x0e \x01(\t\x12\x1b\n\x13section_remaining_s\x18\x0f \x01(\x01\x12\x13\n\x0b\x63pu_percent\x18\x10 \x01(\x01\x12\x12\n\nlog_offset\x18\x11 \x01(\x03\x12\r\n\x05stack\x18\x12 \x01(\t\x12\x0f\n\x07\x65xcerpt\x18\x13 \x01(\t\x12(\n\x08\x66indings\x18\x14 \x03(\x0b\x32\x16.watchdog_d.v1.Finding\"\xed\x01\n\x07\x46inding\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x10\n\x08severity\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04line\x18\x04 \x01(\t\x12\x0f\n\x07line_no\x18\x05 \x01(\x03\x12\r\n\x05\x61ge_s\x18\x06 \x01(\x01\x12\x32\n\x06\x66ields\x18\x07 \x03(\x0b\x32\".watchdog_d.v1.Finding.FieldsEntry\x12\x13\n\x0b\x65xplanation\x18\x08 \x01(\t\x12\x0e\n\x06remedy\x18\t \x01(\t\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8d\x01\n\tJobOnNode\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.watchdog_d.v1.JobSpec\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\r\n\x05state\x18\x03 \x01(\t\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\'\n\x05ranks\x18\x05 \x03(\x0b\x32\x18.watchdog_d.v1.RankState\"_\n\tHeartbeat\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12&\n\x04jobs\x18\x04 \x03(\x0b\x32\x18.watchdog_d.v1.JobOnNode\"E\n\x0cHeartbeatAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12(\n\x08\x63ommands\x18\x02 \x03(\x0b\x32\x16.watchdog_d.v1.Command\"\x1f\n\x0cWatchRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"^\n\x07\x43ommand\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04verb\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x14\n\x0cverdict_json\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\"\x0f\n\rStatusRequest\"\x1b\n\x0bStatusReply\x12\x0c\n\x04json\x18\x01 \x01(\t2\xd2\x01\n\x0b\x43oordinator\x12?\n\x06Report\x12\x18.watchdog_d.v1.Heartbeat\x1a\x1b.watchdog_d.v1.HeartbeatAck\x12>\n\x05Watch\x12\x1b.watchdog_d.v1.WatchRequest\x1a\x16.watchdog_d.v1.Command0\x01\x12\x42\n\x06Status\x12\x1c.watchdog_d.v1.StatusRequest\x1a\x1a.watchdog_d.v1.StatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0ewatchdog.proto\x12\rwatchdog_d.v1\"\xfd\x01\n\x07JobSpec\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\non_failure\x18\x02 \x01(\t\x12\x14\n\x0cmax_restarts\x18\x03 \x01(\x05\x12\x1b\n\x13min_stall_timeout_s\x18\x04 \x01(\x01\x12\x14\n\x0cstall_factor\x18\x05 \x01(\x01\x12\x19\n\x11startup_timeout_s\x18\x06 \x01(\x01\x12\x16\n\x0enode_timeout_s\x18\x07 \x01(\x01\x12\x12\n\nalert_urls\x18\x08 \x03(\t\x12\x0f\n\x07\x63ommand\x18\t \x01(\t\x12\x19\n\x11restart_backoff_s\x18\n \x01(\x01\x12\x12\n\ncrash_loop\x18\x0b \x01(\x05\"\xcb\x03\n\tRankState\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x12\n\nlocal_rank\x18\x02 \x01(\x05\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\r\n\x05\x61live\x18\x04 \x01(\x08\x12\x15\n\rhas_exit_code\x18\x05 \x01(\x08\x12\x11\n\texit_code\x18\x06 \x01(\x05\x12\x13\n\x0b\x65xit_signal\x18\x07 \x01(\x05\x12\x13\n\x0b\x65xit_detail\x18\x08 \x01(\t\x12\x12\n\nexit_age_s\x18\t \x01(\x01\x12\x12\n\nproc_state\x18\n \x01(\t\x12\x0c\n\x04step\x18\x0b \x01(\x03\x12\x17\n\x0flast_step_age_s\x18\x0c \x01(\x01\x12\x16\n\x0elast_step_dt_s\x18\r \x01(\x01\x12\x0f\n\x07section\x18\x0e \x01(\t\x12\x1b\n\x13section_remaining_s\x18\x0f \x01(\x01\x12\x13\n\x0b\x63pu_percent\x18\x10 \x01(\x01\x12\x12\n\nlog_offset\x18\x11 \x01(\x03\x12\r\n\x05stack\x18\x12 \x01(\t\x12\x0f\n\x07\x65xcerpt\x18\x13 \x01(\t\x12(\n\x08\x66indings\x18\x14 \x03(\x0b\x32\x16.watchdog_d.v1.Finding\x12\x11\n\tckpt_path\x18\x15 \x01(\t\x12\x11\n\tckpt_step\x18\x16 \x01(\x03\"\xed\x01\n\x07\x46inding\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x10\n\x08severity\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04line\x18\x04 \x01(\t\x12\x0f\n\x07line_no\x18\x05 \x01(\x03\x12\r\n\x05\x61ge_s\x18\x06 \x01(\x01\x12\x32\n\x06\x66ields\x18\x07 \x03(\x0b\x32\".watchdog_d.v1.Finding.FieldsEntry\x12\x13\n\x0b\x65xplanation\x18\x08 \x01(\t\x12\x0e\n\x06remedy\x18\t \x01(\t\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9b\x01\n\tJobOnNode\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.watchdog_d.v1.JobSpec\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\r\n\x05state\x18\x03 \x01(\t\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\'\n\x05ranks\x18\x05 \x03(\x0b\x32\x18.watchdog_d.v1.RankState\x12\x0c\n\x04note\x18\x06 \x01(\t\"_\n\tHeartbeat\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12&\n\x04jobs\x18\x04 \x03(\x0b\x32\x18.watchdog_d.v1.JobOnNode\"E\n\x0cHeartbeatAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12(\n\x08\x63ommands\x18\x02 \x03(\x0b\x32\x16.watchdog_d.v1.Command\"\x1f\n\x0cWatchRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x88\x01\n\x07\x43ommand\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04verb\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x14\n\x0cverdict_json\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x13\n\x0bresume_from\x18\x06 \x01(\t\x12\x13\n\x0bresume_step\x18\x07 \x01(\x03\"\x0f\n\rStatusRequest\"\x1b\n\x0bStatusReply\x12\x0c\n\x04json\x18\x01 \x01(\t2\xd2\x01\n\x0b\x43oordinator\x12?\n\x06Report\x12\x18.watchdog_d.v1.Heartbeat\x1a\x1b.watchdog_d.v1.HeartbeatAck\x12>\n\x05Watch\x12\x1b.watchdog_d.v1.WatchRequest\x1a\x16.watchdog_d.v1.Command0\x01\x12\x42\n\x06Status\x12\x1c.watchdog_d.v1.StatusRequest\x1a\x1a.watchdog_d.v1.StatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,27 +34,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FINDING_FIELDSENTRY']._loaded_options = None
   _globals['_FINDING_FIELDSENTRY']._serialized_options = b'8\001'
   _globals['_JOBSPEC']._serialized_start=34
-  _globals['_JOBSPEC']._serialized_end=240
-  _globals['_RANKSTATE']._serialized_start=243
-  _globals['_RANKSTATE']._serialized_end=664
-  _globals['_FINDING']._serialized_start=667
-  _globals['_FINDING']._serialized_end=904
-  _globals['_FINDING_FIELDSENTRY']._serialized_start=859
-  _globals['_FINDING_FIELDSENTRY']._serialized_end=904
-  _globals['_JOBONNODE']._serialized_start=907
-  _globals['_JOBONNODE']._serialized_end=1048
-  _globals['_HEARTBEAT']._serialized_start=1050
-  _globals['_HEARTBEAT']._serialized_end=1145
-  _globals['_HEARTBEATACK']._serialized_start=1147
-  _globals['_HEARTBEATACK']._serialized_end=1216
-  _globals['_WATCHREQUEST']._serialized_start=1218
-  _globals['_WATCHREQUEST']._serialized_end=1249
-  _globals['_COMMAND']._serialized_start=1251
-  _globals['_COMMAND']._serialized_end=1345
-  _globals['_STATUSREQUEST']._serialized_start=1347
-  _globals['_STATUSREQUEST']._serialized_end=1362
-  _globals['_STATUSREPLY']._serialized_start=1364
-  _globals['_STATUSREPLY']._serialized_end=1391
-  _globals['_COORDINATOR']._serialized_start=1394
-  _globals['_COORDINATOR']._serialized_end=1604
+  _globals['_JOBSPEC']._serialized_end=287
+  _globals['_RANKSTATE']._serialized_start=290
+  _globals['_RANKSTATE']._serialized_end=749
+  _globals['_FINDING']._serialized_start=752
+  _globals['_FINDING']._serialized_end=989
+  _globals['_FINDING_FIELDSENTRY']._serialized_start=944
+  _globals['_FINDING_FIELDSENTRY']._serialized_end=989
+  _globals['_JOBONNODE']._serialized_start=992
+  _globals['_JOBONNODE']._serialized_end=1147
+  _globals['_HEARTBEAT']._serialized_start=1149
+  _globals['_HEARTBEAT']._serialized_end=1244
+  _globals['_HEARTBEATACK']._serialized_start=1246
+  _globals['_HEARTBEATACK']._serialized_end=1315
+  _globals['_WATCHREQUEST']._serialized_start=1317
+  _globals['_WATCHREQUEST']._serialized_end=1348
+  _globals['_COMMAND']._serialized_start=1351
+  _globals['_COMMAND']._serialized_end=1487
+  _globals['_STATUSREQUEST']._serialized_start=1489
+  _globals['_STATUSREQUEST']._serialized_end=1504
+  _globals['_STATUSREPLY']._serialized_start=1506
+  _globals['_STATUSREPLY']._serialized_end=1533
+  _globals['_COORDINATOR']._serialized_start=1536
+  _globals['_COORDINATOR']._serialized_end=1746
 # @@protoc_insertion_point(module_scope)
