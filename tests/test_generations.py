@@ -1,0 +1,168 @@
+"""Restart across nodes, as the coordinator's pure core sees it: the generation barrier,
+backoff, the crash-loop guard, the recorded checkpoint, nodes that fall behind."""
+from __future__ import annotations
+
+from wdtest_helpers import SIGKILL, dead, rank, report, spec
+
+from watchdog_d.core.state import BARRIER_CAP_S, Cluster
+
+RESTART = spec(on_failure="restart", max_restarts=2, node_timeout_s=5.0)
+
+
+def _kill_on_b(c: Cluster, t: float, attempt: int = 0, job_spec=RESTART, stepped: bool = True):
+    """A job on nodes a (ranks 0, 1) and b (ranks 2, 3); rank 3 dies at t."""
+    s = 0 if stepped else -1
+    c.ingest(report("a", [rank(0, step=s), rank(1, step=s, ckpt_path="/c/step-10.pt", ckpt_step=10)],
+                    attempt=attempt, job_spec=job_spec), t - 1)
+    c.ingest(report("b", [rank(2, step=s), rank(3, step=s)], attempt=attempt, job_spec=job_spec), t - 1)
+    c.ingest(report("b", [rank(2, step=s), dead(3, sig=SIGKILL)], attempt=attempt, job_spec=job_spec), t)
+    return c.evaluate(t + 2)
+
+
+def _waiting(c: Cluster, node: str, t: float, attempt: int = 0, job_spec=RESTART, note: str = ""):
+    from dataclasses import replace
+
+    r = report(node, [], state="waiting", attempt=attempt, job_spec=job_spec)
+    if note:
+        r = replace(r, jobs=(replace(r.jobs[0], note=note),))
+    c.ingest(r, t)
+    return c.evaluate(t)
+
+
+def test_every_node_restarts_and_relaunches_together_from_the_same_checkpoint() -> None:
+    c = Cluster()
+    d = _kill_on_b(c, 100.0)
+    assert [(x.verb, x.nodes, x.incident.action) for x in d] == [("restart", ("a", "b"), "restart 1/2")]
+    assert (d[0].resume_from, d[0].resume_step) == ("/c/step-10.pt", 10)
+    # a is down, b is still stopping its ranks: nobody starts yet
+    assert _waiting(c, "a", 103.0) == []
+    c.ingest(report("b", [rank(2, step=0)], job_spec=RESTART), 103.5)
+    assert c.evaluate(103.5) == []
+    d = _waiting(c, "b", 104.0)
+    assert [(x.verb, x.nodes, x.attempt, x.resume_from, x.resume_step) for x in d] == [
+        ("relaunch", ("a", "b"), 1, "/c/step-10.pt", 10)]
+    assert d[0].incident is None             # nothing to tell people: the restart was told
+    assert c.jobs["j1"].attempt == 1 and c.jobs["j1"].status == "running"
+
+
+def test_backoff_doubles_per_restart() -> None:
+    s = spec(on_failure="restart", max_restarts=3, restart_backoff_s=10.0)
+    c = Cluster()
+    _kill_on_b(c, 100.0, job_spec=s)
+    _waiting(c, "a", 101.0, job_spec=s)
+    assert _waiting(c, "b", 101.0, job_spec=s) == []
+    assert c.evaluate(110.9) == []
+    assert [x.verb for x in c.evaluate(111.0)] == ["relaunch"]
+    _kill_on_b(c, 200.0, attempt=1, job_spec=s)
+    _waiting(c, "a", 201.0, attempt=1, job_spec=s)
+    _waiting(c, "b", 201.0, attempt=1, job_spec=s)
+    assert c.evaluate(220.9) == [] and [x.attempt for x in c.evaluate(221.0)] == [2]
+
+
+def test_a_silent_node_does_not_hold_the_others_and_catches_up_later() -> None:
+    c = Cluster()
+    _kill_on_b(c, 100.0)
+    _waiting(c, "a", 101.0)
+    assert c.evaluate(103.0) == []           # b was seen at 100: maybe still stopping
+    d = c.evaluate(106.0)                    # b silent for > node_timeout
+    assert [(x.verb, x.nodes, x.attempt) for x in d] == [("relaunch", ("a",), 1)]
+    # b comes back still at attempt 0, its ranks down: told to start attempt 1
+    c.ingest(report("b", [], state="waiting", job_spec=RESTART), 120.0)
+    orders = c.standing_orders("b")
+    assert [(o.verb, o.attempt, o.resume_from) for o in orders] == [("relaunch", 1, "/c/step-10.pt")]
+    assert [o.verb for o in c.standing_orders("a")] == ["relaunch"]     # not started it yet
+    c.ingest(report("a", [rank(0, step=-1)], attempt=1, job_spec=RESTART), 120.0)
+    assert [o.verb for o in c.standing_orders("a")] == []
+
+
+def test_the_barrier_gives_up_waiting_after_its_cap() -> None:
+    c = Cluster()
+    _kill_on_b(c, 100.0)
+    _waiting(c, "a", 101.0)
+    for t in range(101, int(102 + BARRIER_CAP_S), 2):     # b keeps reporting its ranks up
+        c.ingest(report("b", [rank(2, step=0)], job_spec=RESTART), float(t))
+        assert c.evaluate(float(t)) == []
+    c.ingest(report("b", [rank(2, step=0)], job_spec=RESTART), 102 + BARRIER_CAP_S)   # asked at 102
+    assert [(x.verb, x.nodes) for x in c.evaluate(102 + BARRIER_CAP_S)] == [("relaunch", ("a",))]
+
+
+def test_crash_loop_gives_up_before_the_budget_is_spent() -> None:
+    s = spec(on_failure="restart", max_restarts=5, crash_loop=2)
+    c = Cluster()
+    d = _kill_on_b(c, 100.0, job_spec=s, stepped=False)
+    assert d[0].incident.action == "restart 1/5"
+    _waiting(c, "a", 101.0, job_spec=s)
+    _waiting(c, "b", 101.0, job_spec=s)
+    d = _kill_on_b(c, 200.0, attempt=1, job_spec=s, stepped=False)
+    assert d[0].incident.action == "gave_up" and d[0].verb == "teardown"
+    assert "2 attempts in a row ended before their first step" in d[0].incident.verdict.cause
+
+
+def test_an_attempt_that_stepped_resets_the_crash_loop_count() -> None:
+    s = spec(on_failure="restart", max_restarts=5, crash_loop=2)
+    c = Cluster()
+    _kill_on_b(c, 100.0, job_spec=s, stepped=False)
+    _waiting(c, "a", 101.0, job_spec=s)
+    _waiting(c, "b", 101.0, job_spec=s)
+    d = _kill_on_b(c, 200.0, attempt=1, job_spec=s, stepped=True)
+    assert d[0].incident.action == "restart 2/5" and c.jobs["j1"].no_progress == 0
+
+
+def test_a_user_stop_between_attempts_cancels_the_relaunch() -> None:
+    c = Cluster()
+    _kill_on_b(c, 100.0)
+    _waiting(c, "a", 101.0)
+    c.ingest(report("b", [], state="stopped", exit_code=130, job_spec=RESTART), 102.0)
+    assert [x.verb for x in c.evaluate(102.0) if x.verb == "relaunch"] == []
+    assert [(o.verb, o.action) for o in c.standing_orders("a")] == [("teardown", "stopped")]
+
+
+def test_a_node_that_missed_the_restart_is_told_to_relaunch() -> None:
+    c = Cluster()
+    _kill_on_b(c, 100.0)
+    _waiting(c, "a", 101.0)
+    _waiting(c, "b", 101.0)
+    c.ingest(report("b", [rank(2, step=5)], job_spec=RESTART), 102.0)   # a stale report
+    assert c.jobs["j1"].attempt == 1 and c.jobs["j1"].nodes["b"].attempt_seen == 0
+    assert [(o.verb, o.attempt) for o in c.standing_orders("b")] == [("relaunch", 1)]
+
+
+def test_a_checkpoint_problem_is_an_incident_of_the_relaunch() -> None:
+    c = Cluster()
+    _kill_on_b(c, 100.0)
+    _waiting(c, "a", 101.0, note="checkpoint dir /c does not exist: relaunching from scratch")
+    d = _waiting(c, "b", 101.0)
+    assert d[0].verb == "relaunch" and d[0].alert
+    v = d[0].incident.verdict
+    assert v.kind == "restart" and "a: checkpoint dir /c does not exist" in v.cause
+
+
+def test_recorded_checkpoints_outlive_the_job_book() -> None:
+    c = Cluster(checkpoints={"j1": (5, "/c/step-5.pt")})
+    c.ingest(report("a", [rank(0, step=1)], job_spec=RESTART), 1.0)
+    assert c.jobs["j1"].checkpoint == (5, "/c/step-5.pt")
+    c.ingest(report("a", [rank(0, step=9, ckpt_path="/c/step-3.pt", ckpt_step=3)], job_spec=RESTART), 2.0)
+    assert c.checkpoints["j1"] == (5, "/c/step-5.pt")          # older: not taken
+    c.ingest(report("a", [rank(0, step=9, ckpt_path="/c/step-9.pt", ckpt_step=9)], job_spec=RESTART), 3.0)
+    assert c.checkpoints["j1"] == (9, "/c/step-9.pt") == c.jobs["j1"].checkpoint
+
+
+def test_backoff_is_capped_and_zero_by_default() -> None:
+    from watchdog_d.core import policy
+
+    assert [policy.backoff_s(spec(restart_backoff_s=5.0), i) for i in (1, 2, 3)] == [5.0, 10.0, 20.0]
+    assert policy.backoff_s(spec(restart_backoff_s=5.0), 40) == policy.BACKOFF_CAP_S
+    assert policy.backoff_s(spec(), 3) == 0.0
+
+
+def test_restart_fields_cross_the_wire() -> None:
+    from dataclasses import replace
+
+    from watchdog_d import wire
+
+    s = spec(on_failure="restart", max_restarts=3, restart_backoff_s=2.5, crash_loop=4)
+    r = report("a", [rank(0, step=3, ckpt_path="/c/s.pt", ckpt_step=3)], state="waiting", job_spec=s)
+    r = replace(r, jobs=(replace(r.jobs[0], note="no checkpoint"),))
+    back = wire.report_from_pb(wire.report_to_pb(r))
+    assert back.jobs[0].spec == s and back.jobs[0].state == "waiting" and back.jobs[0].note == "no checkpoint"
+    assert (back.jobs[0].ranks[0].ckpt_path, back.jobs[0].ranks[0].ckpt_step) == ("/c/s.pt", 3)
