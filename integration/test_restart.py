@@ -1,16 +1,23 @@
-"""--on-failure restart on one node: relaunch from the latest checkpoint, give up when
-the budget is spent. (Issue 4 groundwork: multi-node generations, backoff and the
-crash-loop guard are not built yet.)"""
+"""--on-failure restart: relaunch from the latest checkpoint on every node, in
+generations; backoff; the crash-loop guard; a user's stop is never restarted; bad
+input (no checkpoint dir, a launcher that cannot start again)."""
 from __future__ import annotations
 
-from harness import assert_no_leftovers, torchrun_cmd, train_env
+import os
+import re
+import signal
+import stat
+import sys
+import time
+
+from harness import TORCHRUN, assert_no_leftovers, free_port, torchrun_cmd, train_env
 
 
 def test_restart_resumes_from_the_recorded_checkpoint(guarded, alert_sink, tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     g = guarded(["--on-failure", "restart", "--max-restarts", "1", "--grace", "3",
-                 "--alert", alert_sink.url], torchrun_cmd(),
+                 "--checkpoint-dir", str(ckpt), "--alert", alert_sink.url], torchrun_cmd(),
                 train_env(WD_FAULT="kill", WD_FAULT_STEP=12, WD_STEPS=30, WD_CKPT_DIR=ckpt))
     assert g.wait() == 0, g.stderr()
     out = g.stdout()
@@ -34,3 +41,77 @@ def test_restart_budget_spent_gives_up(guarded, tmp_path):
     assert "[action: gave_up]" in g.last_stderr_line(), g.last_stderr_line()
     assert [e["action"] for e in g.events()] == ["restart 1/1", "gave_up"]
     assert_no_leftovers(g.job_id)
+
+
+def test_crash_loop_gives_up_before_the_budget(guarded, alert_sink):
+    # every attempt dies before its first step: two in a row is a crash loop
+    g = guarded(["--on-failure", "restart", "--max-restarts", "5", "--crash-loop", "2",
+                 "--grace", "3", "--alert", alert_sink.url], torchrun_cmd(),
+                train_env(WD_FAULT="raise", WD_FAULT_ALWAYS=1, WD_FAULT_STEP=0, WD_STEPS=30))
+    assert g.wait() == 75, g.stderr()
+    assert [e["action"] for e in g.events()] == ["restart 1/5", "gave_up"]
+    assert "crash loop" in g.last_stderr_line() and "[action: gave_up]" in g.last_stderr_line()
+    actions = [[ln for ln in a["message"].splitlines() if ln.startswith("action: ")]
+               for a in alert_sink.wait_for(2)]
+    assert actions == [["action: restart 1/5"], ["action: gave_up"]], actions
+    assert_no_leftovers(g.job_id)
+
+
+def test_backoff_waits_before_the_relaunch(guarded):
+    g = guarded(["-v", "--on-failure", "restart", "--max-restarts", "1", "--restart-backoff", "2",
+                 "--grace", "3"], torchrun_cmd(),
+                train_env(WD_FAULT="kill", WD_FAULT_STEP=5, WD_STEPS=15))
+    assert g.wait() == 0, g.stderr()
+    stamps = {}
+    for line in g.stderr().splitlines():
+        m = re.match(r"(\S+Z) \w+ (attempt_stopped|relaunch) ", line)
+        if m:
+            stamps[m.group(2)] = time.mktime(time.strptime(m.group(1)[:19], "%Y-%m-%dT%H:%M:%S")) \
+                + float("0" + m.group(1)[19:-1])
+    assert stamps["relaunch"] - stamps["attempt_stopped"] >= 1.9, stamps
+    assert "from scratch (no checkpoint found)" in g.stderr()
+    assert_no_leftovers(g.job_id)
+
+
+def test_ctrl_c_under_restart_means_stop(guarded, tmp_path):
+    g = guarded(["--on-failure", "restart", "--max-restarts", "3", "--grace", "3"],
+                torchrun_cmd(), train_env(WD_STEPS=400))
+    deadline = time.monotonic() + 60
+    while "[rank 0] step 10 " not in g.stdout() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    g.proc.send_signal(signal.SIGINT)
+    assert g.wait() == 130, g.stderr()
+    assert "relaunching" not in g.stderr()
+    assert [e["action"] for e in g.events() if e["action"].startswith("restart")] == []
+    assert_no_leftovers(g.job_id)
+
+
+def test_missing_checkpoint_dir_is_an_alert_and_the_job_comes_back_from_scratch(
+        guarded, alert_sink, tmp_path):
+    missing = tmp_path / "no-such-dir"
+    g = guarded(["--on-failure", "restart", "--max-restarts", "1", "--grace", "3",
+                 "--checkpoint-dir", str(missing), "--alert", alert_sink.url], torchrun_cmd(),
+                train_env(WD_FAULT="kill", WD_FAULT_STEP=5, WD_STEPS=15))
+    assert g.wait() == 0, g.stderr()
+    assert [e["kind"] for e in g.events()] == ["rank_exited", "restart", "job_succeeded"]
+    alerts = alert_sink.wait_for(2)
+    assert f"checkpoint dir {missing} does not exist" in alerts[1]["message"], alerts[1]
+    assert alerts[1]["title"].startswith(f"[watchdog-d] {g.job_id}: restart"), alerts[1]["title"]
+    assert_no_leftovers(g.job_id)
+
+
+def test_a_relaunch_that_cannot_start_ends_in_gave_up(guarded, tmp_path):
+    # the launcher is a script the faulty rank deletes: the relaunch cannot exec it
+    launcher = tmp_path / "launch-torchrun"
+    launcher.write_text(f"#!/bin/sh\nexec {sys.executable} -m torch.distributed.run \"$@\"\n")
+    launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR)
+    cmd = [str(launcher), "--standalone", "--nproc-per-node=2", "-m", "watchdog_d.demo_train"]
+    g = guarded(["--on-failure", "restart", "--max-restarts", "3", "--crash-loop", "2",
+                 "--grace", "3"], cmd,
+                train_env(WD_FAULT="kill", WD_FAULT_STEP=5, WD_FAULT_UNLINK=launcher))
+    assert g.wait(timeout=120) == 75, g.stderr()
+    assert "cannot relaunch" in g.stderr() and "No such file or directory" in g.stderr()
+    assert [(e["kind"], e["action"]) for e in g.events()] == [
+        ("rank_exited", "restart 1/3"), ("job_failed", "restart 2/3"), ("job_failed", "gave_up")]
+    assert_no_leftovers(g.job_id)
+    assert not os.path.exists(launcher)

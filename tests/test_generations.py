@@ -166,3 +166,13 @@ def test_restart_fields_cross_the_wire() -> None:
     back = wire.report_from_pb(wire.report_to_pb(r))
     assert back.jobs[0].spec == s and back.jobs[0].state == "waiting" and back.jobs[0].note == "no checkpoint"
     assert (back.jobs[0].ranks[0].ckpt_path, back.jobs[0].ranks[0].ckpt_step) == ("/c/s.pt", 3)
+
+
+def test_a_launcher_that_ended_by_itself_does_not_end_a_job_due_for_relaunch() -> None:
+    c = Cluster()
+    c.ingest(report("a", [rank(0, step=3)], job_spec=RESTART), 1.0)
+    c.ingest(report("a", [], state="exited", exit_code=127, job_spec=RESTART), 2.0)
+    d = c.evaluate(2.0)
+    assert [(x.verb, x.incident.action) for x in d] == [("restart", "restart 1/2")]
+    assert c.evaluate(2.5) == [] and c.jobs["j1"].status == "stopping"
+    assert [x.verb for x in _waiting(c, "a", 3.0)] == ["relaunch"]

@@ -213,7 +213,7 @@ def test_new_attempt_resets_the_verdict() -> None:
     c.ingest(report("a", [dead(0, sig=SIGKILL, step=5)], job_spec=s, state="exited", exit_code=1), 2.0)
     assert c.evaluate(2.0) == []
     book = c.jobs["j1"]
-    assert book.status == "ended"
+    assert book.status == "stopping"      # the launcher's end is not the job's: a relaunch is due
     # the wrapper relaunched: attempt 1
     c.ingest(report("a", [rank(0, step=-1)], job_spec=s, attempt=1), 3.0)
     assert c.evaluate(3.0) == []

@@ -8,7 +8,8 @@ at step WD_FAULT_STEP (only on the first attempt unless WD_FAULT_ALWAYS=1).
 WD_PAUSE_AT / WD_PAUSE_S / WD_PAUSE_TIMEOUT: every rank pauses inside
 watchdog_d.section("eval") at that step. WD_STEPS steps of about WD_STEP_TIME seconds; a checkpoint every WD_CKPT_EVERY
 steps into WD_CKPT_DIR, resumed from WATCHDOG_D_RESUME_FROM. For benchmarks: WD_FAULT_MARK
-(wall time of the fault) and WD_STEP_MARK (rank 0's first step, into WD_STEP_MARK.<attempt>).
+(wall time of the fault) and WD_STEP_MARK (rank 0's first step, into WD_STEP_MARK.<attempt>);
+for tests: WD_FAULT_UNLINK (a file the faulty rank deletes, e.g. the launcher script).
 """
 from __future__ import annotations
 
@@ -61,6 +62,8 @@ def main() -> int:
     x, y = torch.randn(32, 16), torch.randn(32, 4)
     for step in range(start, steps):
         hit = fault != "none" and rank == fault_rank and step == fault_step and first_attempt
+        if hit and _env("WD_FAULT_UNLINK", ""):   # for tests: the relaunch's launcher is gone
+            os.unlink(_env("WD_FAULT_UNLINK", ""))
         if hit and _env("WD_FAULT_MARK", ""):
             with open(_env("WD_FAULT_MARK", ""), "w") as f:   # for benchmarks: when it broke
                 f.write(repr(time.time()))

@@ -218,6 +218,7 @@ class Cluster:
                 book.reported = {k for k in book.reported if k[0] in ONCE_PER_ATTEMPT}
         if book.status == "stopping" and book.action.startswith("restart") and book.outcome != "stopped":
             decisions.extend(self._relaunch_when_down(book, now))
+            return decisions             # (a launcher that ended by itself is not the job's end)
         # answer every wrapper whose job ended by itself and is owed nothing else
         for node in book.nodes.values():
             if node.ended_at is not None and not node.answered and (
