@@ -28,6 +28,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python integration/bench_beacon.py
 	$(BIN)/python integration/bench_detect.py
+	$(BIN)/python integration/bench_restart.py
 
 proto: $(STAMP)
 	$(BIN)/python -m watchdog_d.proto.gen

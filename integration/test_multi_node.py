@@ -184,3 +184,31 @@ def test_restarted_agent_keeps_guarding(guarded, cluster, tmp_path):
         assert w.wait(timeout=30) == 75, w.stderr()
         assert "rank_exited rank 1 on node-b" in w.last_stderr_line(), w.last_stderr_line()
     assert_no_leftovers(job)
+
+
+def test_kill_on_node_b_restarts_both_nodes_from_the_same_checkpoint(guarded, cluster, tmp_path):
+    # rank 0 (node A) saves and records the checkpoints; rank 1 on node B dies at step 12:
+    # both nodes tear down, wait for each other, relaunch attempt 1 from step-10.pt
+    job = f"mn-restart-{free_port()}"
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    port = free_port()
+    env = train_env(WD_PG_TIMEOUT=300, WD_FAULT="kill", WD_FAULT_RANK=1, WD_FAULT_STEP=12,
+                    WD_STEPS=25, WD_CKPT_DIR=ckpt)
+    wrappers = []
+    for node_rank, node in enumerate(("node-a", "node-b")):
+        cmd = [*TORCHRUN, "--nnodes=2", f"--node-rank={node_rank}", "--nproc-per-node=1",
+               "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "watchdog_d.demo_train"]
+        wrappers.append(guarded(["--agent-socket", cluster.sockets[node], "--on-failure", "restart",
+                                 "--max-restarts", "1", "--grace", "3", "--min-stall-timeout", "5"],
+                                cmd, env, job_id=job))
+    a, b = wrappers
+    assert a.wait(timeout=120) == 0, a.stderr()
+    assert b.wait(timeout=30) == 0, b.stderr()
+    assert f"[rank 0] resumed from {ckpt}/step-10.pt at step 10" in a.stdout()
+    assert f"[rank 1] resumed from {ckpt}/step-10.pt at step 10" in b.stdout()
+    for w in (a, b):
+        assert "relaunching as attempt 1 from" in w.stderr()
+    assert [(e["kind"], e["node"], e["action"]) for e in _events(cluster, job)] == [
+        ("rank_exited", "node-b", "restart 1/1"), ("job_succeeded", "", "none")]
+    assert_no_leftovers(job)

@@ -236,7 +236,7 @@ class Agent:
                                       jobs=tuple(parts))
             # what changes deserve a heartbeat now rather than at the next interval
             signature = tuple((p.spec.job_id, p.attempt, p.state,
-                               tuple((r.rank, r.alive, r.proc_state, r.section, len(r.stack))
+                               tuple((r.rank, r.alive, r.proc_state, r.section, len(r.stack), r.ckpt_step)
                                      for r in p.ranks)) for p in parts)
             changed = signature != self._signature
             self._signature = signature

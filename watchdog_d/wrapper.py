@@ -65,6 +65,7 @@ class Wrapper:
         self.waiting_since: float | None = None   # torn down for a restart, relaunch awaited
         self.restart_action = ""
         self.resume: launch.Resume | None = None   # chosen when the attempt went down
+        self.recorded: list[tuple[int, str]] = []  # (step, path) recorded by ranks, here or elsewhere
 
     # -- pieces --------------------------------------------------------------------
     def _reader(self, conn: localsock.Conn) -> None:
@@ -235,11 +236,12 @@ class Wrapper:
             return None                  # down already
         log.warn("restart", job=self.job_id, reason=verdict.kind if verdict else "command",
                  action=action)
-        recorded = [offered] + ([mine] if (mine := launch.recorded_checkpoint(att.beacons)) else [])
+        mine = launch.recorded_checkpoint(att.beacons)
+        self.recorded = [ck for ck in (offered, mine, *self.recorded) if ck and ck[1]]
         self._stop_job(self.cfg.grace)
         log.log("attempt_stopped", job=self.job_id, attempt=att.number)
         launch.remove_attempt_beacons(att.beacons)
-        self.resume = launch.choose_resume(recorded, self.cfg.checkpoint_dir, self.cfg.checkpoint_rule())
+        self.resume = launch.choose_resume(self.recorded, self.cfg.checkpoint_dir, self.cfg.checkpoint_rule())
         if self.resume.note:
             log.warn("resume_problem", job=self.job_id, note=self.resume.note)
         self.waiting_since, self.restart_action = time.monotonic(), action
@@ -259,9 +261,15 @@ class Wrapper:
             return None                  # old news
         if self.waiting_since is None:   # missed the restart (away, reattaching): stop first
             self._restart(None, "relaunch", offered)
+        # the coordinator's offer may be newer than what was known at the teardown (a
+        # heartbeat with a rank's record can trail the verdict): every node must
+        # resume from the same checkpoint
         resume = self.resume
-        if resume is None or (resume.path and not os.path.exists(resume.path)):
-            resume = launch.choose_resume([offered], self.cfg.checkpoint_dir, self.cfg.checkpoint_rule())
+        if offered[1] and offered not in self.recorded or resume is None \
+                or (resume.path and not os.path.exists(resume.path)):
+            self.recorded = [ck for ck in (offered, *self.recorded) if ck[1]]
+            resume = launch.choose_resume(self.recorded, self.cfg.checkpoint_dir,
+                                          self.cfg.checkpoint_rule())
         self.waiting_since, self.resume = None, None
         log.log("relaunch", job=self.job_id, attempt=number, resume_from=resume.path or "-")
         print(f"watchdog-d: job {self.job_id}: relaunching as attempt {number}"
