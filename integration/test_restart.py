@@ -115,3 +115,20 @@ def test_a_relaunch_that_cannot_start_ends_in_gave_up(guarded, tmp_path):
         ("rank_exited", "restart 1/3"), ("job_failed", "restart 2/3"), ("job_failed", "gave_up")]
     assert_no_leftovers(g.job_id)
     assert not os.path.exists(launcher)
+
+
+def test_a_recorded_checkpoint_deleted_before_the_restart(guarded, alert_sink, tmp_path):
+    # rank 1 deletes step-10.pt (recorded by rank 0) as it dies: the relaunch takes the
+    # newest complete one left in --checkpoint-dir, and says so
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    g = guarded(["--on-failure", "restart", "--max-restarts", "1", "--grace", "3",
+                 "--checkpoint-dir", str(ckpt), "--alert", alert_sink.url], torchrun_cmd(),
+                train_env(WD_FAULT="kill", WD_FAULT_STEP=12, WD_STEPS=20, WD_CKPT_DIR=ckpt,
+                          WD_FAULT_UNLINK=ckpt / "step-10.pt"))
+    assert g.wait() == 0, g.stderr()
+    assert f"resumed from {ckpt}/step-5.pt at step 5" in g.stdout()
+    assert [e["kind"] for e in g.events()] == ["rank_exited", "restart", "job_succeeded"]
+    message = alert_sink.wait_for(2)[1]["message"]
+    assert f"recorded checkpoint {ckpt}/step-10.pt (step 10) is gone" in message, message
+    assert_no_leftovers(g.job_id)

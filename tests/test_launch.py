@@ -87,3 +87,11 @@ def test_resume_step_reaches_the_environment(tmp_path: Path) -> None:
                          resume_from="/c/step-10.pt", resume_step=10, state_dir=str(tmp_path), log_dir="")
     assert (env["WATCHDOG_D_RESUME_FROM"], env["WATCHDOG_D_RESUME_STEP"]) == ("/c/step-10.pt", "10")
     assert (env["WATCHDOG_D_RESTART_COUNT"], env["WATCHDOG_D_JOB_ID"]) == ("1", "j")
+
+
+def test_torchrun_max_restarts_is_found() -> None:
+    assert launch.torchrun_max_restarts(["torchrun", "--max-restarts=3", "t.py"]) == 3
+    assert launch.torchrun_max_restarts(["python", "-m", "torch.distributed.run", "--max_restarts", "2",
+                                         "t.py", "--max-restarts=9"]) == 2
+    assert launch.torchrun_max_restarts(["torchrun", "t.py", "--max-restarts=9"]) == 0   # the script's
+    assert launch.torchrun_max_restarts(["python", "t.py"]) == 0

@@ -103,3 +103,23 @@ def test_threads_and_a_second_process(tmp_path: Path) -> None:
     assert len(store.events()) == 100
     ts = [e["ts"] for e in store.events("t2")]
     assert ts == sorted(ts) and len(ts) == 20
+
+
+def test_recorded_checkpoints_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "i.db"
+    s = IncidentStore(path)
+    assert s.checkpoints() == {}
+    s.save_checkpoint("j1", 10, "/c/step-10.pt", 1.0)
+    s.save_checkpoint("j1", 20, "/c/step-20.pt", 2.0)
+    s.save_checkpoint("j2", 5, "/d/5", 3.0)
+    assert IncidentStore(path).checkpoints() == {"j1": (20, "/c/step-20.pt"), "j2": (5, "/d/5")}
+    assert IncidentStore(path).checkpoints(limit=1) == {"j2": (5, "/d/5")}
+
+
+def test_a_coordinator_restarted_on_the_same_state_dir_knows_the_checkpoint(tmp_path: Path) -> None:
+    from watchdog_d.config import Config
+    from watchdog_d.coordinator import Coordinator
+
+    IncidentStore(tmp_path / "incidents.sqlite").save_checkpoint("j1", 30, "/c/step-30.pt", 1.0)
+    c = Coordinator(Config(state_dir=str(tmp_path)))
+    assert c.cluster.checkpoints == {"j1": (30, "/c/step-30.pt")}

@@ -94,7 +94,7 @@ def choose_resume(recorded: list[tuple[int, str]], checkpoint_dir: str,
     here or on any node, via the coordinator) that exists on this node; else the
     newest complete entry of ``checkpoint_dir``; else nothing."""
     notes = []
-    for step, path in sorted(recorded, reverse=True):
+    for step, path in sorted(set(recorded), reverse=True):
         if path and os.path.exists(path):
             return Resume(path, step)
         if path:
@@ -122,6 +122,29 @@ _TORCHRUN_FLAGS = {"--standalone", "--no-python", "--no_python", "--run-path", "
                    "-m", "--module", "--use-env", "--use_env"}     # options without a value
 
 
+def torchrun_max_restarts(command: list[str]) -> int:
+    """torchrun's own --max-restarts in ``command`` (0 when absent or not torchrun)."""
+    at = _torchrun_at(command)
+    if at is None:
+        return 0
+    args = command[at:_torchrun_args_end(command, at)]
+    for i, a in enumerate(args):
+        m = re.fullmatch(r"--max[-_]restarts(?:=(\d+))?", a)
+        if m:
+            value = m.group(1) or (args[i + 1] if i + 1 < len(args) else "0")
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
+def _torchrun_at(command: list[str]) -> int | None:
+    """Index of torchrun's first own argument, None when ``command`` is not torchrun."""
+    at = next((i + 1 for i, a in enumerate(command) if os.path.basename(a) == "torchrun"), None)
+    if at is None:
+        at = next((i + 2 for i, a in enumerate(command[:-1])
+                   if a == "-m" and command[i + 1] in _TORCHRUN_MODULES), None)
+    return at
+
+
 def _torchrun_args_end(command: list[str], at: int) -> int:
     """Index of the training script (or of "--"): torchrun's own options end there."""
     i = at
@@ -141,10 +164,7 @@ def fresh_rendezvous(command: list[str], job_id: str, attempt: int) -> list[str]
     ranks are down, which the generation barrier ensures.) Other commands: as is."""
     if attempt <= 0:
         return list(command)
-    at = next((i + 1 for i, a in enumerate(command) if os.path.basename(a) == "torchrun"), None)
-    if at is None:
-        at = next((i + 2 for i, a in enumerate(command[:-1])
-                   if a == "-m" and command[i + 1] in _TORCHRUN_MODULES), None)
+    at = _torchrun_at(command)
     if at is None:
         return list(command)
     out, has_id, end = list(command), False, _torchrun_args_end(command, at)

@@ -121,9 +121,13 @@ def run_job(cfg: Config, command: list[str]) -> int:
         problem = validate_alert_url(url)
         if problem:
             raise ConfigError(problem)
-    from .launch import job_id_for
+    from .launch import job_id_for, torchrun_max_restarts
 
     cfg = replace(cfg, job_id=cfg.job_id or job_id_for(command, dict(os.environ)))
+    if torchrun_max_restarts(command) > 0 and cfg.on_failure != "alert":
+        log.warn("torchrun_max_restarts_preempted", job=cfg.job_id,
+                 effect=f"on_failure={cfg.on_failure} acts on the first rank failure; "
+                        "torchrun's own --max-restarts will not get to restart")
     embedded = None
     wrapper: Wrapper | None = None
     if cfg.agent_socket:

@@ -95,6 +95,9 @@ class Wrapper:
             self.conn = conn
             threading.Thread(target=self._reader, args=(conn,), daemon=True).start()
             self._announce()
+            if self.waiting_since is not None and self.attempt is not None:   # still between attempts
+                self._send({"op": "waiting", "attempt": self.attempt.number,
+                            "note": self.resume.note if self.resume else ""})
             log.warn("agent_reattached", job=self.job_id)
 
     def _launch(self, number: int, resume: launch.Resume = launch.Resume()) -> Attempt:
