@@ -224,3 +224,17 @@ def test_finish_fills_machine_defaults_without_overriding() -> None:
     assert (cfg.node_id, cfg.state_dir, cfg.socket) == ("n7", "/srv/wd", "/run/x.sock")
     blank = load(env={}).finish()
     assert blank.node_id and blank.state_dir and blank.socket.endswith("agent.sock")
+
+
+def test_the_example_config_file_loads() -> None:
+    example = Path(__file__).resolve().parents[1] / "systemd" / "watchdog-d.toml"
+    cfg = load(env={}, config_file=str(example))
+    assert (cfg.on_failure, cfg.crash_loop, cfg.restart_backoff) == ("teardown", 3, 0.0)
+    assert cfg.checkpoint_rule().markers[0] == ".metadata"
+
+
+def test_restart_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="restart_backoff"):
+        load(flags={"restart_backoff": -1.0}, env={})
+    cfg = load(env={"WATCHDOG_D_CHECKPOINT_MARKERS": "DONE .metadata", "WATCHDOG_D_CRASH_LOOP": "0"})
+    assert cfg.checkpoint_rule().markers == ("DONE", ".metadata") and cfg.crash_loop == 0
