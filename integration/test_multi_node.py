@@ -212,3 +212,28 @@ def test_kill_on_node_b_restarts_both_nodes_from_the_same_checkpoint(guarded, cl
     assert [(e["kind"], e["node"], e["action"]) for e in _events(cluster, job)] == [
         ("rank_exited", "node-b", "restart 1/1"), ("job_succeeded", "", "none")]
     assert_no_leftovers(job)
+
+
+def test_restart_with_a_c10d_rendezvous_gets_a_fresh_rendezvous_id(guarded, cluster, tmp_path):
+    # the usual multi-node setup: a dynamic rendezvous, one id for the job; the relaunch
+    # rendezvouses as ID-a1 so it cannot meet what is left of round ID
+    rdzv = f"mn-c10d-{free_port()}"
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    port = free_port()
+    env = train_env(WD_PG_TIMEOUT=300, WD_FAULT="raise", WD_FAULT_RANK=0, WD_FAULT_STEP=7,
+                    WD_STEPS=15, WD_CKPT_DIR=ckpt)
+    wrappers = []
+    for node in ("node-a", "node-b"):
+        cmd = [*TORCHRUN, "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+               f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id={rdzv}", "-m", "watchdog_d.demo_train"]
+        wrappers.append(guarded(["-v", "--agent-socket", cluster.sockets[node], "--on-failure",
+                                 "restart", "--max-restarts", "1", "--grace", "3"], cmd, env,
+                                job_id=rdzv))
+    for w in wrappers:
+        assert w.wait(timeout=120) == 0, w.stderr()
+        assert f"--rdzv-id={rdzv}-a1" in w.stderr()          # the relaunch's command line
+    out = "".join(w.stdout() for w in wrappers)
+    assert out.count(f"resumed from {ckpt}/step-5.pt at step 5") == 2, out
+    assert [e["action"] for e in _events(cluster, rdzv)] == ["restart 1/1", "none"]
+    assert_no_leftovers(rdzv)
