@@ -186,23 +186,28 @@ def test_restarted_agent_keeps_guarding(guarded, cluster, tmp_path):
     assert_no_leftovers(job)
 
 
+def _restarting_job(guarded, cluster, job: str, launcher_args, ckpt, **fault: object):
+    """One job on both nodes under --on-failure restart --max-restarts 1; ``launcher_args``
+    (node_rank) -> torchrun's node-specific arguments."""
+    env = train_env(WD_PG_TIMEOUT=300, WD_CKPT_DIR=ckpt, **fault)
+    wrappers = []
+    for node_rank, node in enumerate(("node-a", "node-b")):
+        cmd = [*TORCHRUN, "--nnodes=2", "--nproc-per-node=1", *launcher_args(node_rank),
+               "-m", "watchdog_d.demo_train"]
+        wrappers.append(guarded(["-v", "--agent-socket", cluster.sockets[node], "--on-failure",
+                                 "restart", "--max-restarts", "1", "--grace", "3",
+                                 "--min-stall-timeout", "5"], cmd, env, job_id=job))
+    return wrappers
+
+
 def test_kill_on_node_b_restarts_both_nodes_from_the_same_checkpoint(guarded, cluster, tmp_path):
     # rank 0 (node A) saves and records the checkpoints; rank 1 on node B dies at step 12:
     # both nodes tear down, wait for each other, relaunch attempt 1 from step-10.pt
-    job = f"mn-restart-{free_port()}"
-    ckpt = tmp_path / "ckpt"
+    job, port, ckpt = f"mn-restart-{free_port()}", free_port(), tmp_path / "ckpt"
     ckpt.mkdir()
-    port = free_port()
-    env = train_env(WD_PG_TIMEOUT=300, WD_FAULT="kill", WD_FAULT_RANK=1, WD_FAULT_STEP=12,
-                    WD_STEPS=25, WD_CKPT_DIR=ckpt)
-    wrappers = []
-    for node_rank, node in enumerate(("node-a", "node-b")):
-        cmd = [*TORCHRUN, "--nnodes=2", f"--node-rank={node_rank}", "--nproc-per-node=1",
-               "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "watchdog_d.demo_train"]
-        wrappers.append(guarded(["--agent-socket", cluster.sockets[node], "--on-failure", "restart",
-                                 "--max-restarts", "1", "--grace", "3", "--min-stall-timeout", "5"],
-                                cmd, env, job_id=job))
-    a, b = wrappers
+    a, b = _restarting_job(guarded, cluster, job, lambda node_rank: [
+        f"--node-rank={node_rank}", "--master-addr=127.0.0.1", f"--master-port={port}"],
+        ckpt, WD_FAULT="kill", WD_FAULT_RANK=1, WD_FAULT_STEP=12, WD_STEPS=25)
     assert a.wait(timeout=120) == 0, a.stderr()
     assert b.wait(timeout=30) == 0, b.stderr()
     assert f"[rank 0] resumed from {ckpt}/step-10.pt at step 10" in a.stdout()
@@ -217,19 +222,11 @@ def test_kill_on_node_b_restarts_both_nodes_from_the_same_checkpoint(guarded, cl
 def test_restart_with_a_c10d_rendezvous_gets_a_fresh_rendezvous_id(guarded, cluster, tmp_path):
     # the usual multi-node setup: a dynamic rendezvous, one id for the job; the relaunch
     # rendezvouses as ID-a1 so it cannot meet what is left of round ID
-    rdzv = f"mn-c10d-{free_port()}"
-    ckpt = tmp_path / "ckpt"
+    rdzv, port, ckpt = f"mn-c10d-{free_port()}", free_port(), tmp_path / "ckpt"
     ckpt.mkdir()
-    port = free_port()
-    env = train_env(WD_PG_TIMEOUT=300, WD_FAULT="raise", WD_FAULT_RANK=0, WD_FAULT_STEP=7,
-                    WD_STEPS=15, WD_CKPT_DIR=ckpt)
-    wrappers = []
-    for node in ("node-a", "node-b"):
-        cmd = [*TORCHRUN, "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
-               f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id={rdzv}", "-m", "watchdog_d.demo_train"]
-        wrappers.append(guarded(["-v", "--agent-socket", cluster.sockets[node], "--on-failure",
-                                 "restart", "--max-restarts", "1", "--grace", "3"], cmd, env,
-                                job_id=rdzv))
+    wrappers = _restarting_job(guarded, cluster, rdzv, lambda node_rank: [
+        "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id={rdzv}"],
+        ckpt, WD_FAULT="raise", WD_FAULT_RANK=0, WD_FAULT_STEP=7, WD_STEPS=15)
     for w in wrappers:
         assert w.wait(timeout=120) == 0, w.stderr()
         assert f"--rdzv-id={rdzv}-a1" in w.stderr()          # the relaunch's command line
