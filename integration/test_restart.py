@@ -10,6 +10,8 @@ import stat
 import sys
 import time
 
+import pytest
+
 from harness import TORCHRUN, assert_no_leftovers, free_port, torchrun_cmd, train_env
 
 
@@ -73,14 +75,15 @@ def test_backoff_waits_before_the_relaunch(guarded):
     assert_no_leftovers(g.job_id)
 
 
-def test_ctrl_c_under_restart_means_stop(guarded, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_user_stop_under_restart_means_stop(guarded, signum):
     g = guarded(["--on-failure", "restart", "--max-restarts", "3", "--grace", "3"],
                 torchrun_cmd(), train_env(WD_STEPS=400))
     deadline = time.monotonic() + 60
     while "[rank 0] step 10 " not in g.stdout() and time.monotonic() < deadline:
         time.sleep(0.2)
-    g.proc.send_signal(signal.SIGINT)
-    assert g.wait() == 130, g.stderr()
+    g.proc.send_signal(signum)
+    assert g.wait() == 128 + signum, g.stderr()
     assert "relaunching" not in g.stderr()
     assert [e["action"] for e in g.events() if e["action"].startswith("restart")] == []
     assert_no_leftovers(g.job_id)

@@ -176,6 +176,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
             env = rank_env(None, RANK="0")
         elif env_kind == "no_rank":                # beacon dir but no RANK: not a rank
             env = rank_env(None, WATCHDOG_D_BEACON_DIR=str(d))
+        elif env_kind == "resumed":                # a relaunch resumed from a step-10 checkpoint
+            env = rank_env(d, WATCHDOG_D_RESUME_STEP="10")
         elif env_kind == "bad_dir":                # a beacon dir that cannot be used
             env = rank_env(None, WATCHDOG_D_BEACON_DIR=str(d / "missing" / "dir"), RANK="0")
         else:
@@ -192,6 +194,19 @@ def slot(beacon_dir: Path, r: int = 0) -> beacon.BeaconView:
     v = read_slot(slot_path(beacon_dir, r))
     assert v is not None, sorted(p.name for p in beacon_dir.iterdir())
     return v
+
+
+RESUMED = scenario("resumed", """
+    import watchdog_d
+    watchdog_d.step()
+    watchdog_d.step()
+""", "resumed")
+
+
+def test_a_resumed_rank_counts_steps_on_from_its_checkpoint(runs: dict[str, Run]) -> None:
+    p = runs[RESUMED]
+    assert p.returncode == 0, p.stderr
+    assert slot(p.dir).step == 11          # steps 10 and 11: the global step, not 0 and 1
 
 
 UNCAUGHT = scenario("uncaught", """
