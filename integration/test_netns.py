@@ -6,6 +6,7 @@ Addresses are on our own veth pair only (10.213.N.0/30), torn down at the end.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -53,6 +54,42 @@ def host_b():
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
+def _job_on_two_hosts(tmp_path, host_b, cluster, job: str, run_args: list[str], **env_extra):
+    """Node B's agent inside the namespace; one wrapper per host (B's inside it too).
+    Returns (agent_b, [wrapper_a, wrapper_b])."""
+    sock_b = str(tmp_path / "node-b.sock")
+    agent_b = subprocess.Popen(
+        ["ip", "netns", "exec", host_b["ns"], *WATCHDOG, "agent", "--coordinator",
+         f"{host_b['a_ip']}:{cluster.port}", "--node-id", "node-b", "--socket", sock_b,
+         "--state-dir", str(tmp_path / "node-b")],
+        env=train_env(), stdout=open(tmp_path / "node-b.log", "wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(sock_b):
+        assert time.monotonic() < deadline, "agent in the namespace did not come up"
+        time.sleep(0.05)
+    master = free_port()
+    wrappers = []
+    for node_rank, (sock, ifname, prefix) in enumerate((
+            (cluster.sockets["node-a"], host_b["host_if"], []),
+            (sock_b, host_b["ns_if"], ["ip", "netns", "exec", host_b["ns"]]))):
+        env = train_env(WD_PG_TIMEOUT=600, GLOO_SOCKET_IFNAME=ifname, **env_extra)
+        cmd = [*TORCHRUN, "--nnodes=2", f"--node-rank={node_rank}", "--nproc-per-node=1",
+               f"--master-addr={host_b['a_ip']}", f"--master-port={master}",
+               "-m", "watchdog_d.demo_train"]
+        # on host B the whole wrapper (and so the job) runs inside the namespace
+        wrappers.append(Guarded(tmp_path, job, ["--agent-socket", sock, "--grace", "3", *run_args],
+                                cmd, env, prefix=prefix))
+    return agent_b, wrappers
+
+
+def _wait_for_steps(a: Guarded, b: Guarded, marker: str = "step 10 ") -> None:
+    deadline = time.monotonic() + 90
+    while marker not in a.stdout():
+        assert time.monotonic() < deadline, a.stderr() + b.stderr()
+        assert a.proc.poll() is None and b.proc.poll() is None, a.stderr() + b.stderr()
+        time.sleep(0.2)
+
+
 def test_cut_link_makes_node_lost_and_node_a_stops(tmp_path, host_b, alert_sink):
     port = free_port()
     cluster = Cluster(tmp_path, ["node-a"], alert_url=alert_sink.url,
@@ -61,34 +98,9 @@ def test_cut_link_makes_node_lost_and_node_a_stops(tmp_path, host_b, alert_sink)
     job = f"netns-{port}"
     wrappers: list[Guarded] = []
     try:
-        sock_b = str(tmp_path / "node-b.sock")
-        agent_b = subprocess.Popen(
-            ["ip", "netns", "exec", host_b["ns"], *WATCHDOG, "agent", "--coordinator",
-             f"{host_b['a_ip']}:{port}", "--node-id", "node-b", "--socket", sock_b,
-             "--state-dir", str(tmp_path / "node-b")],
-            env=train_env(), stdout=open(tmp_path / "node-b.log", "wb"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while not os.path.exists(sock_b):
-            assert time.monotonic() < deadline, "agent in the namespace did not come up"
-            time.sleep(0.05)
-        master = free_port()
-        for node_rank, (sock, ifname, prefix) in enumerate((
-                (cluster.sockets["node-a"], host_b["host_if"], []),
-                (sock_b, host_b["ns_if"], ["ip", "netns", "exec", host_b["ns"]]))):
-            env = train_env(WD_PG_TIMEOUT=600, WD_STEPS=100000, GLOO_SOCKET_IFNAME=ifname)
-            cmd = [*TORCHRUN, "--nnodes=2", f"--node-rank={node_rank}", "--nproc-per-node=1",
-                   f"--master-addr={host_b['a_ip']}", f"--master-port={master}",
-                   "-m", "watchdog_d.demo_train"]
-            # on host B the whole wrapper (and so the job) runs inside the namespace
-            wrappers.append(Guarded(tmp_path, job, ["--agent-socket", sock, "--grace", "3"],
-                                    cmd, env, prefix=prefix))
+        agent_b, wrappers = _job_on_two_hosts(tmp_path, host_b, cluster, job, [], WD_STEPS=100000)
         a, b = wrappers
-        # wait until both ranks step, then cut the cable
-        deadline = time.monotonic() + 90
-        while "step 10 " not in a.stdout():
-            assert time.monotonic() < deadline, a.stderr() + b.stderr()
-            assert a.proc.poll() is None and b.proc.poll() is None, a.stderr() + b.stderr()
-            time.sleep(0.2)
+        _wait_for_steps(a, b)            # both ranks step: now cut the cable
         cut = time.monotonic()
         _ip("link", "set", host_b["host_if"], "down")
         assert a.wait(timeout=60) == 75, a.stderr()
@@ -100,10 +112,45 @@ def test_cut_link_makes_node_lost_and_node_a_stops(tmp_path, host_b, alert_sink)
         assert b.wait(timeout=60) == 75, b.stderr()
         assert "node_lost" in b.last_stderr_line(), b.last_stderr_line()
     finally:
-        for g in wrappers:
-            if g.proc.poll() is None:
-                g.proc.kill()
-        kill_job(job)
-        if agent_b and agent_b.poll() is None:
-            agent_b.terminate()
-        cluster.stop()
+        _cleanup(wrappers, job, agent_b, cluster)
+
+
+def test_cut_link_under_restart_node_b_catches_up_with_the_relaunch(tmp_path, host_b):
+    # node B is lost; node A relaunches attempt 1 without it and waits in the rendezvous;
+    # the link comes back: node B is told to relaunch attempt 1 too, and the job finishes
+    port = free_port()
+    cluster = Cluster(tmp_path, ["node-a"], listen=f"0.0.0.0:{port}")
+    agent_b = None
+    job = f"netns-restart-{port}"
+    wrappers: list[Guarded] = []
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    try:
+        agent_b, wrappers = _job_on_two_hosts(
+            tmp_path, host_b, cluster, job, ["-v", "--on-failure", "restart", "--max-restarts", "1"],
+            WD_STEPS=60, WD_CKPT_DIR=ckpt)
+        a, b = wrappers
+        _wait_for_steps(a, b, "step 20 ")
+        _ip("link", "set", host_b["host_if"], "down")
+        deadline = time.monotonic() + 60
+        while "relaunching as attempt 1" not in a.stderr():
+            assert time.monotonic() < deadline and a.proc.poll() is None, a.stderr()
+            time.sleep(0.2)
+        _ip("link", "set", host_b["host_if"], "up")
+        assert a.wait(timeout=120) == 0, a.stderr()
+        assert b.wait(timeout=30) == 0, b.stderr()
+        assert "relaunching as attempt 1 from" in b.stderr(), b.stderr()
+        resumed = [re.findall(r"resumed from (\S+) at step (\d+)", w.stdout()) for w in (a, b)]
+        assert resumed[0] == resumed[1] and len(resumed[0]) == 1, resumed   # the same checkpoint
+    finally:
+        _cleanup(wrappers, job, agent_b, cluster)
+
+
+def _cleanup(wrappers: list[Guarded], job: str, agent_b, cluster: Cluster) -> None:
+    for g in wrappers:
+        if g.proc.poll() is None:
+            g.proc.kill()
+    kill_job(job)
+    if agent_b and agent_b.poll() is None:
+        agent_b.terminate()
+    cluster.stop()

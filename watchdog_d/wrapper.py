@@ -320,8 +320,8 @@ class Wrapper:
             if msg is None:
                 break
             if msg.get("op") == "command":
-                if msg.get("verb") in ("teardown", "restart"):
-                    return self._command(msg)     # an exit status, or None: relaunched
+                if msg.get("verb") in ("teardown", "restart", "relaunch"):
+                    return self._command(msg)     # an exit status, or None: relaunch ahead
                 if msg.get("verb") == "done":
                     return code
             if msg.get("op") == "user_signal":

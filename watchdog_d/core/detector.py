@@ -63,7 +63,9 @@ def detect(book: JobBook, now: float, node_seen: dict[str, float]) -> Verdict | 
                             f"{node.part.exit_code} before any rank failure was seen",
                             "read the launcher's output on that node")
     for node in book.nodes.values():
-        if node.ended_at is not None:
+        if node.ended_at is not None or node.attempt_seen < book.attempt:
+            # (behind: not in this attempt yet, e.g. silent when it was relaunched; the
+            # others' startup timeout judges whether it comes back in time)
             continue
         silent = now - node_seen.get(node.node_id, node.seen_at)
         if silent > book.spec.node_timeout_s and not _peers_progressed(book, node):
