@@ -20,6 +20,8 @@ from . import rootcause
 from .model import RankReport, Verdict
 from .stall import rank_timeout, stall_timeout
 
+CATCH_UP_S = 60.0       # a node left behind by a relaunch has this long to rejoin it
+
 if TYPE_CHECKING:
     from .state import JobBook, NodeView
 
@@ -63,11 +65,13 @@ def detect(book: JobBook, now: float, node_seen: dict[str, float]) -> Verdict | 
                             f"{node.part.exit_code} before any rank failure was seen",
                             "read the launcher's output on that node")
     for node in book.nodes.values():
-        if node.ended_at is not None or node.attempt_seen < book.attempt:
-            # (behind: not in this attempt yet, e.g. silent when it was relaunched; the
-            # others' startup timeout judges whether it comes back in time)
+        if node.ended_at is not None:
             continue
         silent = now - node_seen.get(node.node_id, node.seen_at)
+        if node.attempt_seen < book.attempt and book.attempt_started_at is not None:
+            # left behind by the relaunch (silent at the barrier): it may rejoin for a
+            # while; a node gone for good is lost after that, not after the startup timeout
+            silent = min(silent, now - book.attempt_started_at - CATCH_UP_S)
         if silent > book.spec.node_timeout_s and not _peers_progressed(book, node):
             return _verdict(book, "node_lost", node, None, silent,
                             f"no heartbeat from node {node.node_id} for {silent:.1f}s "

@@ -44,6 +44,7 @@ class JobBook:
     checkpoint: tuple[int, str] | None = None     # (step, path): the newest a rank recorded
     no_progress: int = 0                # attempts in a row that ended before their first step
     restart_asked_at: float | None = None   # a restart's teardown was asked for then
+    attempt_started_at: float | None = None  # this attempt was relaunched then (None: the first)
     torn_down_at: float | None = None       # ... and every node had done it by then
 
     def ranks(self):
@@ -116,7 +117,7 @@ class Cluster:
                 node.part = replace(node.part, state=part.state, note=part.note)
             return
         if part.attempt > book.attempt:
-            self._new_attempt(book, part.attempt)
+            self._new_attempt(book, part.attempt, now)
         if node is None:
             node = book.nodes[report.node_id] = NodeView(report.node_id, report.host, now, part)
         node.seen_at, node.host, node.part, node.attempt_seen = now, report.host, part, part.attempt
@@ -139,9 +140,10 @@ class Cluster:
                 self.checkpoints[book.spec.job_id] = book.checkpoint
 
     @staticmethod
-    def _new_attempt(book: JobBook, attempt: int) -> None:
+    def _new_attempt(book: JobBook, attempt: int, now: float) -> None:
         """Forget everything that belonged to the attempt before."""
         book.attempt, book.status, book.verdict, book.action = attempt, "running", None, ""
+        book.attempt_started_at = now
         book.stacks_asked_at, book.outcome, book.ended_at = None, "", None
         book.restart_asked_at = book.torn_down_at = None
         book.last_step.clear()            # a first step's duration includes start-up
@@ -250,7 +252,7 @@ class Cluster:
             return []                    # nobody can start it (yet): they get it when back
         notes = [f"{n.node_id}: {n.part.note}" for n in book.nodes.values()
                  if n.part.state == "waiting" and n.part.note]
-        self._new_attempt(book, book.attempt + 1)
+        self._new_attempt(book, book.attempt + 1, now)
         step, path = book.checkpoint or (-1, "")
         incident = None
         if notes:   # something people must know about this relaunch (a checkpoint problem)
