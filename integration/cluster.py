@@ -23,6 +23,7 @@ class Cluster:
                 *(extra or [])]
         if alert_url:
             args += ["--alert", alert_url]
+        self._coordinator_args = args
         self.coordinator = self._spawn("coordinator", args)
         self._wait_ready()
         self.sockets: dict[str, str] = {}
@@ -34,6 +35,13 @@ class Cluster:
         while not all(os.path.exists(s) for s in self.sockets.values()):
             assert time.monotonic() < deadline, "agents did not come up"
             time.sleep(0.05)
+
+    def restart_coordinator(self) -> None:
+        """SIGKILL the coordinator and start it again: same port, same state dir."""
+        self.coordinator.kill()
+        self.coordinator.wait(timeout=10)
+        self.coordinator = self._spawn("coordinator", self._coordinator_args)
+        self._wait_ready()
 
     def start_agent(self, node: str) -> subprocess.Popen:
         sock = str(self.tmp / f"{node}.sock")

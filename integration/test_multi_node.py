@@ -5,6 +5,8 @@ at once, instead of waiting in the collective for its timeout.
 """
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from cluster import Cluster
@@ -186,7 +188,8 @@ def test_restarted_agent_keeps_guarding(guarded, cluster, tmp_path):
     assert_no_leftovers(job)
 
 
-def _restarting_job(guarded, cluster, job: str, launcher_args, ckpt, **fault: object):
+def _restarting_job(guarded, cluster, job: str, launcher_args, ckpt,
+                    extra_run_args: list[str] = (), **fault: object):
     """One job on both nodes under --on-failure restart --max-restarts 1; ``launcher_args``
     (node_rank) -> torchrun's node-specific arguments."""
     env = train_env(WD_PG_TIMEOUT=300, WD_CKPT_DIR=ckpt, **fault)
@@ -196,7 +199,7 @@ def _restarting_job(guarded, cluster, job: str, launcher_args, ckpt, **fault: ob
                "-m", "watchdog_d.demo_train"]
         wrappers.append(guarded(["-v", "--agent-socket", cluster.sockets[node], "--on-failure",
                                  "restart", "--max-restarts", "1", "--grace", "3",
-                                 "--min-stall-timeout", "5"], cmd, env, job_id=job))
+                                 "--min-stall-timeout", "5", *extra_run_args], cmd, env, job_id=job))
     return wrappers
 
 
@@ -234,3 +237,25 @@ def test_restart_with_a_c10d_rendezvous_gets_a_fresh_rendezvous_id(guarded, clus
     assert out.count(f"resumed from {ckpt}/step-5.pt at step 5") == 2, out
     assert [e["action"] for e in _events(cluster, rdzv)] == ["restart 1/1", "none"]
     assert_no_leftovers(rdzv)
+
+
+def test_a_coordinator_restarted_between_two_attempts_still_relaunches(guarded, cluster, tmp_path):
+    # the restart is decided, both nodes are down and wait out the backoff; the coordinator
+    # dies and comes back: it learns the job from the waiting nodes, and the recorded
+    # checkpoint from its state store
+    job, port, ckpt = f"mn-coord-{free_port()}", free_port(), tmp_path / "ckpt"
+    ckpt.mkdir()
+    a, b = _restarting_job(guarded, cluster, job, lambda node_rank: [
+        f"--node-rank={node_rank}", "--master-addr=127.0.0.1", f"--master-port={port}"],
+        ckpt, WD_FAULT="kill", WD_FAULT_RANK=1, WD_FAULT_STEP=12, WD_STEPS=25,
+        extra_run_args=["--restart-backoff", "10"])
+    deadline = time.monotonic() + 60
+    while not all("attempt 0 stopped" in w.stderr() for w in (a, b)):
+        assert time.monotonic() < deadline, a.stderr() + b.stderr()
+        time.sleep(0.2)
+    cluster.restart_coordinator()
+    assert a.wait(timeout=120) == 0, a.stderr()
+    assert b.wait(timeout=30) == 0, b.stderr()
+    for w in (a, b):
+        assert f"resumed from {ckpt}/step-10.pt at step 10" in w.stdout(), w.stdout()
+    assert_no_leftovers(job)

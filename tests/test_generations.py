@@ -190,3 +190,23 @@ def test_a_node_left_behind_may_rejoin_for_a_while_then_is_lost() -> None:
     c.ingest(report("a", [rank(0, step=-1), rank(1, step=-1)], attempt=1, job_spec=RESTART), 172.0)
     d = c.evaluate(172.0)              # relaunched at 106: 60 s to rejoin, then node_timeout
     assert [(x.incident.verdict.kind, x.incident.verdict.node) for x in d] == [("node_lost", "b")]
+
+
+def test_a_restarted_coordinator_carries_out_a_restart_decided_before_it() -> None:
+    # the old coordinator decided "restart 2/2" and died; both nodes wait at attempt 1
+    c = Cluster(checkpoints={"j1": (10, "/c/step-10.pt")})
+    assert _waiting(c, "a", 500.0, attempt=1) == []        # other nodes may not have reported
+    assert _waiting(c, "b", 502.0, attempt=1) == []
+    d = c.evaluate(505.0)                                   # node_timeout after it learnt of the job
+    assert [(x.verb, x.nodes, x.attempt, x.resume_from) for x in d] == [
+        ("relaunch", ("a", "b"), 2, "/c/step-10.pt")]
+    # the budget was not reset by the coordinator's restart: the next failure gives up
+    d = _kill_on_b(c, 600.0, attempt=2)
+    assert d[0].incident.action == "gave_up"
+
+
+def test_a_restarted_coordinator_counts_the_restarts_already_spent() -> None:
+    c = Cluster()
+    c.ingest(report("a", [rank(0, step=3)], attempt=2, job_spec=RESTART), 1.0)
+    c.ingest(report("a", [dead(0, sig=SIGKILL)], attempt=2, job_spec=RESTART), 2.0)
+    assert [x.incident.action for x in c.evaluate(4.0)] == ["gave_up"]     # 2 of 2 spent

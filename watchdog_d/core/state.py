@@ -105,9 +105,18 @@ class Cluster:
         book = self.jobs.get(job_id)
         if book is None or (book.status == "ended" and part.state == "running"
                             and part.attempt <= book.attempt):
-            # a new job, or the same job id run again (same --rdzv-id, another srun step)
-            book = self.jobs[job_id] = JobBook(spec=part.spec, created_at=now,
+            # a new job, or the same job id run again (same --rdzv-id, another srun step),
+            # or a job this coordinator learns of after a restart of its own: attempt N
+            # means N restarts were spent already
+            book = self.jobs[job_id] = JobBook(spec=part.spec, created_at=now, attempt=part.attempt,
+                                               restarts=part.attempt,
                                                checkpoint=self.checkpoints.get(job_id))
+            if part.state == "waiting" and part.spec.on_failure == "restart":
+                # between two attempts when this coordinator started: the restart was
+                # decided before; carry it out (the barrier, then the relaunch)
+                book.status, book.restart_asked_at = "stopping", now
+                book.restarts = part.attempt + 1
+                book.action = f"restart {book.restarts}/{part.spec.max_restarts}"
         node = book.nodes.get(report.node_id)
         if part.attempt < book.attempt:
             # a node still at an attempt already replaced (it missed the relaunch, or
@@ -237,6 +246,8 @@ class Cluster:
         one has its ranks down (or is silent, or BARRIER_CAP_S passed), plus the
         backoff; then every waiting node gets the same attempt number and checkpoint."""
         asked = book.restart_asked_at if book.restart_asked_at is not None else now
+        if book.verdict is None and now - book.created_at < book.spec.node_timeout_s:
+            return []    # a restart inherited from a coordinator before us: let every node report
         if book.torn_down_at is None:
             def pending(n: NodeView) -> bool:
                 silent = now - self.node_seen.get(n.node_id, ("", n.seen_at))[1]
