@@ -47,6 +47,17 @@ class JobBook:
     attempt_started_at: float | None = None  # this attempt was relaunched then (None: the first)
     torn_down_at: float | None = None       # ... and every node had done it by then
 
+    @property
+    def relaunch_due(self) -> bool:
+        """This attempt is being torn down (or is down) for a restart that still stands."""
+        return self.status == "stopping" and self.action.startswith("restart") \
+            and self.outcome != "stopped"
+
+    @property
+    def offer(self) -> tuple[int, str]:
+        """(step, path) a relaunch resumes from: the recorded checkpoint, else (-1, "")."""
+        return self.checkpoint or (-1, "")
+
     def ranks(self):
         for node in self.nodes.values():
             for r in node.part.ranks:
@@ -174,20 +185,18 @@ class Cluster:
             if node is None:
                 continue
             behind = node.attempt_seen < book.attempt
-            relaunching = book.action.startswith("restart") and book.outcome != "stopped"
             action = book.action if book.outcome != "stopped" else "stopped"
+            step, path = book.offer
             if behind and book.status == "running":
-                ck = book.checkpoint or (-1, "")
-                out.append(Order(job_id, "relaunch", book.attempt, resume_from=ck[1], resume_step=ck[0]))
+                out.append(Order(job_id, "relaunch", book.attempt, resume_from=path, resume_step=step))
             elif node.part.state == "waiting":
-                if not (book.status == "stopping" and relaunching):
+                if not book.relaunch_due:
                     # it tore its ranks down for a relaunch that is not coming
                     out.append(Order(job_id, "teardown", max(book.attempt, node.attempt_seen),
                                      book.verdict, action))
             elif not behind and book.status == "stopping" and book.verdict is not None:
-                ck = book.checkpoint or (-1, "")
-                out.append(Order(job_id, "restart" if relaunching else "teardown", book.attempt,
-                                 book.verdict, action, resume_from=ck[1], resume_step=ck[0]))
+                out.append(Order(job_id, "restart" if book.relaunch_due else "teardown", book.attempt,
+                                 book.verdict, action, resume_from=path, resume_step=step))
         return out
 
     # -- decisions -------------------------------------------------------------
@@ -210,7 +219,7 @@ class Cluster:
         if book.status == "running" and user_stopped:
             book.status = "stopping"      # the user stopped it: what follows is not a failure
             book.outcome = "stopped"
-        elif book.status == "stopping" and book.action.startswith("restart") and user_stopped:
+        elif book.relaunch_due and user_stopped:
             book.outcome = "stopped"      # stopped between two attempts: no relaunch
         if book.status == "running":
             found = detector.detect(book, now, {n: s for n, (_, s) in self.node_seen.items()})
@@ -227,7 +236,7 @@ class Cluster:
                 # progress again: the episode is over; a later stall is a new incident
                 book.stacks_asked_at = None
                 book.reported = {k for k in book.reported if k[0] in ONCE_PER_ATTEMPT}
-        if book.status == "stopping" and book.action.startswith("restart") and book.outcome != "stopped":
+        if book.relaunch_due:
             decisions.extend(self._relaunch_when_down(book, now))
             return decisions             # (a launcher that ended by itself is not the job's end)
         # answer every wrapper whose job ended by itself and is owed nothing else
@@ -264,7 +273,7 @@ class Cluster:
         notes = [f"{n.node_id}: {n.part.note}" for n in book.nodes.values()
                  if n.part.state == "waiting" and n.part.note]
         self._new_attempt(book, book.attempt + 1, now)
-        step, path = book.checkpoint or (-1, "")
+        step, path = book.offer
         incident = None
         if notes:   # something people must know about this relaunch (a checkpoint problem)
             v = Verdict(job=book.spec.job_id, kind="restart", attempt=book.attempt,
@@ -290,7 +299,7 @@ class Cluster:
                 book.restarts += 1
                 book.restart_asked_at = now
         incident = Incident(ts=0.0, verdict=verdict, action=action)
-        step, path = book.checkpoint or (-1, "")
+        step, path = book.offer
         return Decision(book.spec.job_id, verb, tuple(sorted(book.nodes)), incident,
                         alert=policy.wants_alert(verdict.kind), alert_urls=book.spec.alert_urls,
                         resume_from=path, resume_step=step)
