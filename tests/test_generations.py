@@ -150,9 +150,9 @@ def test_recorded_checkpoints_outlive_the_job_book() -> None:
 def test_backoff_is_capped_and_zero_by_default() -> None:
     from watchdog_d.core import policy
 
-    assert [policy.backoff_s(spec(restart_backoff_s=5.0), i) for i in (1, 2, 3)] == [5.0, 10.0, 20.0]
-    assert policy.backoff_s(spec(restart_backoff_s=5.0), 40) == policy.BACKOFF_CAP_S
-    assert policy.backoff_s(spec(), 3) == 0.0
+    assert [policy.backoff_s(5.0, i) for i in (1, 2, 3)] == [5.0, 10.0, 20.0]
+    assert policy.backoff_s(5.0, 40) == policy.BACKOFF_CAP_S
+    assert policy.backoff_s(spec().restart_backoff_s, 3) == 0.0
 
 
 def test_restart_fields_cross_the_wire() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import queue
-import re
 import secrets
 import shlex
 import signal
@@ -25,7 +24,7 @@ from pathlib import Path
 from . import launch, localsock, log, wire
 from .config import Config
 from .core import policy
-from .core.model import JobSpec, Verdict
+from .core.model import Verdict
 from .rank import STACK_SIGNAL
 from .redact import redact
 from .teardown import JobProcesses, become_subreaper
@@ -63,7 +62,6 @@ class Wrapper:
         self.attempt: Attempt | None = None
         self.final_line = ""
         self.waiting_since: float | None = None   # torn down for a restart, relaunch awaited
-        self.restart_action = ""
         self.resume: launch.Resume | None = None   # chosen when the attempt went down
         self.recorded: list[tuple[int, str]] = []  # (step, path) recorded by ranks, here or elsewhere
 
@@ -80,10 +78,20 @@ class Wrapper:
             self.conn.send(msg)
 
     def _announce(self) -> None:
+        """Tell the agent which attempt this is, and whether it is down, waiting for the
+        next one (after a launch, a teardown for a restart, or a reattach)."""
         att = self.attempt
         if att is not None:
             self._send({"op": "attempt", "attempt": att.number, "launcher_pid": os.getpid(),
                         "beacon_dir": str(att.beacons), "log_dir": str(att.log_dir)})
+            if self.waiting_since is not None:
+                self._send_waiting()
+
+    def _send_waiting(self) -> None:
+        """The attempt's ranks are down; the next generation is awaited."""
+        if self.attempt is not None:
+            self._send({"op": "waiting", "attempt": self.attempt.number,
+                        "note": self.resume.note if self.resume else ""})
 
     def _try_reattach(self, now: float) -> None:
         """The agent went away (restarted?): keep the job running, try to get back."""
@@ -95,9 +103,6 @@ class Wrapper:
             self.conn = conn
             threading.Thread(target=self._reader, args=(conn,), daemon=True).start()
             self._announce()
-            if self.waiting_since is not None and self.attempt is not None:   # still between attempts
-                self._send({"op": "waiting", "attempt": self.attempt.number,
-                            "note": self.resume.note if self.resume else ""})
             log.warn("agent_reattached", job=self.job_id)
 
     def _launch(self, number: int, resume: launch.Resume = launch.Resume()) -> Attempt:
@@ -217,13 +222,12 @@ class Wrapper:
         if verb == "dump_stacks":
             self._dump_stacks()
             return None
+        offered = (int(msg.get("resume_step", -1)), str(msg.get("resume_from", "")))
         if verb == "relaunch":
-            offered = (int(msg.get("resume_step", -1)), str(msg.get("resume_from", "")))
             return self._relaunch(int(msg.get("attempt", 0)), offered)
         if verb in ("teardown", "restart"):
             verdict = wire.verdict_from_json(msg.get("verdict", ""))
             if verb == "restart":
-                offered = (int(msg.get("resume_step", -1)), str(msg.get("resume_from", "")))
                 return self._restart(verdict, msg.get("action") or verb, offered)
             return self._torn_down(verdict, msg.get("action") or verb)
         return None   # "done" before the job ended: nothing to do
@@ -247,8 +251,8 @@ class Wrapper:
         self.resume = launch.choose_resume(self.recorded, self.cfg.checkpoint_dir, self.cfg.checkpoint_rule())
         if self.resume.note:
             log.warn("resume_problem", job=self.job_id, note=self.resume.note)
-        self.waiting_since, self.restart_action = time.monotonic(), action
-        self._send({"op": "waiting", "attempt": att.number, "note": self.resume.note})
+        self.waiting_since = time.monotonic()
+        self._send_waiting()
         print(f"watchdog-d: job {self.job_id}: "
               f"{verdict.one_line() if verdict else 'restart asked'} [action: {action}]; "
               f"attempt {att.number} stopped, relaunching when every node is down"
@@ -283,9 +287,9 @@ class Wrapper:
         return None
 
     def _wait_limit(self) -> float:
-        m = re.match(r"restart (\d+)/", self.restart_action)
-        spec = JobSpec(job_id=self.job_id, restart_backoff_s=self.cfg.restart_backoff)
-        return RELAUNCH_WAIT_S + policy.backoff_s(spec, int(m.group(1)) if m else 1)
+        # attempt N is followed by relaunch N + 1, after that restart's backoff
+        number = self.attempt.number + 1 if self.attempt is not None else 1
+        return RELAUNCH_WAIT_S + policy.backoff_s(self.cfg.restart_backoff, number)
 
     def _no_relaunch(self) -> int:
         log.error("relaunch_never_came", job=self.job_id, waited_s=round(self._wait_limit()))

@@ -37,11 +37,11 @@ def crash_looping(spec: JobSpec, no_progress_streak: int) -> bool:
     return spec.crash_loop > 0 and no_progress_streak >= spec.crash_loop
 
 
-def backoff_s(spec: JobSpec, restart_number: int) -> float:
+def backoff_s(base_s: float, restart_number: int) -> float:
     """Wait before relaunch ``restart_number`` (1-based): base, 2 x base, 4 x base, ..."""
-    if spec.restart_backoff_s <= 0 or restart_number < 1:
+    if base_s <= 0 or restart_number < 1:
         return 0.0
-    return min(BACKOFF_CAP_S, spec.restart_backoff_s * 2 ** min(restart_number - 1, 30))
+    return min(BACKOFF_CAP_S, base_s * 2 ** min(restart_number - 1, 30))
 
 
 def stops_job(action: str) -> bool:

@@ -265,7 +265,7 @@ class Cluster:
             if any(pending(n) for n in book.nodes.values()) and now - asked < BARRIER_CAP_S:
                 return []
             book.torn_down_at = now
-        if now < book.torn_down_at + policy.backoff_s(book.spec, book.restarts):
+        if now < book.torn_down_at + policy.backoff_s(book.spec.restart_backoff_s, book.restarts):
             return []
         ready = tuple(sorted(n.node_id for n in book.nodes.values() if n.part.state == "waiting"))
         if not ready:
