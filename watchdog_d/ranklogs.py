@@ -20,7 +20,8 @@ from pathlib import Path
 from . import log
 from .core.model import LogFinding
 from .fingerprints import Catalogue, Finding
-from .logtail import Block, DirectoryTailer, OffsetStore
+from .logdir import DirectoryTailer
+from .logtail import Block, OffsetStore
 
 TAIL_LINES = 40
 KEEP_FINDINGS = 8               # the first few causes and the latest few, per rank
