@@ -145,6 +145,8 @@ def test_recorded_checkpoints_outlive_the_job_book() -> None:
     assert c.checkpoints["j1"] == (5, "/c/step-5.pt")          # older: not taken
     c.ingest(report("a", [rank(0, step=9, ckpt_path="/c/step-9.pt", ckpt_step=9)], job_spec=RESTART), 3.0)
     assert c.checkpoints["j1"] == (9, "/c/step-9.pt") == c.jobs["j1"].checkpoint
+    assert c.take_new_checkpoints() == {"j1": (9, "/c/step-9.pt")}    # for the shell to store
+    assert c.take_new_checkpoints() == {}
 
 
 def test_backoff_is_capped_and_zero_by_default() -> None:

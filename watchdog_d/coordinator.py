@@ -47,8 +47,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
         self.outboxes: dict[str, _Outbox] = {}
         self.store = IncidentStore(Path(cfg.state_dir) / "incidents.sqlite")
         # a restarted coordinator still knows each job's recorded checkpoint
-        self._saved_checkpoints = self.store.checkpoints()
-        self.cluster = Cluster(checkpoints=self._saved_checkpoints)
+        self.cluster = Cluster(checkpoints=self.store.checkpoints())
         self.sender = sender or AlertSender(tuple(cfg.alert), cooldown_s=cfg.alert_cooldown)
         self.server: grpc.Server | None = None
         self.port = 0
@@ -97,15 +96,6 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                                  verdict_json=wire.verdict_to_json(o.verdict) if o.verdict else "",
                                  action=o.action, resume_from=o.resume_from, resume_step=o.resume_step)
                       for o in self.cluster.standing_orders(report.node_id)]
-            changed = {job: ck for job, ck in self.cluster.checkpoints.items()
-                       if self._saved_checkpoints.get(job) != ck}
-            self._saved_checkpoints.update(changed)
-        for job, (step, path) in changed.items():
-            try:
-                self.store.save_checkpoint(job, step, path, time.time())
-                log.log("checkpoint_recorded", job=job, step=step, path=path)
-            except Exception as e:
-                log.error("store_failed", error=repr(e))
         self.wake.set()   # evaluate now: an exit must not wait for the next tick
         return pb.HeartbeatAck(seq=request.seq, commands=orders)
 
@@ -139,6 +129,8 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             try:
                 with self.lock:
                     decisions = self.cluster.evaluate(self.clock())
+                    recorded = self.cluster.take_new_checkpoints()
+                self._store_checkpoints(recorded)
                 for d in decisions:
                     self._carry_out(d)
                 if self.clock() - last_status >= 1.0 or decisions:
@@ -146,6 +138,14 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                     self._write_status()
             except Exception as e:  # keep deciding whatever one job did
                 log.error("coordinator_loop_error", error=repr(e))
+
+    def _store_checkpoints(self, recorded: dict[str, tuple[int, str]]) -> None:
+        for job, (step, path) in recorded.items():
+            try:
+                self.store.save_checkpoint(job, step, path, time.time())
+                log.log("checkpoint_recorded", job=job, step=step, path=path)
+            except Exception as e:
+                log.error("store_failed", error=repr(e))
 
     def _carry_out(self, d: Decision) -> None:
         verdict_json = ""

@@ -104,6 +104,7 @@ class Cluster:
         # job -> (step, path) of the newest checkpoint its ranks recorded; the shell
         # loads it from the state store and saves what changes (outlives the JobBook)
         self.checkpoints: dict[str, tuple[int, str]] = dict(checkpoints or {})
+        self._new_checkpoints: set[str] = set()             # jobs whose record changed
 
     # -- input ---------------------------------------------------------------
     def ingest(self, report: NodeReport, now: float) -> None:
@@ -158,6 +159,13 @@ class Cluster:
                     book.checkpoint is None or r.ckpt_step > book.checkpoint[0]):
                 book.checkpoint = (r.ckpt_step, r.ckpt_path)
                 self.checkpoints[book.spec.job_id] = book.checkpoint
+                self._new_checkpoints.add(book.spec.job_id)
+
+    def take_new_checkpoints(self) -> dict[str, tuple[int, str]]:
+        """job -> (step, path) recorded since the last call (for the shell to store)."""
+        new = {job: self.checkpoints[job] for job in self._new_checkpoints}
+        self._new_checkpoints.clear()
+        return new
 
     @staticmethod
     def _new_attempt(book: JobBook, attempt: int, now: float) -> None:
