@@ -35,7 +35,7 @@ def main() -> int:
     os.environ.update({"WATCHDOG_D_BEACON_DIR": tmp, "RANK": "0", "LOCAL_RANK": "0"})
     os.environ.pop("WATCHDOG_D_BEACON_PID", None)
     import watchdog_d
-    from watchdog_d import rank as rank_side
+    from watchdog_d.rank import api as rank_side
 
     assert rank_side.writer() is not None, "no beacon slot was created"
 

@@ -51,7 +51,7 @@ def one_run(kind: str, nodes: int, stall: float, tmp: Path) -> dict:
             for i, node in enumerate(("node-a", "node-b")):
                 cmd = [*TORCHRUN, "--nnodes=2", f"--node-rank={i}", "--nproc-per-node=1",
                        "--master-addr=127.0.0.1", f"--master-port={port}",
-                       "-m", "watchdog_d.demo_train"]
+                       "-m", "watchdog_d.demo.train"]
                 wrappers.append(Guarded(tmp, job, ["--agent-socket", cluster.sockets[node],
                                                    *run_args], cmd, env))
         deadline = time.monotonic() + 120

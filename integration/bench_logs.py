@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from watchdog_d.fingerprints import Catalogue  # noqa: E402
+from watchdog_d.logs.fingerprints import Catalogue  # noqa: E402
 
 SEED = 20240601
 FAILURES = 300

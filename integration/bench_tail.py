@@ -34,9 +34,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from watchdog_d import ranklogs  # noqa: E402
-from watchdog_d.fingerprints import Catalogue  # noqa: E402
-from watchdog_d.ranklogs import POLL_S, AttemptLogs, RankLog  # noqa: E402
+from watchdog_d.agent import ranklogs  # noqa: E402
+from watchdog_d.logs.fingerprints import Catalogue  # noqa: E402
+from watchdog_d.agent.ranklogs import POLL_S, AttemptLogs, RankLog  # noqa: E402
 
 
 BURST_S = 0.02           # a rank writes a step's worth of lines at a time

@@ -106,7 +106,7 @@ def train_env(**overrides: object) -> dict[str, str]:
 
 def torchrun_cmd(nproc: int = 2, extra: list[str] | None = None) -> list[str]:
     return [*TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", *(extra or []),
-            "-m", "watchdog_d.demo_train"]
+            "-m", "watchdog_d.demo.train"]
 
 
 _SEQ = itertools.count()

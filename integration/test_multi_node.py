@@ -26,7 +26,7 @@ def _two_node_job(guarded, cluster, job_id: str, **fault: object):
     wrappers = []
     for node_rank, node in enumerate(("node-a", "node-b")):
         cmd = [*TORCHRUN, "--nnodes=2", f"--node-rank={node_rank}", "--nproc-per-node=1",
-               "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "watchdog_d.demo_train"]
+               "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "watchdog_d.demo.train"]
         wrappers.append(guarded(["--agent-socket", cluster.sockets[node], "--min-stall-timeout",
                                  "3", "--grace", "3"], cmd, env, job_id=job_id))
     return wrappers
@@ -147,7 +147,7 @@ def test_embedded_agent_reporting_to_remote_coordinator(guarded, cluster):
     for node_rank, attach in enumerate((["--coordinator", cluster.address],
                                         ["--agent-socket", cluster.sockets["node-b"]])):
         cmd = [*TORCHRUN, "--nnodes=2", f"--node-rank={node_rank}", "--nproc-per-node=1",
-               "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "watchdog_d.demo_train"]
+               "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "watchdog_d.demo.train"]
         wrappers.append(guarded([*attach, "--min-stall-timeout", "3", "--grace", "3"], cmd, env,
                                 job_id=job))
     for w in wrappers:
@@ -196,7 +196,7 @@ def _restarting_job(guarded, cluster, job: str, launcher_args, ckpt,
     wrappers = []
     for node_rank, node in enumerate(("node-a", "node-b")):
         cmd = [*TORCHRUN, "--nnodes=2", "--nproc-per-node=1", *launcher_args(node_rank),
-               "-m", "watchdog_d.demo_train"]
+               "-m", "watchdog_d.demo.train"]
         wrappers.append(guarded(["-v", "--agent-socket", cluster.sockets[node], "--on-failure",
                                  "restart", "--max-restarts", "1", "--grace", "3",
                                  "--min-stall-timeout", "5", *extra_run_args], cmd, env, job_id=job))

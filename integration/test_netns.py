@@ -75,7 +75,7 @@ def _job_on_two_hosts(tmp_path, host_b, cluster, job: str, run_args: list[str], 
         env = train_env(WD_PG_TIMEOUT=600, GLOO_SOCKET_IFNAME=ifname, **env_extra)
         cmd = [*TORCHRUN, "--nnodes=2", f"--node-rank={node_rank}", "--nproc-per-node=1",
                f"--master-addr={host_b['a_ip']}", f"--master-port={master}",
-               "-m", "watchdog_d.demo_train"]
+               "-m", "watchdog_d.demo.train"]
         # on host B the whole wrapper (and so the job) runs inside the namespace
         wrappers.append(Guarded(tmp_path, job, ["--agent-socket", sock, "--grace", "3", *run_args],
                                 cmd, env, prefix=prefix))

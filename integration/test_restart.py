@@ -108,7 +108,7 @@ def test_a_relaunch_that_cannot_start_ends_in_gave_up(guarded, tmp_path):
     launcher = tmp_path / "launch-torchrun"
     launcher.write_text(f"#!/bin/sh\nexec {sys.executable} -m torch.distributed.run \"$@\"\n")
     launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR)
-    cmd = [str(launcher), "--standalone", "--nproc-per-node=2", "-m", "watchdog_d.demo_train"]
+    cmd = [str(launcher), "--standalone", "--nproc-per-node=2", "-m", "watchdog_d.demo.train"]
     g = guarded(["--on-failure", "restart", "--max-restarts", "3", "--crash-loop", "2",
                  "--grace", "3"], cmd,
                 train_env(WD_FAULT="kill", WD_FAULT_STEP=5, WD_FAULT_UNLINK=launcher))

@@ -98,7 +98,7 @@ def test_watchdog_torchrun_drop_in(tmp_path, alert_sink):
                     WATCHDOG_D_ALERT=alert_sink.url)
     try:
         out = subprocess.run([str(drop_in), "--standalone", "--nproc-per-node=2",
-                              "-m", "watchdog_d.demo_train"], env=env, capture_output=True,
+                              "-m", "watchdog_d.demo.train"], env=env, capture_output=True,
                              text=True, timeout=120)
     finally:
         kill_job(job)

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from watchdog_d import log as wlog
-from watchdog_d.alerts import AlertSender, format_alert, validate_alert_url
+from watchdog_d.coordinator.alerts import AlertSender, format_alert, validate_alert_url
 from watchdog_d.core.model import Incident, Verdict
 
 HF = "hf_" + "aBcDeFgHiJkLmNoPqRsTuVwXyZ01234567"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from watchdog_d import beacon
-from watchdog_d.beacon import EXCEPTION, EXITED, RUNNING, SLOT_SIZE, BeaconWriter, read_slot, scan, slot_path
+from watchdog_d.rank import beacon
+from watchdog_d.rank.beacon import EXCEPTION, EXITED, RUNNING, SLOT_SIZE, BeaconWriter, read_slot, scan, slot_path
 from wdtest_helpers import rank_env, start_rank, torch_rank_result
 
 
@@ -244,7 +244,7 @@ def test_rank_long_exception_message_is_cut(runs: dict[str, Run]) -> None:
 
 API = scenario("api", """
     import dataclasses, json, os, time, watchdog_d
-    from watchdog_d import beacon, rank
+    from watchdog_d.rank import beacon, api as rank
     path = beacon.slot_path(os.environ["WATCHDOG_D_BEACON_DIR"], 0)
     snap = lambda: dataclasses.asdict(beacon.read_slot(path))
     out = {"start": snap(), "mono": time.monotonic()}
@@ -353,7 +353,7 @@ def test_rank_auto_step_hook_with_torch() -> None:
 
 NOOP_CODE = """
     import sys, watchdog_d
-    from watchdog_d import rank
+    from watchdog_d.rank import api as rank
     watchdog_d.step(); watchdog_d.step(10)
     with watchdog_d.section("checkpoint", timeout=5):
         watchdog_d.checkpoint_saved("/ckpt/x.pt", 10)
@@ -424,7 +424,7 @@ def test_excepthook_called_by_user_code_does_not_mark_the_rank(tmp_path) -> None
     import subprocess
     import sys
 
-    from watchdog_d import beacon
+    from watchdog_d.rank import beacon
 
     code = ("import sys, watchdog_d\n"
             "watchdog_d.step()\n"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from watchdog_d import checkpoints
-from watchdog_d.checkpoints import (CheckpointDirError, Rule, newest_complete, step_of,
+from watchdog_d.wrapper import checkpoints
+from watchdog_d.wrapper.checkpoints import (CheckpointDirError, Rule, newest_complete, step_of,
                                     why_incomplete)
 
 OLD = 1_700_000_000.0          # mtime of settled entries

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from watchdog_d import fingerprints as fp
+from watchdog_d.logs import fingerprints as fp
 
 CAT = fp.Catalogue.load()
 

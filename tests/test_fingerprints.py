@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from watchdog_d.fingerprints import (EVAL_WINDOW, LINE_MAX, Catalogue, CatalogueError, Finding,
+from watchdog_d.logs.fingerprints import (EVAL_WINDOW, LINE_MAX, Catalogue, CatalogueError, Finding,
                                      rank_from_text)
 
 

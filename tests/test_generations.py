@@ -160,12 +160,12 @@ def test_backoff_is_capped_and_zero_by_default() -> None:
 def test_restart_fields_cross_the_wire() -> None:
     from dataclasses import replace
 
-    from watchdog_d import wire
+    from watchdog_d.proto import convert
 
     s = spec(on_failure="restart", max_restarts=3, restart_backoff_s=2.5, crash_loop=4)
     r = report("a", [rank(0, step=3, ckpt_path="/c/s.pt", ckpt_step=3)], state="waiting", job_spec=s)
     r = replace(r, jobs=(replace(r.jobs[0], note="no checkpoint"),))
-    back = wire.report_from_pb(wire.report_to_pb(r))
+    back = convert.report_from_pb(convert.report_to_pb(r))
     assert back.jobs[0].spec == s and back.jobs[0].state == "waiting" and back.jobs[0].note == "no checkpoint"
     assert (back.jobs[0].ranks[0].ckpt_path, back.jobs[0].ranks[0].ckpt_step) == ("/c/s.pt", 3)
 

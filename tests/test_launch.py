@@ -5,7 +5,8 @@ import os
 import time
 from pathlib import Path
 
-from watchdog_d import beacon, checkpoints, launch
+from watchdog_d.rank import beacon
+from watchdog_d.wrapper import checkpoints, launch
 
 
 def test_job_id_from_rdzv_id_or_batch_system() -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from watchdog_d.logdir import DirectoryTailer
-from watchdog_d.logtail import Block, FilePosition, Line, OffsetStore, Tailer
+from watchdog_d.logs.directory import DirectoryTailer
+from watchdog_d.logs.tail import Block, FilePosition, Line, OffsetStore, Tailer
 
 
 def append(path: Path, data: bytes) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from watchdog_d import ranklogs
-from watchdog_d.fingerprints import Catalogue, Finding
-from watchdog_d.ranklogs import TAIL_LINES, AttemptLogs
+from watchdog_d.agent import ranklogs
+from watchdog_d.logs.fingerprints import Catalogue, Finding
+from watchdog_d.agent.ranklogs import TAIL_LINES, AttemptLogs
 
 OOM = b"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.30 GiB"
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from watchdog_d.redact import MASK, redact, redact_url
+from watchdog_d.logs.redact import MASK, redact, redact_url
 
 HF = "hf_" + "aBcDeFgHiJkLmNoPqRsTuVwXyZ01234567"
 GHP = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from watchdog_d.core.model import Incident, Verdict
-from watchdog_d.store import IncidentStore, StoreError
+from watchdog_d.coordinator.store import IncidentStore, StoreError
 
 
 def _inc(ts: float, job: str = "j1", kind: str = "rank_exited", **kw: object) -> Incident:
@@ -88,7 +88,7 @@ def test_threads_and_a_second_process(tmp_path: Path) -> None:
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
     code = (
-        "import sys; from watchdog_d.store import IncidentStore;"
+        "import sys; from watchdog_d.coordinator.store import IncidentStore;"
         "from watchdog_d.core.model import Incident, Verdict;"
         "s = IncidentStore(sys.argv[1]);"
         "[s.record(Incident(ts=1e9 + i, verdict=Verdict(job='p', kind='k'))) for i in range(20)]"
@@ -118,7 +118,7 @@ def test_recorded_checkpoints_survive_a_reopen(tmp_path: Path) -> None:
 
 def test_a_coordinator_restarted_on_the_same_state_dir_knows_the_checkpoint(tmp_path: Path) -> None:
     from watchdog_d.config import Config
-    from watchdog_d.coordinator import Coordinator
+    from watchdog_d.coordinator.server import Coordinator
 
     IncidentStore(tmp_path / "incidents.sqlite").save_checkpoint("j1", 30, "/c/step-30.pt", 1.0)
     c = Coordinator(Config(state_dir=str(tmp_path)))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from watchdog_d.logtail import Tailer
-from watchdog_d.tee import RotatingFile, start_tee
+from watchdog_d.logs.tail import Tailer
+from watchdog_d.rank.tee import RotatingFile, start_tee
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -21,7 +21,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 # still in the pipe when the rank SIGKILLs itself.
 RANK = r"""
 import fcntl, os, signal, struct, sys, termios, time
-from watchdog_d.tee import start_tee
+from watchdog_d.rank.tee import start_tee
 start_tee(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
 
 def drained(fd):
@@ -89,7 +89,7 @@ def test_sigkilled_rank_console_unchanged_file_complete_and_rotated(tmp_path: Pa
 # one os.write per line: print() makes several writes when PYTHONUNBUFFERED is set
 WAITER = r"""
 import os, sys
-from watchdog_d.tee import start_tee
+from watchdog_d.rank.tee import start_tee
 tee = start_tee(sys.argv[1], 1 << 20, 1)
 os.write(1, b"tee %d\n" % tee.pid)
 sys.stdin.readline()
@@ -121,7 +121,7 @@ def test_signals_to_the_tee_do_not_stop_it(tmp_path: Path) -> None:
 
 CHATTER = r"""
 import os, sys
-from watchdog_d.tee import start_tee
+from watchdog_d.rank.tee import start_tee
 start_tee(sys.argv[1], int(sys.argv[2]), 1)
 for i in range(300):
     os.write(1, b"out %d\n" % i)
@@ -174,9 +174,9 @@ def test_rotation_rules_in_process(tmp_path: Path) -> None:
 
 
 def test_module_with_the_documented_fd_layout(tmp_path: Path) -> None:
-    """python -m watchdog_d.tee: stdin and fd 3 in, fd 4 and fd 5 out."""
+    """python -m watchdog_d.rank.tee: stdin and fd 3 in, fd 4 and fd 5 out."""
     log = tmp_path / "r.log"
-    script = 'printf "out\\n" | "$0" -m watchdog_d.tee --log "$1" 3< <(printf "err\\n") 4>&1 5>&2'
+    script = 'printf "out\\n" | "$0" -m watchdog_d.rank.tee --log "$1" 3< <(printf "err\\n") 4>&1 5>&2'
     proc = subprocess.run(["bash", "-c", script, sys.executable, str(log)], capture_output=True, env=ENV, timeout=20)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"out\n", b"err\n")
     assert sorted(log.read_bytes().splitlines()) == [b"err", b"out"]

@@ -1,11 +1,11 @@
-"""gRPC <-> core conversions (watchdog_d/wire.py)."""
+"""gRPC <-> core conversions (watchdog_d/convert.py)."""
 from __future__ import annotations
 
 import math
 
 import pytest
 
-from watchdog_d import wire
+from watchdog_d.proto import convert
 from watchdog_d.core.model import JobOnNode, JobSpec, NodeReport, RankReport, Verdict
 from watchdog_d.proto import watchdog_pb2 as pb
 
@@ -35,8 +35,8 @@ def sample_report() -> NodeReport:
 
 
 def round_trip(r: NodeReport) -> NodeReport:
-    data = wire.report_to_pb(r).SerializeToString()
-    return wire.report_from_pb(pb.Heartbeat.FromString(data))
+    data = convert.report_to_pb(r).SerializeToString()
+    return convert.report_from_pb(pb.Heartbeat.FromString(data))
 
 
 def test_round_trip_is_lossless() -> None:
@@ -69,15 +69,15 @@ def test_empty_report_round_trip() -> None:
 
 
 def test_long_texts_are_cut_from_the_front() -> None:
-    big = "x" * 10 + "y" * wire.MAX_TEXT
+    big = "x" * 10 + "y" * convert.MAX_TEXT
     r = NodeReport(node_id="n", jobs=(JobOnNode(spec=JobSpec("j"), ranks=(
         RankReport(rank=0, stack=big, excerpt=big),)),))
     back = round_trip(r).jobs[0].ranks[0]
-    assert back.stack == "y" * wire.MAX_TEXT and back.excerpt == "y" * wire.MAX_TEXT
+    assert back.stack == "y" * convert.MAX_TEXT and back.excerpt == "y" * convert.MAX_TEXT
 
 
 def good_pb() -> pb.Heartbeat:
-    return wire.report_to_pb(sample_report())
+    return convert.report_to_pb(sample_report())
 
 
 def _job(m: pb.Heartbeat) -> pb.JobOnNode:
@@ -106,12 +106,12 @@ def _job(m: pb.Heartbeat) -> pb.JobOnNode:
 def test_bad_messages_raise_wire_error(mutate, match: str) -> None:
     m = good_pb()
     mutate(m)
-    with pytest.raises(wire.WireError, match=match):
-        wire.report_from_pb(pb.Heartbeat.FromString(m.SerializeToString()))
+    with pytest.raises(convert.WireError, match=match):
+        convert.report_from_pb(pb.Heartbeat.FromString(m.SerializeToString()))
 
 
 def test_wire_error_is_a_value_error() -> None:
-    assert issubclass(wire.WireError, ValueError)
+    assert issubclass(convert.WireError, ValueError)
 
 
 def test_hostile_values_are_clamped() -> None:
@@ -126,7 +126,7 @@ def test_hostile_values_are_clamped() -> None:
     r0.proc_state = "RUNNING"
     r0.section = "s" * 500
     r0.exit_detail = "d" * 5000
-    back = wire.report_from_pb(m)
+    back = convert.report_from_pb(m)
     j = back.jobs[0]
     assert len(back.node_id) == 200
     assert j.attempt == 0 and j.spec.max_restarts == 0 and len(j.spec.command) == 1000
@@ -139,7 +139,7 @@ def test_verdict_json_round_trip() -> None:
     v = Verdict(job="j", kind="rank_stalled", rank=2, node="b", host="h", step=9,
                 detected_after_s=61.5, cause="c", remedy="r", excerpt="e", attempt=1,
                 evidence=("one", "two"))
-    assert wire.verdict_from_json(wire.verdict_to_json(v)) == v
+    assert convert.verdict_from_json(convert.verdict_to_json(v)) == v
     w = Verdict(job="j", kind="collective_timeout")
-    assert wire.verdict_from_json(wire.verdict_to_json(w)) == w
-    assert wire.verdict_from_json("") is None
+    assert convert.verdict_from_json(convert.verdict_to_json(w)) == w
+    assert convert.verdict_from_json("") is None

@@ -61,7 +61,7 @@ def report(node: str, ranks: object = (), state: str = "running", attempt: int =
 
 
 # -- rank processes (rank.py tests) --------------------------------------------------------
-BOOT_DIR = Path(watchdog_d.__file__).parent / "_boot"
+BOOT_DIR = Path(watchdog_d.__file__).parent / "rank" / "_boot"
 
 
 def rank_env(beacon_dir: Path | None, **extra: str) -> dict[str, str]:

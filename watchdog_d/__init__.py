@@ -11,7 +11,7 @@ import (no grpc, no torch):
 
 Outside a job launched by ``watchdog-d run`` every call is a no-op.
 """
-from .rank import checkpoint_saved, section, step
+from .rank.api import checkpoint_saved, section, step
 
 __version__ = "0.1.0"
 __all__ = ["step", "section", "checkpoint_saved", "__version__"]

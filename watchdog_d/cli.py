@@ -129,12 +129,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, cfg: Config, command: list[str]) -> int:
-    from .wrapper import WrapperError
+    from .wrapper.supervisor import WrapperError
 
     if args.cmd == "run":
         if not args.verbose:
             log.set_quiet(True)   # the job's console stays the job's
-        from .run import run_job
+        from .wrapper.run import run_job
 
         try:
             return run_job(cfg, command)
@@ -144,11 +144,11 @@ def _dispatch(args: argparse.Namespace, cfg: Config, command: list[str]) -> int:
     if args.cmd == "agent":
         if not cfg.coordinator:
             raise ConfigError("agent needs --coordinator HOST:PORT")
-        from .agent import run_agent
+        from .agent.daemon import run_agent
 
         return run_agent(cfg)
     if args.cmd == "coordinator":
-        from .coordinator import run_coordinator
+        from .coordinator.server import run_coordinator
 
         return run_coordinator(cfg)
     if args.cmd == "status":
@@ -158,7 +158,7 @@ def _dispatch(args: argparse.Namespace, cfg: Config, command: list[str]) -> int:
     if args.cmd == "diagnose":
         return _diagnose(args)
     if args.cmd == "demo":
-        from .demo import run_demo
+        from .demo.show import run_demo
 
         return run_demo(cfg)
     raise ConfigError(f"unknown command {args.cmd}")
@@ -167,10 +167,10 @@ def _dispatch(args: argparse.Namespace, cfg: Config, command: list[str]) -> int:
 def _status(args: argparse.Namespace, cfg: Config) -> int:
     from pathlib import Path
 
-    from .status import render
+    from .coordinator.status import render
 
     if cfg.coordinator:
-        from . import rpc
+        from .proto import rpc
         from .proto import watchdog_pb2 as pb
         from .proto import watchdog_pb2_grpc as pb_grpc
 
@@ -196,8 +196,8 @@ def _status(args: argparse.Namespace, cfg: Config) -> int:
 def _diagnose(args: argparse.Namespace) -> int:
     import os
 
-    from .diagnose import diagnose, exit_status, render
-    from .fingerprints import Catalogue, CatalogueError
+    from .logs.diagnose import diagnose, exit_status, render
+    from .logs.fingerprints import Catalogue, CatalogueError
 
     missing = [p for p in args.paths if not os.path.exists(p)]
     if missing:
@@ -216,7 +216,7 @@ def _diagnose(args: argparse.Namespace) -> int:
 def _events(args: argparse.Namespace, cfg: Config) -> int:
     from pathlib import Path
 
-    from .store import IncidentStore, StoreError
+    from .coordinator.store import IncidentStore, StoreError
 
     path = Path(cfg.state_dir) / "incidents.sqlite"
     if not path.exists():

@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoints import Rule as _CheckpointRule
+from .wrapper.checkpoints import Rule as _CheckpointRule
 
 
 class ConfigError(ValueError):

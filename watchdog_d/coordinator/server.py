@@ -18,12 +18,13 @@ from pathlib import Path
 
 import grpc
 
-from . import log, rpc, wire
+from .. import log
+from ..proto import rpc, convert
 from .alerts import AlertSender
-from .config import Config
-from .core.state import Cluster, Decision
-from .proto import watchdog_pb2 as pb
-from .proto import watchdog_pb2_grpc as pb_grpc
+from ..config import Config
+from ..core.state import Cluster, Decision
+from ..proto import watchdog_pb2 as pb
+from ..proto import watchdog_pb2_grpc as pb_grpc
 from .status import snapshot
 from .store import IncidentStore
 
@@ -87,13 +88,13 @@ class Coordinator(pb_grpc.CoordinatorServicer):
     # -- gRPC handlers -------------------------------------------------------------
     def Report(self, request: pb.Heartbeat, context: grpc.ServicerContext) -> pb.HeartbeatAck:
         try:
-            report = wire.report_from_pb(request)
-        except (wire.WireError, ValueError) as e:
+            report = convert.report_from_pb(request)
+        except (convert.WireError, ValueError) as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad heartbeat: {e}")
         with self.lock:
             self.cluster.ingest(report, self.clock())
             orders = [pb.Command(job_id=o.job_id, verb=o.verb, attempt=o.attempt,
-                                 verdict_json=wire.verdict_to_json(o.verdict) if o.verdict else "",
+                                 verdict_json=convert.verdict_to_json(o.verdict) if o.verdict else "",
                                  action=o.action, resume_from=o.resume_from, resume_step=o.resume_step)
                       for o in self.cluster.standing_orders(report.node_id)]
         self.wake.set()   # evaluate now: an exit must not wait for the next tick
@@ -161,7 +162,7 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 log.error("store_failed", error=repr(e))
             if d.alert:
                 self.sender.submit(incident, d.alert_urls)
-            verdict_json = wire.verdict_to_json(v)
+            verdict_json = convert.verdict_to_json(v)
         if d.verb == "none":
             return
         action = d.incident.action if d.incident else ""

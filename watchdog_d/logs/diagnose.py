@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from .core.rootcause import SEVERITY
+from ..core.rootcause import SEVERITY
 from .fingerprints import Catalogue, Finding, rank_from_text
 from .redact import redact
 

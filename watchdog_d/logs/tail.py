@@ -1,12 +1,12 @@
 """Reading rank logs from persisted offsets: every complete line exactly once.
 
 A ``Tailer`` follows one path through rotation by rename (PATH -> PATH.1 -> PATH.2, as
-``watchdog_d.tee`` does), truncation, deletion and re-creation; a file is known by (dev,
+``watchdog_d.rank.tee`` does), truncation, deletion and re-creation; a file is known by (dev,
 inode) plus a hash of its first bytes. ``position`` is the first byte of the first line
 not yet returned: saved in one ``OffsetStore.save`` with what the agent derived from the
 lines, a restart neither loses nor repeats a line. Bytes stay bytes; memory is bounded.
 ``read_blocks`` gives runs of lines as one bytes object (no object per line); ``read`` Lines.
-A directory of such files: ``watchdog_d.logdir.DirectoryTailer``.
+A directory of such files: ``watchdog_d.logs.directory.DirectoryTailer``.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import os
 import stat
 from dataclasses import dataclass, field, replace
 
-from .logfiles import FilePosition, OffsetStore  # noqa: F401  (re-exported)
-from .logfiles import LogFile as _File, head_hash as _hash, warn_once as _warn_once
+from .files import FilePosition, OffsetStore  # noqa: F401  (re-exported)
+from .files import LogFile as _File, head_hash as _hash, warn_once as _warn_once
 
 __all__ = ["Block", "FilePosition", "Line", "OffsetStore", "Tailer"]
 

@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .coordinator import Coordinator
+    from .server import Coordinator
 
 
 def _label(value: object) -> str:

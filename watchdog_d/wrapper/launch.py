@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import checkpoints
-from .rank import ENV_DIR, ENV_OWNER
+from ..rank.api import ENV_DIR, ENV_OWNER
 from .teardown import TOKEN_ENV
 
-BOOT_DIR = str(Path(__file__).resolve().parent / "_boot")
+BOOT_DIR = str(Path(__file__).resolve().parents[1] / "rank" / "_boot")
 
 # set for the job only when the user has not: keep NCCL's error handling and
 # the Flight Recorder useful for a post-mortem
@@ -74,7 +74,7 @@ def remove_attempt_beacons(path: Path) -> None:
 def recorded_checkpoint(beacons: Path) -> tuple[int, str] | None:
     """(step, path) of the newest checkpoint a rank of this node recorded with
     ``checkpoint_saved`` (read before the attempt's beacons are removed)."""
-    from . import beacon
+    from ..rank import beacon
 
     recorded = [(v.ckpt_step, v.ckpt_path) for v in beacon.scan(beacons).values()
                 if v.ckpt_path and v.ckpt_step >= 0]

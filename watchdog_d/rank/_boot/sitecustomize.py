@@ -9,14 +9,14 @@ import sys
 if os.environ.get("WATCHDOG_D_BEACON_DIR") and "RANK" in os.environ:
     try:
         try:
-            from watchdog_d import rank as _wd_rank
+            from watchdog_d.rank import api as _wd_rank
         except ImportError:
             # the job runs another interpreter: borrow just our package (stdlib-only
             # on the rank side), not the rest of the watchdog's site-packages
-            _pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            _pkg_parent = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
             sys.path.insert(0, _pkg_parent)
             try:
-                from watchdog_d import rank as _wd_rank
+                from watchdog_d.rank import api as _wd_rank
             finally:
                 sys.path.remove(_pkg_parent)
         _wd_rank.boot()

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from watchdog_d.core.model import Incident
-from watchdog_d.log import error, log, warn
-from watchdog_d.redact import redact, redact_url
+from ..core.model import Incident
+from ..log import error, log, warn
+from ..logs.redact import redact, redact_url
 
 EXCERPT_LINES = 40
 _EXCERPT_LINE_CHARS = 500   # chat services cap message size; keep lines sane

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from typing import Callable
 from pathlib import Path
 
-from . import launch, localsock, log, wire
-from .config import Config
-from .core import policy
-from .core.model import Verdict
-from .rank import STACK_SIGNAL
-from .redact import redact
+from . import launch
+from ..proto import localsock, convert
+from .. import log
+from ..config import Config
+from ..core import policy
+from ..core.model import Verdict
+from ..rank.api import STACK_SIGNAL
+from ..logs.redact import redact
 from .teardown import JobProcesses, become_subreaper
 
 EXIT_TORN_DOWN = 75
@@ -136,7 +138,7 @@ class Wrapper:
         return Attempt(number, proc, processes, beacons, Path(env["WATCHDOG_D_RANK_LOG_DIR"]))
 
     def _dump_stacks(self) -> None:
-        from . import beacon
+        from ..rank import beacon
 
         att = self.attempt
         if att is None:
@@ -226,7 +228,7 @@ class Wrapper:
         if verb == "relaunch":
             return self._relaunch(int(msg.get("attempt", 0)), offered)
         if verb in ("teardown", "restart"):
-            verdict = wire.verdict_from_json(msg.get("verdict", ""))
+            verdict = convert.verdict_from_json(msg.get("verdict", ""))
             if verb == "restart":
                 return self._restart(verdict, msg.get("action") or verb, offered)
             return self._torn_down(verdict, msg.get("action") or verb)

@@ -5,8 +5,8 @@ import json
 import math
 from dataclasses import asdict
 
-from .core.model import MAX_TEXT, JobOnNode, JobSpec, LogFinding, NodeReport, RankReport, Verdict
-from .proto import watchdog_pb2 as pb
+from ..core.model import MAX_TEXT, JobOnNode, JobSpec, LogFinding, NodeReport, RankReport, Verdict
+from . import watchdog_pb2 as pb
 
 
 

@@ -9,8 +9,8 @@ import time
 from fnmatch import translate as fnmatch_translate
 from typing import Any, Callable, Mapping, TypeVar
 
-from .logfiles import FilePosition, warn_once as _warn_once
-from .logtail import Block, Line, Tailer
+from .files import FilePosition, warn_once as _warn_once
+from .tail import Block, Line, Tailer
 
 __all__ = ["DirectoryTailer"]
 

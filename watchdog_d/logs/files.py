@@ -3,7 +3,7 @@
 A position names a file by (dev, inode) plus a hash of its first bytes, and the first
 byte of the first line not yet returned. ``OffsetStore`` saves the positions together
 with what the reader derived from the lines, atomically, so that after a crash both
-come back from the same save (see ``watchdog_d.logtail``).
+come back from the same save (see ``watchdog_d.logs.tail``).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-from . import log
+from .. import log
 
 HEAD = 256               # bytes fingerprinted to tell a re-created file from the same one
 

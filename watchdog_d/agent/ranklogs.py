@@ -17,11 +17,11 @@ from collections import deque
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from . import log
-from .core.model import LogFinding
-from .fingerprints import Catalogue, Finding
-from .logdir import DirectoryTailer
-from .logtail import Block, OffsetStore
+from .. import log
+from ..core.model import LogFinding
+from ..logs.fingerprints import Catalogue, Finding
+from ..logs.directory import DirectoryTailer
+from ..logs.tail import Block, OffsetStore
 
 TAIL_LINES = 40
 KEEP_FINDINGS = 8               # the first few causes and the latest few, per rank

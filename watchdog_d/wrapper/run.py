@@ -14,12 +14,13 @@ import sys
 import tempfile
 from dataclasses import replace
 
-from . import localsock, log, rpc
-from .agent import Agent
-from .alerts import validate_alert_url
-from .config import Config, ConfigError
-from .redact import redact
-from .wrapper import Wrapper, WrapperError
+from ..proto import localsock, rpc
+from .. import log
+from ..agent.daemon import Agent
+from ..coordinator.alerts import validate_alert_url
+from ..config import Config, ConfigError
+from ..logs.redact import redact
+from .supervisor import Wrapper, WrapperError
 
 REGISTER_TIMEOUT_S = 10.0
 
@@ -37,7 +38,7 @@ class Embedded:
     def start(self) -> str:
         target = self.cfg.coordinator
         if not target:
-            from .coordinator import Coordinator
+            from ..coordinator.server import Coordinator
 
             self.coordinator = Coordinator(self.cfg)
             port = self.coordinator.start("127.0.0.1:0")

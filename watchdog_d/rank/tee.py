@@ -1,6 +1,6 @@
 """Per-rank log capture: the console stays as it was, and one size-rotated file per rank.
 
-    python -m watchdog_d.tee --log PATH --max-bytes N --backups K
+    python -m watchdog_d.rank.tee --log PATH --max-bytes N --backups K
 
 reads the rank's stdout from fd 0 and its stderr from fd 3, copies them unchanged to
 fd 4 (the original stdout) and fd 5 (the original stderr), and appends both, in arrival
@@ -198,7 +198,7 @@ def run(inputs: dict[int, Console], sink: RotatingFile) -> None:
 
 OPTIONS = {"--log": "", "--max-bytes": str(100 << 20), "--backups": "5", "--stdout-fd": "0",
            "--stderr-fd": "3", "--console-out-fd": "4", "--console-err-fd": "5", "--ready-fd": "-1"}
-USAGE = ("usage: python -m watchdog_d.tee --log PATH [--max-bytes N (0: never rotate)] [--backups K]\n"
+USAGE = ("usage: python -m watchdog_d.rank.tee --log PATH [--max-bytes N (0: never rotate)] [--backups K]\n"
          "       [--stdout-fd 0] [--stderr-fd 3] [--console-out-fd 4] [--console-err-fd 5]\n"
          "       [--ready-fd N (one byte written there once the tee runs)]\n")
 

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from watchdog_d.core.model import Incident
-from watchdog_d.redact import redact
+from ..core.model import Incident
+from ..logs.redact import redact
 
 BUSY_TIMEOUT_S = 10.0
 

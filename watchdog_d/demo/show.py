@@ -18,7 +18,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .config import Config
+from ..config import Config
 
 
 def _say(text: str) -> None:
@@ -60,11 +60,11 @@ def run_demo(cfg: Config) -> int:
             "--alert", url, "--min-stall-timeout", "10", "--grace", "3",
             "--on-failure", "restart", "--max-restarts", "1", "--checkpoint-dir", ckpt, "--",
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-            "-m", "watchdog_d.demo_train"]
+            "-m", "watchdog_d.demo.train"]
     _say("1. a 2-rank torchrun job (gloo, CPU) under watchdog-d, a checkpoint every 5 steps; "
          "rank 1 dies by SIGKILL at step 22")
     print("$ watchdog-d run --alert json://127.0.0.1:PORT/demo --on-failure restart --max-restarts 1 "
-          "--checkpoint-dir CKPT -- torchrun --standalone --nproc-per-node=2 -m watchdog_d.demo_train",
+          "--checkpoint-dir CKPT -- torchrun --standalone --nproc-per-node=2 -m watchdog_d.demo.train",
           flush=True)
     started = time.monotonic()
     proc = subprocess.run(argv, env=env, stderr=subprocess.PIPE, text=True)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 import time
 
-from .core.stall import stall_timeout
-from .core.state import Cluster
+from ..core.stall import stall_timeout
+from ..core.state import Cluster
 
 
 def snapshot(cluster: Cluster, now: float) -> dict:

@@ -17,7 +17,7 @@ import time
 
 import psutil
 
-from . import log
+from .. import log
 
 PR_SET_CHILD_SUBREAPER = 36
 TOKEN_ENV = "WATCHDOG_D_ATTEMPT_TOKEN"
@@ -33,7 +33,7 @@ def become_subreaper() -> bool:
 
 def _is_tee(p: psutil.Process) -> bool:
     try:
-        return any(a.endswith("watchdog_d/tee.py") or a == "watchdog_d.tee" for a in p.cmdline())
+        return any(a.endswith("watchdog_d/rank/tee.py") or a == "watchdog_d.rank.tee" for a in p.cmdline())
     except psutil.Error:
         return False
 

@@ -17,16 +17,17 @@ from dataclasses import dataclass, field
 import grpc
 import psutil
 
-from . import localsock, log, rpc, wire
-from .config import Config
-from .core.model import JobOnNode, JobSpec, NodeReport
-from .fingerprints import Catalogue, CatalogueError
+from ..proto import localsock, rpc, convert
+from .. import log
+from ..config import Config
+from ..core.model import JobOnNode, JobSpec, NodeReport
+from ..logs.fingerprints import Catalogue, CatalogueError
 from .exits import ExitWatcher
 from .observe import RankTrack, observe_job
 from .ranklogs import POLL_S as LOG_POLL_S
 from .ranklogs import AttemptLogs, with_logs
-from .proto import watchdog_pb2 as pb
-from .proto import watchdog_pb2_grpc as pb_grpc
+from ..proto import watchdog_pb2 as pb
+from ..proto import watchdog_pb2_grpc as pb_grpc
 
 
 @dataclass
@@ -263,7 +264,7 @@ class Agent:
             if self._stop.is_set():
                 return
             try:
-                ack = self.stub.Report(wire.report_to_pb(report), timeout=2.0,
+                ack = self.stub.Report(convert.report_to_pb(report), timeout=2.0,
                                        metadata=self.metadata)
                 for cmd in ack.commands:
                     self._deliver(cmd)

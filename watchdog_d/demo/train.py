@@ -1,6 +1,6 @@
 """A small real training job for the demo and the integration tests.
 
-    torchrun --standalone --nproc-per-node 2 -m watchdog_d.demo_train
+    torchrun --standalone --nproc-per-node 2 -m watchdog_d.demo.train
 
 DDP on gloo (CPU). Faults are injected through the environment:
 WD_FAULT = kill | stop | hang | raise | oom | exit | slow | none, on rank WD_FAULT_RANK

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from .config import Config, ConfigError
+from ..config import Config, ConfigError
 
 MAX_MESSAGE = 16 * 1024 * 1024
 
