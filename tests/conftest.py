@@ -15,7 +15,7 @@ import pytest
 import wdtest_helpers
 
 MARK = "torch_subprocess"
-TORCH_TEST_FILE = Path(__file__).parent / "test_beacon.py"
+TORCH_TEST_FILE = Path(__file__).parent / "test_rank_runtime.py"
 
 
 def _may_collect(config: pytest.Config, target: Path) -> bool:

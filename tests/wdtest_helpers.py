@@ -17,7 +17,8 @@ import textwrap
 from pathlib import Path
 
 import watchdog_d
-from watchdog_d.core.model import JobOnNode, JobSpec, NodeReport, RankReport
+from watchdog_d.core.model import JobOnNode, JobSpec, NodeReport, RankReport, Verdict
+from watchdog_d.core.state import Cluster, Decision
 
 JOB = "j1"
 SIGKILL, SIGTERM, SIGSEGV = int(signal.SIGKILL), int(signal.SIGTERM), int(signal.SIGSEGV)
@@ -122,3 +123,25 @@ def stop_torch_rank() -> None:
     beacon_dir = _torch_run.pop("dir", None)
     if beacon_dir is not None:
         shutil.rmtree(beacon_dir, ignore_errors=True)  # type: ignore[arg-type]
+
+
+# -- decisions of a hand-fed Cluster (detector and stall tests) ---------------------------
+def verdict_decisions(decisions: list[Decision]) -> list[Decision]:
+    return [d for d in decisions if d.incident is not None]
+
+
+def only_verdict(decisions: list[Decision]) -> tuple[Decision, Verdict]:
+    found = verdict_decisions(decisions)
+    assert len(found) == 1, decisions
+    assert found[0].incident is not None
+    return found[0], found[0].incident.verdict
+
+
+def two_nodes(t: float = 100.0, **spec_kw: object) -> Cluster:
+    """Job j1 on nodes a (ranks 0, 1) and b (ranks 2, 3), all healthy at time t."""
+    c = Cluster()
+    s = spec(**spec_kw)
+    c.ingest(report("a", [0, 1], job_spec=s), t)
+    c.ingest(report("b", [2, 3], job_spec=s), t)
+    assert c.evaluate(t) == []
+    return c

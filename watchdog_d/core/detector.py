@@ -14,16 +14,13 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 import signal as _signal
-from typing import TYPE_CHECKING
 
 from . import rootcause
+from .book import JobBook, NodeView
 from .model import RankReport, Verdict
 from .stall import rank_timeout, stall_timeout
 
 CATCH_UP_S = 60.0       # a node left behind by a relaunch has this long to rejoin it
-
-if TYPE_CHECKING:
-    from .state import JobBook, NodeView
 
 SUSPECT = "suspect"
 

@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import signal as _signal
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from .book import JobBook, NodeView
 from .model import LogFinding, RankReport
-
-if TYPE_CHECKING:
-    from .state import JobBook, NodeView
 
 SETTLE_S = 1.0
 CONSEQUENCE_LEAD_S = 5.0
@@ -34,7 +31,7 @@ SEVERITY = {"fatal": 0, "error": 1, "warning": 2}      # most severe first
 
 @dataclass(frozen=True)
 class Failure:
-    node: "NodeView"
+    node: NodeView
     rank: RankReport
     at: float                         # coordinator clock
     finding: LogFinding | None
@@ -72,7 +69,7 @@ def _weight(r: RankReport) -> int:
     return 1
 
 
-def failures(book: "JobBook") -> list[Failure]:
+def failures(book: JobBook) -> list[Failure]:
     """Every rank that failed: exited badly, or alive with a fatal log finding."""
     out = []
     for node, r in book.ranks():
@@ -95,7 +92,7 @@ def order(failure: Failure) -> tuple:
     return (not failure.is_cause, round(failure.at, 1), _weight(failure.rank), failure.rank.rank)
 
 
-def pick(book: "JobBook", now: float) -> tuple[Failure, list[Failure]] | None:
+def pick(book: JobBook, now: float) -> tuple[Failure, list[Failure]] | None:
     """(root cause, consequences), or None: nothing failed, or only consequences so
     far and the cause may still be on its way."""
     found = sorted(failures(book), key=order)

@@ -1,0 +1,63 @@
+"""The coordinator's record of one job (JobBook) and of its part on one node (NodeView).
+
+Plain mutable data: ``state.Cluster`` updates it from heartbeats, ``detector`` and
+``rootcause`` read it. Kept apart from ``state`` so that those readers need not import
+the module that calls them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .model import JobOnNode, JobSpec, Verdict
+from .stall import StepTimes
+
+
+@dataclass
+class NodeView:
+    node_id: str
+    host: str
+    seen_at: float                      # coordinator clock of its latest report
+    part: JobOnNode                     # this job on this node, latest
+    exit_at: dict[int, float] = field(default_factory=dict)   # rank -> when it exited
+    ended_at: float | None = None       # when its wrapper reported the job over
+    answered: bool = False              # its wrapper was told how the job ended
+    attempt_seen: int = 0               # the attempt of its latest report (behind: < the job's)
+
+
+@dataclass
+class JobBook:
+    spec: JobSpec
+    created_at: float
+    attempt: int = 0
+    nodes: dict[str, NodeView] = field(default_factory=dict)
+    steps: StepTimes = field(default_factory=StepTimes)
+    last_step: dict[int, int] = field(default_factory=dict)
+    status: str = "running"             # running | stopping | ended
+    verdict: Verdict | None = None      # the decisive verdict of this attempt
+    action: str = ""
+    restarts: int = 0
+    stacks_asked_at: float | None = None
+    outcome: str = ""                   # succeeded | failed | stopped | torn_down
+    ended_at: float | None = None
+    reported: set = field(default_factory=set)    # (kind, rank) already made incidents
+    checkpoint: tuple[int, str] | None = None     # (step, path): the newest a rank recorded
+    no_progress: int = 0                # attempts in a row that ended before their first step
+    restart_asked_at: float | None = None   # a restart's teardown was asked for then
+    attempt_started_at: float | None = None  # this attempt was relaunched then (None: the first)
+    torn_down_at: float | None = None       # ... and every node had done it by then
+
+    @property
+    def relaunch_due(self) -> bool:
+        """This attempt is being torn down (or is down) for a restart that still stands."""
+        return self.status == "stopping" and self.action.startswith("restart") \
+            and self.outcome != "stopped"
+
+    @property
+    def offer(self) -> tuple[int, str]:
+        """(step, path) a relaunch resumes from: the recorded checkpoint, else (-1, "")."""
+        return self.checkpoint or (-1, "")
+
+    def ranks(self):
+        for node in self.nodes.values():
+            for r in node.part.ranks:
+                yield node, r
