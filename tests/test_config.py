@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from watchdog_d.config import Config, ConfigError, load
+from watchdog_d.wrapper.checkpoints import Rule
 
 
 def toml(tmp_path: Path, text: str, name: str = "wd.toml") -> str:
@@ -230,11 +231,11 @@ def test_the_example_config_file_loads() -> None:
     example = Path(__file__).resolve().parents[1] / "systemd" / "watchdog-d.toml"
     cfg = load(env={}, config_file=str(example))
     assert (cfg.on_failure, cfg.crash_loop, cfg.restart_backoff) == ("teardown", 3, 0.0)
-    assert cfg.checkpoint_rule().markers[0] == ".metadata"
+    assert Rule.of(cfg).markers[0] == ".metadata"
 
 
 def test_restart_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="restart_backoff"):
         load(flags={"restart_backoff": -1.0}, env={})
     cfg = load(env={"WATCHDOG_D_CHECKPOINT_MARKERS": "DONE .metadata", "WATCHDOG_D_CRASH_LOOP": "0"})
-    assert cfg.checkpoint_rule().markers == ("DONE", ".metadata") and cfg.crash_loop == 0
+    assert Rule.of(cfg).markers == ("DONE", ".metadata") and cfg.crash_loop == 0

@@ -5,6 +5,7 @@ import os
 import time
 from pathlib import Path
 
+from watchdog_d.config import Config
 from watchdog_d.rank import beacon
 from watchdog_d.wrapper import checkpoints, launch
 
@@ -84,10 +85,13 @@ def test_fresh_rendezvous_per_attempt() -> None:
 
 
 def test_resume_step_reaches_the_environment(tmp_path: Path) -> None:
-    env = launch.job_env({}, job_id="j", attempt=1, beacons=tmp_path, token="t",
-                         resume_from="/c/step-10.pt", resume_step=10, state_dir=str(tmp_path), log_dir="")
+    cfg = Config(job_id="j", state_dir=str(tmp_path), rank_log_backups=7)
+    env = launch.job_env({}, cfg, attempt=1, beacons=tmp_path, token="t",
+                         resume=launch.Resume("/c/step-10.pt", 10))
     assert (env["WATCHDOG_D_RESUME_FROM"], env["WATCHDOG_D_RESUME_STEP"]) == ("/c/step-10.pt", "10")
     assert (env["WATCHDOG_D_RESTART_COUNT"], env["WATCHDOG_D_JOB_ID"]) == ("1", "j")
+    # the rank's log rotation comes from the one config object
+    assert (env["WATCHDOG_D_RANK_LOG_MAX_BYTES"], env["WATCHDOG_D_RANK_LOG_BACKUPS"]) == (str(100 << 20), "7")
 
 
 def test_torchrun_max_restarts_is_found() -> None:

@@ -176,7 +176,8 @@ def test_rotation_rules_in_process(tmp_path: Path) -> None:
 def test_module_with_the_documented_fd_layout(tmp_path: Path) -> None:
     """python -m watchdog_d.rank.tee: stdin and fd 3 in, fd 4 and fd 5 out."""
     log = tmp_path / "r.log"
-    script = 'printf "out\\n" | "$0" -m watchdog_d.rank.tee --log "$1" 3< <(printf "err\\n") 4>&1 5>&2'
+    script = ('printf "out\\n" | "$0" -m watchdog_d.rank.tee --log "$1" --max-bytes 0 --backups 0 '
+              '3< <(printf "err\\n") 4>&1 5>&2')
     proc = subprocess.run(["bash", "-c", script, sys.executable, str(log)], capture_output=True, env=ENV, timeout=20)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"out\n", b"err\n")
     assert sorted(log.read_bytes().splitlines()) == [b"err", b"out"]
@@ -189,3 +190,13 @@ def test_start_tee_that_cannot_start_leaves_the_fds_alone(tmp_path: Path, monkey
         start_tee(tmp_path / "x.log", 1000, 1)
     after = [os.fstat(fd) for fd in (1, 2)]
     assert [(s.st_dev, s.st_ino) for s in before] == [(s.st_dev, s.st_ino) for s in after]
+
+
+def test_rotation_is_always_given() -> None:
+    """The tee has no rotation defaults of its own: they come from the config, via the rank."""
+    from watchdog_d.rank.tee import _parse
+
+    assert _parse(["--log", "/tmp/x.log"]) is None
+    assert _parse(["--log", "/tmp/x.log", "--max-bytes", "10"]) is None
+    opts = _parse(["--log", "/tmp/x.log", "--max-bytes", "10", "--backups", "2"])
+    assert opts is not None and (opts["--max-bytes"], opts["--backups"]) == ("10", "2")

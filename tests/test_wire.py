@@ -96,6 +96,12 @@ def _job(m: pb.Heartbeat) -> pb.JobOnNode:
     (lambda m: setattr(_job(m).spec, "min_stall_timeout_s", 0.0), "min_stall_timeout_s"),
     (lambda m: setattr(_job(m).spec, "startup_timeout_s", math.inf), "startup_timeout_s"),
     (lambda m: setattr(_job(m).spec, "node_timeout_s", -1.0), "node_timeout_s"),
+    (lambda m: setattr(_job(m).spec, "max_restarts", -1), "max_restarts"),
+    (lambda m: setattr(_job(m).spec, "crash_loop", -1), "crash_loop"),
+    (lambda m: setattr(_job(m).spec, "restart_backoff_s", math.nan), "restart_backoff_s"),
+    (lambda m: setattr(_job(m).spec, "job_id", "a b"), "job_id"),
+    (lambda m: setattr(_job(m).spec, "job_id", "j" * 200), "job_id"),
+    (lambda m: _job(m).spec.alert_urls.extend(["json://h/x"] * 40), "alert_urls"),
     (lambda m: setattr(_job(m).ranks[0], "last_step_age_s", math.nan), "last_step_age_s"),
     (lambda m: setattr(_job(m).ranks[0], "exit_age_s", math.nan), "exit_age_s"),
     (lambda m: setattr(_job(m).ranks[0], "exit_age_s", math.inf), "exit_age_s"),
@@ -119,7 +125,6 @@ def test_hostile_values_are_clamped() -> None:
     m.node_id = "n" * 1000
     job = _job(m)
     job.attempt = -3
-    job.spec.max_restarts = -1
     job.spec.command = "c" * 5000
     r0 = job.ranks[0]
     r0.last_step_age_s = -5.0
@@ -129,7 +134,7 @@ def test_hostile_values_are_clamped() -> None:
     back = convert.report_from_pb(m)
     j = back.jobs[0]
     assert len(back.node_id) == 200
-    assert j.attempt == 0 and j.spec.max_restarts == 0 and len(j.spec.command) == 1000
+    assert j.attempt == 0 and len(j.spec.command) == 1000
     x = j.ranks[0]
     assert x.last_step_age_s == 0.0 and x.proc_state == "RU" and len(x.section) == 64
     assert len(x.exit_detail) == 500

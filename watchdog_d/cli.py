@@ -129,12 +129,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, cfg: Config, command: list[str]) -> int:
-    from .wrapper.supervisor import WrapperError
-
+    # each command imports what it needs, and only that: status, events and diagnose
+    # load neither grpc nor psutil nor apprise
     if args.cmd == "run":
         if not args.verbose:
             log.set_quiet(True)   # the job's console stays the job's
         from .wrapper.run import run_job
+        from .wrapper.supervisor import WrapperError
 
         try:
             return run_job(cfg, command)

@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .wrapper.checkpoints import Rule as _CheckpointRule
+from .core.model import JobSpec, SpecError
 
 
 class ConfigError(ValueError):
@@ -35,8 +35,19 @@ def default_socket() -> str:
     return os.path.join(base, "watchdog-d", "agent.sock")
 
 
+# the settings that make a job's spec: config name -> JobSpec field (its default is the spec's)
+SPEC_FIELDS = {"job_id": "job_id", "on_failure": "on_failure", "max_restarts": "max_restarts",
+               "min_stall_timeout": "min_stall_timeout_s", "stall_factor": "stall_factor",
+               "startup_timeout": "startup_timeout_s", "node_timeout": "node_timeout_s",
+               "alert": "alert_urls", "restart_backoff": "restart_backoff_s",
+               "crash_loop": "crash_loop"}
+_SPEC = JobSpec(job_id="")
+
+
 @dataclass
 class Config:
+    """Every setting of every process, with its default; nothing else holds a default."""
+
     # where to report
     coordinator: str = ""
     agent_socket: str = ""
@@ -44,23 +55,30 @@ class Config:
     node_id: str = ""
     listen: str = "0.0.0.0:7700"
     metrics_port: int = 0
-    # the job
+    # the job (the defaults of a job's policy are JobSpec's)
     job_id: str = ""
     alert: list[str] = field(default_factory=list)
-    on_failure: str = "teardown"
-    max_restarts: int = 0
-    restart_backoff: float = 0.0         # seconds before relaunch i: this x 2^(i-1)
-    crash_loop: int = 3                  # attempts in a row without a step -> gave_up (0: off)
+    on_failure: str = _SPEC.on_failure
+    max_restarts: int = _SPEC.max_restarts
+    restart_backoff: float = _SPEC.restart_backoff_s   # seconds before relaunch i: this x 2^(i-1)
+    crash_loop: int = _SPEC.crash_loop                  # attempts in a row without a step -> gave_up
     checkpoint_dir: str = ""
     checkpoint_glob: str = "*"
-    checkpoint_markers: list[str] = field(default_factory=lambda: list(_CheckpointRule.markers))
-    checkpoint_partial: list[str] = field(default_factory=lambda: list(_CheckpointRule.partial))
-    min_stall_timeout: float = 60.0
-    stall_factor: float = 5.0
-    startup_timeout: float = 900.0
-    node_timeout: float = 5.0
+    # a checkpoint directory counts only with one of these files directly inside
+    # (.metadata: torch.distributed.checkpoint writes it last; trainer_state.json: HF
+    # Trainer); an empty list accepts any non-empty directory
+    checkpoint_markers: list[str] = field(default_factory=lambda: [
+        ".metadata", "trainer_state.json", "COMPLETE", "_SUCCESS", ".complete"])
+    checkpoint_partial: list[str] = field(default_factory=lambda: [
+        "*.tmp", "*.partial", "*.incomplete", "*.lock", "tmp*", ".*"])
+    min_stall_timeout: float = _SPEC.min_stall_timeout_s
+    stall_factor: float = _SPEC.stall_factor
+    startup_timeout: float = _SPEC.startup_timeout_s
+    node_timeout: float = _SPEC.node_timeout_s
     grace: float = 10.0
     log_dir: str = ""
+    rank_log_max_bytes: int = 100 << 20  # each rank's log file rotates at this size (0: never)
+    rank_log_backups: int = 3            # ... keeping this many old files
     state_dir: str = ""
     # security
     token_file: str = ""
@@ -72,23 +90,28 @@ class Config:
     heartbeat_interval: float = 1.0      # agent: heartbeat when nothing changed
     alert_cooldown: float = 300.0
 
+    def job_spec(self, command: str = "") -> JobSpec:
+        """The spec a wrapper registers (``command``: the job's command line, redacted)."""
+        values = {spec: getattr(self, name) for name, spec in SPEC_FIELDS.items()}
+        values["alert_urls"] = tuple(self.alert)
+        return JobSpec(**values, command=command)
+
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name} must be a finite number, got {value}")
-        if self.on_failure not in ("alert", "teardown", "restart"):
-            raise ConfigError(f"on_failure must be alert, teardown or restart, not {self.on_failure!r}")
-        for name in ("min_stall_timeout", "startup_timeout", "node_timeout", "poll_interval",
-                     "heartbeat_interval"):
+        try:   # the job's settings obey the rules every receiver of a spec applies
+            dataclasses.replace(self.job_spec(), job_id=self.job_id or "-").checked()
+        except SpecError as e:
+            name = next(n for n, s in SPEC_FIELDS.items() if s == e.field)
+            raise ConfigError(f"{name} {e.problem}") from None
+        for name in ("poll_interval", "heartbeat_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        if min(self.grace, self.max_restarts, self.alert_cooldown, self.restart_backoff,
-               self.crash_loop) < 0:
-            raise ConfigError("grace, max_restarts, alert_cooldown, restart_backoff and crash_loop "
-                              "must be >= 0")
-        if self.stall_factor < 1:
-            raise ConfigError(f"stall_factor must be >= 1, got {self.stall_factor}")
+        for name in ("grace", "alert_cooldown", "rank_log_max_bytes", "rank_log_backups"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("coordinator", "listen"):
             value = getattr(self, name)
             port = value.rsplit(":", 1)[1] if ":" in value else ""
@@ -96,13 +119,7 @@ class Config:
                 raise ConfigError(f"{name} must be HOST:PORT with a port of 0-65535, got {value!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key go together")
-        if self.job_id and not all(c.isalnum() or c in "-_." for c in self.job_id):
-            raise ConfigError(f"job_id may hold letters, digits, '-', '_' and '.', got {self.job_id!r}")
         return self
-
-    def checkpoint_rule(self) -> _CheckpointRule:
-        return _CheckpointRule(pattern=self.checkpoint_glob, partial=tuple(self.checkpoint_partial),
-                               markers=tuple(self.checkpoint_markers))
 
     def finish(self) -> "Config":
         """Fill the defaults that depend on the machine."""

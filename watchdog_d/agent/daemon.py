@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 import grpc
 import psutil
 
-from ..proto import localsock, rpc, convert
 from .. import log
 from ..config import Config
 from ..core.model import JobOnNode, JobSpec, NodeReport
+from ..proto import convert, localsock, rpc
+from ..proto.local import (AttemptStarted, Command, Ended, Message, MessageError, Refused, Register,
+                           Registered, Waiting)
 from ..logs.fingerprints import Catalogue, CatalogueError
 from .exits import ExitWatcher
 from .observe import RankTrack, observe_job
@@ -46,19 +48,6 @@ class LocalJob:
     logs: AttemptLogs | None = None
     logs_read_at: float = float("-inf")
     delivered: set = field(default_factory=set)    # (verb, attempt) handed to the wrapper
-
-
-def _spec_from_msg(raw: dict) -> JobSpec:
-    return JobSpec(job_id=str(raw["job_id"]), on_failure=str(raw.get("on_failure", "teardown")),
-                   max_restarts=int(raw.get("max_restarts", 0)),
-                   min_stall_timeout_s=float(raw.get("min_stall_timeout_s", 60)),
-                   stall_factor=float(raw.get("stall_factor", 5)),
-                   startup_timeout_s=float(raw.get("startup_timeout_s", 900)),
-                   node_timeout_s=float(raw.get("node_timeout_s", 5)),
-                   alert_urls=tuple(str(u) for u in raw.get("alert_urls", ())),
-                   command=str(raw.get("command", ""))[:1000],
-                   restart_backoff_s=max(0.0, float(raw.get("restart_backoff_s", 0.0))),
-                   crash_loop=max(0, int(raw.get("crash_loop", 3))))
 
 
 class Agent:
@@ -111,7 +100,14 @@ class Agent:
         try:
             _, uid, _ = conn.peer()
             while not self._stop.is_set():
-                msg = conn.recv()
+                try:
+                    msg = conn.recv()
+                except MessageError as e:
+                    # this wrapper's problem alone: it is told, every other job goes on
+                    log.warn("wrapper_message_refused", job=job.spec.job_id if job else None,
+                             error=str(e)[:300])
+                    conn.send(Refused(f"bad message: {e}"))
+                    continue
                 if msg is None:
                     break
                 job = self._handle(conn, uid, msg, job)
@@ -130,47 +126,43 @@ class Agent:
                     self.exits.forget({t.pid for t in job.tracks.values()})
                 log.log("job_detached", job=job.spec.job_id)
 
-    def _handle(self, conn: localsock.Conn, uid: int, msg: dict,
+    def _handle(self, conn: localsock.Conn, uid: int, msg: Message,
                 job: LocalJob | None) -> LocalJob | None:
-        op = msg.get("op")
-        if op == "register" and job is None:
+        if isinstance(msg, Register) and job is None:
             try:
-                spec = _spec_from_msg(msg["spec"])
-                pid = int(msg["launcher_pid"])
-                owner = psutil.Process(pid).uids().real
-            except (KeyError, TypeError, ValueError, psutil.Error) as e:
-                conn.send({"op": "error", "error": f"bad registration: {e!r}"})
+                owner = psutil.Process(msg.launcher_pid).uids().real
+            except psutil.Error as e:
+                conn.send(Refused(f"bad registration: launcher {msg.launcher_pid}: {e!r}"))
                 return None
             if uid != 0 and owner != uid:
-                conn.send({"op": "error", "error": "the launcher is not your process"})
+                conn.send(Refused("the launcher is not your process"))
                 return None
-            job = LocalJob(spec=spec, conn=conn, uid=uid, attempt=int(msg.get("attempt", 0)),
-                           launcher_pid=pid, beacon_dir=str(msg.get("beacon_dir", "")))
+            job = LocalJob(spec=msg.spec, conn=conn, uid=uid, attempt=msg.attempt,
+                           launcher_pid=msg.launcher_pid)
             with self.lock:
-                self.jobs[spec.job_id] = job
-            conn.send({"op": "registered", "node_id": self.node_id, "coordinator": self.target})
-            log.log("job_attached", job=spec.job_id, launcher_pid=pid, attempt=job.attempt)
+                self.jobs[msg.spec.job_id] = job
+            conn.send(Registered(node_id=self.node_id, coordinator=self.target))
+            log.log("job_attached", job=msg.spec.job_id, launcher_pid=msg.launcher_pid,
+                    attempt=job.attempt)
             self._send_now.set()
-        elif op == "attempt" and job is not None:
+        elif isinstance(msg, AttemptStarted) and job is not None:
             with self.lock:
-                job.attempt = int(msg.get("attempt", job.attempt + 1))
-                job.launcher_pid = int(msg.get("launcher_pid", job.launcher_pid))
-                job.beacon_dir = str(msg.get("beacon_dir", job.beacon_dir))
+                job.attempt, job.launcher_pid, job.beacon_dir = msg.attempt, msg.launcher_pid, msg.beacon_dir
                 self.exits.forget({t.pid for t in job.tracks.values()})
                 job.state, job.exit_code, job.tracks, job.note = "running", 0, {}, ""
-                self._open_logs(job, str(msg.get("log_dir", "")))
+                self._open_logs(job, msg.log_dir)
             self._send_now.set()
-        elif op == "waiting" and job is not None:
+        elif isinstance(msg, Waiting) and job is not None:
             with self.lock:   # the attempt's ranks are down; the next generation is awaited
-                job.state, job.note = "waiting", str(msg.get("note", ""))[:1000]
+                job.state, job.note = "waiting", msg.note
             self.observe_now()
-        elif op == "ended" and job is not None:
+        elif isinstance(msg, Ended) and job is not None:
             with self.lock:
-                job.state = "stopped" if msg.get("state") == "stopped" else "exited"
-                job.exit_code = int(msg.get("exit_code", 0))
+                job.state, job.exit_code = msg.state, msg.exit_code
             self.observe_now()
         else:
-            conn.send({"op": "error", "error": f"unexpected message {op!r}"})
+            conn.send(Refused(f"unexpected message {msg.OP!r}"
+                              + (" before register" if job is None else "")))
         return job
 
     # -- rank logs ----------------------------------------------------------------------
@@ -309,10 +301,19 @@ class Agent:
                 if key in job.delivered:
                     return
                 job.delivered.add(key)
+        try:
+            verdict = convert.verdict_from_json(cmd.verdict_json)
+        except convert.WireError as e:
+            log.warn("command_verdict_unreadable", job=cmd.job_id, error=str(e)[:200])
+            verdict = None
         log.log("command_received", job=cmd.job_id, verb=cmd.verb, attempt=cmd.attempt)
-        job.conn.send({"op": "command", "verb": cmd.verb, "attempt": cmd.attempt,
-                       "verdict": cmd.verdict_json, "action": cmd.action,
-                       "resume_from": cmd.resume_from, "resume_step": cmd.resume_step})
+        try:
+            command = Command(verb=cmd.verb, attempt=cmd.attempt, verdict=verdict, action=cmd.action,
+                              resume_from=cmd.resume_from, resume_step=cmd.resume_step).check()
+        except MessageError as e:
+            log.warn("command_refused", job=cmd.job_id, error=str(e)[:200])
+            return
+        job.conn.send(command)
 
 
 def run_agent(cfg: Config) -> int:

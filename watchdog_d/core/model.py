@@ -7,7 +7,7 @@ two hosts ever need to agree on wall time.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 MAX_TEXT = 16_384   # stack / excerpt text kept and carried per rank
@@ -66,9 +66,29 @@ class RankReport:
         return self.exit_code != 0  # None (vanished) counts as failed
 
 
+ON_FAILURE = ("alert", "teardown", "restart")
+MAX_JOB_ID = 128
+MAX_ALERT_URLS, MAX_URL = 32, 4096
+MAX_COMMAND = 1000                # a job's command line is kept (redacted) for people, cut here
+MAX_SECONDS = 30 * 86400.0        # no timeout or backoff of a job is longer than 30 days
+MAX_COUNT = 10_000                # restarts, crash-loop length
+
+
+class SpecError(ValueError):
+    """A job spec that must not be used; ``field`` names the setting at fault."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field} {problem}")
+        self.field, self.problem = field, problem
+
+
 @dataclass(frozen=True)
 class JobSpec:
-    """A job as its wrapper registered it: identity and policy."""
+    """A job as its wrapper registered it: identity and policy.
+
+    The defaults here are the defaults of every job (``config.Config`` takes them from
+    here). A spec that crossed a process boundary is used only after ``checked()``.
+    """
 
     job_id: str
     on_failure: str = "teardown"      # alert | teardown | restart
@@ -81,6 +101,41 @@ class JobSpec:
     command: str = ""
     restart_backoff_s: float = 0.0    # wait before relaunch i: this x 2^(i-1), capped
     crash_loop: int = 3               # attempts in a row without a step -> gave_up (0: off)
+
+    def checked(self) -> "JobSpec":
+        """This spec if every rule holds (the command cut to MAX_COMMAND), else SpecError.
+
+        The one set of rules for a spec, whoever receives it: the agent from a wrapper,
+        the coordinator from an agent, the config from a user."""
+        if not self.job_id or len(self.job_id) > MAX_JOB_ID or \
+                not all(c.isascii() and (c.isalnum() or c in "-_.") for c in self.job_id):
+            raise SpecError("job_id", f"must be 1-{MAX_JOB_ID} letters, digits, '-', '_' or "
+                                      f"'.', got {self.job_id[:MAX_JOB_ID + 1]!r}")
+        if self.on_failure not in ON_FAILURE:
+            raise SpecError("on_failure", f"must be alert, teardown or restart, not {self.on_failure!r}")
+        for name in ("min_stall_timeout_s", "startup_timeout_s", "node_timeout_s"):
+            _number(name, getattr(self, name), low=0.0, open_low=True, high=MAX_SECONDS)
+        _number("stall_factor", self.stall_factor, low=1.0, high=1000.0)
+        _number("restart_backoff_s", self.restart_backoff_s, low=0.0, high=MAX_SECONDS)
+        for name in ("max_restarts", "crash_loop"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+                raise SpecError(name, f"must be a whole number of 0-{MAX_COUNT}, got {value!r}")
+        if len(self.alert_urls) > MAX_ALERT_URLS:
+            raise SpecError("alert_urls", f"holds {len(self.alert_urls)} URLs, at most {MAX_ALERT_URLS}")
+        if any(not isinstance(u, str) or not u or len(u) > MAX_URL for u in self.alert_urls):
+            raise SpecError("alert_urls", f"must be non-empty URLs of at most {MAX_URL} characters")
+        if not isinstance(self.command, str):
+            raise SpecError("command", "must be text")
+        return self if len(self.command) <= MAX_COMMAND else replace(self, command=self.command[:MAX_COMMAND])
+
+
+def _number(name: str, value: object, *, low: float, high: float, open_low: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and (value > low if open_low else value >= low) and value <= high
+    if not ok:
+        bound = f"> {low:g}" if open_low else f">= {low:g}"
+        raise SpecError(name, f"must be a number {bound} and <= {high:g}, got {value!r}")
 
 
 @dataclass(frozen=True)

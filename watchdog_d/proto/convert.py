@@ -5,8 +5,9 @@ import json
 import math
 from dataclasses import asdict
 
-from ..core.model import MAX_TEXT, JobOnNode, JobSpec, LogFinding, NodeReport, RankReport, Verdict
+from ..core.model import MAX_TEXT, JobOnNode, JobSpec, LogFinding, NodeReport, RankReport, SpecError, Verdict
 from . import watchdog_pb2 as pb
+from .local import from_plain
 
 
 
@@ -23,21 +24,15 @@ def spec_to_pb(s: JobSpec) -> pb.JobSpec:
 
 
 def spec_from_pb(m: pb.JobSpec) -> JobSpec:
-    if not m.job_id:
-        raise WireError("job spec without job_id")
-    if m.on_failure not in ("alert", "teardown", "restart"):
-        raise WireError(f"bad on_failure {m.on_failure!r}")
-    for name in ("min_stall_timeout_s", "stall_factor", "startup_timeout_s", "node_timeout_s"):
-        value = getattr(m, name)
-        if not math.isfinite(value) or value <= 0:
-            raise WireError(f"{name} must be a positive number")
-    if not math.isfinite(m.restart_backoff_s) or m.restart_backoff_s < 0:
-        raise WireError("restart_backoff_s must be a number >= 0")
-    return JobSpec(job_id=m.job_id, on_failure=m.on_failure, max_restarts=max(0, m.max_restarts),
-                   min_stall_timeout_s=m.min_stall_timeout_s, stall_factor=m.stall_factor,
-                   startup_timeout_s=m.startup_timeout_s, node_timeout_s=m.node_timeout_s,
-                   alert_urls=tuple(m.alert_urls), command=m.command[:1000],
-                   restart_backoff_s=m.restart_backoff_s, crash_loop=max(0, m.crash_loop))
+    """The spec an agent forwarded, checked by the same rules the agent applied."""
+    try:
+        return JobSpec(job_id=m.job_id, on_failure=m.on_failure, max_restarts=m.max_restarts,
+                       min_stall_timeout_s=m.min_stall_timeout_s, stall_factor=m.stall_factor,
+                       startup_timeout_s=m.startup_timeout_s, node_timeout_s=m.node_timeout_s,
+                       alert_urls=tuple(m.alert_urls), command=m.command,
+                       restart_backoff_s=m.restart_backoff_s, crash_loop=m.crash_loop).checked()
+    except SpecError as e:
+        raise WireError(f"job spec: {e}") from None
 
 
 MAX_FINDINGS = 16      # per rank and heartbeat
@@ -117,8 +112,10 @@ def verdict_to_json(v: Verdict) -> str:
 
 
 def verdict_from_json(text: str) -> Verdict | None:
+    """The verdict a Command carries; None when it carries none. WireError when garbled."""
     if not text:
         return None
-    data = json.loads(text)
-    data["evidence"] = tuple(data.get("evidence", ()))
-    return Verdict(**data)
+    try:
+        return from_plain(Verdict, json.loads(text))
+    except (ValueError, RecursionError) as e:     # MessageError is a ValueError
+        raise WireError(f"verdict: {e}") from None

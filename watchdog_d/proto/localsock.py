@@ -1,18 +1,18 @@
-"""The agent's unix socket: JSON lines between a wrapper and its node's agent.
+"""The agent's unix socket: the transport of the messages in ``local`` (one JSON line each).
 
-wrapper -> agent: register, attempt, ended      agent -> wrapper: registered, command
 The socket is created 0660 in the agent's runtime directory; a peer's uid comes
 from SO_PEERCRED, never from the message.
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 import struct
 import threading
 from pathlib import Path
 from typing import Callable
+
+from .local import Message, decode, encode
 
 MAX_LINE = 1 << 20
 
@@ -26,8 +26,8 @@ class Conn:
         self._wlock = threading.Lock()
         self.closed = False
 
-    def send(self, msg: dict) -> bool:
-        data = (json.dumps(msg) + "\n").encode()
+    def send(self, msg: Message) -> bool:
+        data = encode(msg)
         try:
             with self._wlock:
                 self.sock.sendall(data)
@@ -36,8 +36,10 @@ class Conn:
             self.closed = True
             return False
 
-    def recv(self, timeout: float | None = None) -> dict | None:
-        """Next message; None on EOF. Raises TimeoutError when nothing came in time."""
+    def recv(self, timeout: float | None = None) -> Message | None:
+        """Next message; None on EOF (or a line over MAX_LINE). Raises TimeoutError when
+        nothing came in time, local.MessageError for a line that is no valid message (the
+        line is consumed: the next call reads on)."""
         self.sock.settimeout(timeout)
         while b"\n" not in self._buf:
             try:
@@ -54,11 +56,7 @@ class Conn:
                 self.closed = True
                 return None
         line, self._buf = self._buf.split(b"\n", 1)
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            return {"op": "invalid"}
-        return msg if isinstance(msg, dict) else {"op": "invalid"}
+        return decode(line)
 
     def peer(self) -> tuple[int, int, int]:
         """(pid, uid, gid) of the process at the other end."""

@@ -22,6 +22,8 @@ from .beacon import EXCEPTION, EXITED, BeaconWriter, slot_path
 
 ENV_DIR = "WATCHDOG_D_BEACON_DIR"
 ENV_OWNER = "WATCHDOG_D_BEACON_PID"
+# the rank log's rotation, set by the wrapper from the config (rank_log_max_bytes/backups)
+ENV_LOG_MAX_BYTES, ENV_LOG_BACKUPS = "WATCHDOG_D_RANK_LOG_MAX_BYTES", "WATCHDOG_D_RANK_LOG_BACKUPS"
 # real-time signal that makes a rank dump its Python stacks (faulthandler, async-safe,
 # works while the main thread sits in a C++ collective)
 STACK_SIGNAL = signal.SIGRTMIN + 3 if hasattr(signal, "SIGRTMIN") else signal.SIGUSR2
@@ -85,8 +87,12 @@ def _start_log(path: str, env: os._Environ | dict) -> None:
     try:
         from .tee import start_tee
 
-        start_tee(path, int(env.get("WATCHDOG_D_LOG_MAX_BYTES", 100 << 20)),
-                  int(env.get("WATCHDOG_D_LOG_BACKUPS", 3)))
+        max_bytes, backups = env.get(ENV_LOG_MAX_BYTES), env.get(ENV_LOG_BACKUPS)
+        if max_bytes is None or backups is None:   # not set by a wrapper: the config's defaults
+            from ..config import Config
+
+            max_bytes, backups = Config.rank_log_max_bytes, Config.rank_log_backups
+        start_tee(path, int(max_bytes), int(backups))
     except Exception:
         pass   # no log file is better than no training
 

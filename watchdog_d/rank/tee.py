@@ -196,9 +196,9 @@ def run(inputs: dict[int, Console], sink: RotatingFile) -> None:
             sink.write(data)
 
 
-OPTIONS = {"--log": "", "--max-bytes": str(100 << 20), "--backups": "5", "--stdout-fd": "0",
+OPTIONS = {"--log": "", "--max-bytes": "", "--backups": "", "--stdout-fd": "0",
            "--stderr-fd": "3", "--console-out-fd": "4", "--console-err-fd": "5", "--ready-fd": "-1"}
-USAGE = ("usage: python -m watchdog_d.rank.tee --log PATH [--max-bytes N (0: never rotate)] [--backups K]\n"
+USAGE = ("usage: python -m watchdog_d.rank.tee --log PATH --max-bytes N (0: never rotate) --backups K\n"
          "       [--stdout-fd 0] [--stderr-fd 3] [--console-out-fd 4] [--console-err-fd 5]\n"
          "       [--ready-fd N (one byte written there once the tee runs)]\n")
 

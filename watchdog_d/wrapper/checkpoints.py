@@ -18,6 +18,8 @@ import zipfile
 from dataclasses import dataclass
 from typing import Callable
 
+from ..config import Config
+
 MAX_ENTRIES = 10_000                  # entries looked at per directory (bounds the work)
 MAX_SAFETENSORS_HEADER = 100 << 20    # a larger header length is corruption, not a header
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
@@ -28,16 +30,22 @@ class CheckpointDirError(ValueError):
     """The checkpoint directory itself is missing or unreadable (the caller alerts)."""
 
 
+_DEFAULT = Config()
+
+
 @dataclass(frozen=True)
 class Rule:
-    """What counts as a checkpoint in a directory, and what counts as complete."""
-    pattern: str = "*"     # fnmatch glob on entry names directly in the dir
-    partial: tuple[str, ...] = ("*.tmp", "*.partial", "*.incomplete", "*.lock", "tmp*", ".*")
-    # a directory counts only with one of these files directly inside (.metadata:
-    # torch.distributed.checkpoint writes it last; trainer_state.json: HF Trainer);
-    # an empty tuple accepts any non-empty directory
-    markers: tuple[str, ...] = (".metadata", "trainer_state.json", "COMPLETE", "_SUCCESS", ".complete")
+    """What counts as a checkpoint in a directory, and what counts as complete
+    (defaults: the config's ``checkpoint_glob``, ``checkpoint_partial``, ``checkpoint_markers``)."""
+    pattern: str = _DEFAULT.checkpoint_glob        # fnmatch glob on entry names directly in the dir
+    partial: tuple[str, ...] = tuple(_DEFAULT.checkpoint_partial)
+    markers: tuple[str, ...] = tuple(_DEFAULT.checkpoint_markers)  # (): any non-empty directory
     settle_s: float = 2.0  # modified more recently than this: looked at twice, settle_s apart
+
+    @classmethod
+    def of(cls, cfg: Config) -> "Rule":
+        return cls(pattern=cfg.checkpoint_glob, partial=tuple(cfg.checkpoint_partial),
+                   markers=tuple(cfg.checkpoint_markers))
 
 
 @dataclass(frozen=True)

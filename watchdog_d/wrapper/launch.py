@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import checkpoints
-from ..rank.api import ENV_DIR, ENV_OWNER
+from ..config import Config
+from ..rank.api import ENV_DIR, ENV_LOG_BACKUPS, ENV_LOG_MAX_BYTES, ENV_OWNER
 from .teardown import TOKEN_ENV
 
 BOOT_DIR = str(Path(__file__).resolve().parents[1] / "rank" / "_boot")
@@ -190,20 +191,24 @@ def rank_log_dir(cfg_log_dir: str, state_dir: str, job_id: str, attempt: int) ->
     return base / job_id / f"attempt-{attempt}"
 
 
-def job_env(base: dict[str, str], *, job_id: str, attempt: int, beacons: Path, token: str,
-            resume_from: str, state_dir: str, log_dir: str, resume_step: int = -1) -> dict[str, str]:
+def job_env(base: dict[str, str], cfg: Config, *, attempt: int, beacons: Path, token: str,
+            resume: Resume = Resume()) -> dict[str, str]:
+    """The environment of attempt ``attempt`` of the job ``cfg.job_id``."""
+    job_id, state_dir = cfg.job_id, cfg.state_dir
     env = dict(base)
     env.pop(ENV_OWNER, None)          # inherited from an outer guarded job: not ours
     env.update({
         "WATCHDOG_D_JOB_ID": job_id,
         "WATCHDOG_D_RESTART_COUNT": str(attempt),
-        "WATCHDOG_D_RESUME_FROM": resume_from,
-        "WATCHDOG_D_RESUME_STEP": str(resume_step) if resume_from and resume_step >= 0 else "",
+        "WATCHDOG_D_RESUME_FROM": resume.path,
+        "WATCHDOG_D_RESUME_STEP": str(resume.step) if resume.path and resume.step >= 0 else "",
         ENV_DIR: str(beacons),
         TOKEN_ENV: token,
         "PYTHONPATH": os.pathsep.join(p for p in (BOOT_DIR, base.get("PYTHONPATH", "")) if p),
     })
-    env["WATCHDOG_D_RANK_LOG_DIR"] = str(rank_log_dir(log_dir, state_dir, job_id, attempt))
+    env["WATCHDOG_D_RANK_LOG_DIR"] = str(rank_log_dir(cfg.log_dir, state_dir, job_id, attempt))
+    env[ENV_LOG_MAX_BYTES] = str(cfg.rank_log_max_bytes)
+    env[ENV_LOG_BACKUPS] = str(cfg.rank_log_backups)
     for key, value in NCCL_DEFAULTS.items():
         env.setdefault(key, value)
     names = _fr_names()

@@ -14,12 +14,11 @@ import sys
 import tempfile
 from dataclasses import replace
 
-from ..proto import localsock, rpc
 from .. import log
-from ..agent.daemon import Agent
-from ..coordinator.alerts import validate_alert_url
 from ..config import Config, ConfigError
 from ..logs.redact import redact
+from ..proto import localsock, rpc
+from ..proto.local import MessageError, Refused, Register, Registered
 from .supervisor import Wrapper, WrapperError
 
 REGISTER_TIMEOUT_S = 10.0
@@ -31,11 +30,13 @@ class Embedded:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.coordinator = None
-        self.agent: Agent | None = None
+        self.agent = None
         self.tmp = tempfile.mkdtemp(prefix="wd-")
         self.socket = os.path.join(self.tmp, "agent.sock")
 
     def start(self) -> str:
+        from ..agent.daemon import Agent
+
         target = self.cfg.coordinator
         if not target:
             from ..coordinator.server import Coordinator
@@ -88,21 +89,16 @@ def register(path: str, cfg: Config, command: list[str]) -> tuple[localsock.Conn
         conn = localsock.connect(path)
     except OSError as e:
         raise WrapperError(f"cannot reach the agent at {path}: {e.strerror or e}") from None
-    conn.send({"op": "register", "launcher_pid": os.getpid(), "attempt": 0, "spec": {
-        "job_id": cfg.job_id, "on_failure": cfg.on_failure, "max_restarts": cfg.max_restarts,
-        "min_stall_timeout_s": cfg.min_stall_timeout, "stall_factor": cfg.stall_factor,
-        "startup_timeout_s": cfg.startup_timeout, "node_timeout_s": cfg.node_timeout,
-        "alert_urls": cfg.alert, "command": redact(shlex.join(command)),
-        "restart_backoff_s": cfg.restart_backoff, "crash_loop": cfg.crash_loop}})
+    conn.send(Register(spec=cfg.job_spec(redact(shlex.join(command))), launcher_pid=os.getpid()))
     try:
         reply = conn.recv(timeout=REGISTER_TIMEOUT_S)
-    except TimeoutError:
+    except (TimeoutError, MessageError):
         reply = None
-    if not reply or reply.get("op") != "registered":
+    if not isinstance(reply, Registered):
         conn.close()
-        why = (reply or {}).get("error", "no answer")
+        why = reply.error if isinstance(reply, Refused) else "no answer"
         raise WrapperError(f"the agent at {path} did not take the job: {why}")
-    return conn, str(reply.get("node_id", ""))
+    return conn, reply.node_id
 
 
 def _reattach(path: str, cfg: Config, command: list[str]) -> localsock.Conn | None:
@@ -118,6 +114,8 @@ def _reattach(path: str, cfg: Config, command: list[str]) -> localsock.Conn | No
 def run_job(cfg: Config, command: list[str]) -> int:
     if not command:
         raise ConfigError("missing command after '--' (e.g. watchdog-d run -- torchrun ...)")
+    from ..coordinator.alerts import validate_alert_url
+
     for url in cfg.alert:
         problem = validate_alert_url(url)
         if problem:

@@ -21,17 +21,19 @@ from dataclasses import dataclass
 from typing import Callable
 from pathlib import Path
 
-from . import launch
-from ..proto import localsock, convert
 from .. import log
 from ..config import Config
 from ..core import policy
 from ..core.model import Verdict
-from ..rank.api import STACK_SIGNAL
 from ..logs.redact import redact
+from ..proto import localsock
+from ..proto.local import AttemptStarted, Command, Ended, Message, MessageError, Waiting
+from ..rank.api import STACK_SIGNAL
+from . import checkpoints, launch
 from .teardown import JobProcesses, become_subreaper
 
 EXIT_TORN_DOWN = 75
+USER_SIGNAL = "user_signal"   # in the inbox: the user asked to stop (Ctrl-C, SIGTERM, SIGHUP)
 SETTLE_S = 3.0          # after the job ends by itself: wait this long for the verdict
 RELAUNCH_WAIT_S = 180.0  # torn down for a restart: give up when no relaunch comes (+ backoff)
 
@@ -59,7 +61,8 @@ class Wrapper:
         self.next_reattach = 0.0
         self.node_id = node_id
         self.job_id = cfg.job_id
-        self.inbox: queue.Queue = queue.Queue()
+        # Commands from the agent, None when its connection ended, USER_SIGNAL
+        self.inbox: queue.Queue[Command | None | str] = queue.Queue()
         self.user_signal: int | None = None
         self.attempt: Attempt | None = None
         self.final_line = ""
@@ -70,12 +73,17 @@ class Wrapper:
     # -- pieces --------------------------------------------------------------------
     def _reader(self, conn: localsock.Conn) -> None:
         while True:
-            msg = conn.recv()
-            self.inbox.put(msg)
+            try:
+                msg = conn.recv()
+            except MessageError as e:
+                log.warn("agent_message_refused", job=self.job_id, error=str(e)[:300])
+                continue
+            if msg is None or isinstance(msg, Command):
+                self.inbox.put(msg)
             if msg is None:
                 return
 
-    def _send(self, msg: dict) -> None:
+    def _send(self, msg: Message) -> None:
         if self.conn is not None:
             self.conn.send(msg)
 
@@ -84,16 +92,16 @@ class Wrapper:
         next one (after a launch, a teardown for a restart, or a reattach)."""
         att = self.attempt
         if att is not None:
-            self._send({"op": "attempt", "attempt": att.number, "launcher_pid": os.getpid(),
-                        "beacon_dir": str(att.beacons), "log_dir": str(att.log_dir)})
+            self._send(AttemptStarted(attempt=att.number, launcher_pid=os.getpid(),
+                                      beacon_dir=str(att.beacons), log_dir=str(att.log_dir)))
             if self.waiting_since is not None:
                 self._send_waiting()
 
     def _send_waiting(self) -> None:
         """The attempt's ranks are down; the next generation is awaited."""
         if self.attempt is not None:
-            self._send({"op": "waiting", "attempt": self.attempt.number,
-                        "note": self.resume.note if self.resume else ""})
+            self._send(Waiting(attempt=self.attempt.number,
+                               note=self.resume.note if self.resume else ""))
 
     def _try_reattach(self, now: float) -> None:
         """The agent went away (restarted?): keep the job running, try to get back."""
@@ -110,10 +118,8 @@ class Wrapper:
     def _launch(self, number: int, resume: launch.Resume = launch.Resume()) -> Attempt:
         beacons = launch.beacon_dir(self.job_id, number)
         token = secrets.token_hex(8)
-        env = launch.job_env(dict(os.environ), job_id=self.job_id, attempt=number,
-                             beacons=beacons, token=token, resume_from=resume.path,
-                             resume_step=resume.step, state_dir=self.cfg.state_dir,
-                             log_dir=self.cfg.log_dir)
+        env = launch.job_env(dict(os.environ), self.cfg, attempt=number, beacons=beacons,
+                             token=token, resume=resume)
         Path(env["WATCHDOG_D_RANK_LOG_DIR"]).mkdir(parents=True, exist_ok=True)
         fr = launch.flight_recorder_prefix(env)
         if fr:
@@ -165,7 +171,7 @@ class Wrapper:
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.user_signal = signum
-        self.inbox.put({"op": "user_signal"})
+        self.inbox.put(USER_SIGNAL)
 
     # -- the loop ---------------------------------------------------------------------
     def run(self) -> int:
@@ -191,7 +197,7 @@ class Wrapper:
             try:
                 msg = self.inbox.get(timeout=0.1)
             except queue.Empty:
-                msg = {}
+                msg = ""
             now = time.monotonic()
             if now - last_refresh > 0.5:
                 att.processes.refresh()
@@ -199,11 +205,11 @@ class Wrapper:
             if msg is None:
                 log.warn("agent_connection_lost", job=self.job_id,
                          effect="job keeps running; reattaching every second")
-                self.conn, self.next_reattach, msg = None, now, {}
+                self.conn, self.next_reattach = None, now
             self._try_reattach(now)
-            if msg.get("op") == "user_signal":
+            if msg == USER_SIGNAL:
                 return self._user_stop()
-            if msg.get("op") == "command":
+            if isinstance(msg, Command):
                 result = self._command(msg)
                 if result is not None:
                     return result
@@ -219,19 +225,16 @@ class Wrapper:
                 if result is not None:
                     return result
 
-    def _command(self, msg: dict) -> int | None:
-        verb = msg.get("verb")
-        if verb == "dump_stacks":
+    def _command(self, cmd: Command) -> int | None:
+        if cmd.verb == "dump_stacks":
             self._dump_stacks()
             return None
-        offered = (int(msg.get("resume_step", -1)), str(msg.get("resume_from", "")))
-        if verb == "relaunch":
-            return self._relaunch(int(msg.get("attempt", 0)), offered)
-        if verb in ("teardown", "restart"):
-            verdict = convert.verdict_from_json(msg.get("verdict", ""))
-            if verb == "restart":
-                return self._restart(verdict, msg.get("action") or verb, offered)
-            return self._torn_down(verdict, msg.get("action") or verb)
+        if cmd.verb == "relaunch":
+            return self._relaunch(cmd.attempt, cmd.offered)
+        if cmd.verb == "restart":
+            return self._restart(cmd.verdict, cmd.action or cmd.verb, cmd.offered)
+        if cmd.verb == "teardown":
+            return self._torn_down(cmd.verdict, cmd.action or cmd.verb)
         return None   # "done" before the job ended: nothing to do
 
     def _restart(self, verdict: Verdict | None, action: str,
@@ -250,7 +253,7 @@ class Wrapper:
         self._stop_job(self.cfg.grace)
         log.log("attempt_stopped", job=self.job_id, attempt=att.number)
         launch.remove_attempt_beacons(att.beacons)
-        self.resume = launch.choose_resume(self.recorded, self.cfg.checkpoint_dir, self.cfg.checkpoint_rule())
+        self.resume = launch.choose_resume(self.recorded, self.cfg.checkpoint_dir, checkpoints.Rule.of(self.cfg))
         if self.resume.note:
             log.warn("resume_problem", job=self.job_id, note=self.resume.note)
         self.waiting_since = time.monotonic()
@@ -278,7 +281,7 @@ class Wrapper:
                 or (resume.path and not os.path.exists(resume.path)):
             self.recorded = [ck for ck in (offered, *self.recorded) if ck[1]]
             resume = launch.choose_resume(self.recorded, self.cfg.checkpoint_dir,
-                                          self.cfg.checkpoint_rule())
+                                          checkpoints.Rule.of(self.cfg))
         self.waiting_since, self.resume = None, None
         log.log("relaunch", job=self.job_id, attempt=number, resume_from=resume.path or "-")
         print(f"watchdog-d: job {self.job_id}: relaunching as attempt {number}"
@@ -295,7 +298,7 @@ class Wrapper:
 
     def _no_relaunch(self) -> int:
         log.error("relaunch_never_came", job=self.job_id, waited_s=round(self._wait_limit()))
-        self._send({"op": "ended", "state": "exited", "exit_code": EXIT_TORN_DOWN})
+        self._send(Ended(state="exited", exit_code=EXIT_TORN_DOWN))
         self.final_line = (f"watchdog-d: job {self.job_id} torn down: no relaunch came from the "
                            f"coordinator within {self._wait_limit():.0f}s [action: gave_up]")
         return EXIT_TORN_DOWN
@@ -305,7 +308,7 @@ class Wrapper:
         log.warn("teardown", job=self.job_id, reason=verdict.kind if verdict else "command",
                  grace_s=self.cfg.grace)
         self._stop_job(self.cfg.grace)
-        self._send({"op": "ended", "state": "exited", "exit_code": EXIT_TORN_DOWN})
+        self._send(Ended(state="exited", exit_code=EXIT_TORN_DOWN))
         # printed by the caller as the very last line on stderr
         self.final_line = f"watchdog-d: job {self.job_id} torn down: {what} [action: {action}]"
         return EXIT_TORN_DOWN
@@ -316,22 +319,20 @@ class Wrapper:
         assert att is not None
         att.processes.stop(min(self.cfg.grace, 2.0))     # leftovers of a finished job
         code = rc if rc >= 0 else 128 - rc
-        self._send({"op": "ended", "state": "exited", "exit_code": code})
+        self._send(Ended(state="exited", exit_code=code))
         deadline = time.monotonic() + (SETTLE_S if self.conn is not None else 0.0)
         while time.monotonic() < deadline:
             try:
                 msg = self.inbox.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
                 break
-            if msg is None:
+            if msg is None or msg == USER_SIGNAL:
                 break
-            if msg.get("op") == "command":
-                if msg.get("verb") in ("teardown", "restart", "relaunch"):
+            if isinstance(msg, Command):
+                if msg.verb in ("teardown", "restart", "relaunch"):
                     return self._command(msg)     # an exit status, or None: relaunch ahead
-                if msg.get("verb") == "done":
+                if msg.verb == "done":
                     return code
-            if msg.get("op") == "user_signal":
-                break
         if code != 0:
             log.warn("no_verdict", job=self.job_id, exit_code=code,
                      effect="exit status passed through")
@@ -340,7 +341,7 @@ class Wrapper:
     def _user_stop(self) -> int:
         signum = self.user_signal or signal.SIGTERM
         log.warn("stopped_by_user", job=self.job_id, signal=signal.Signals(signum).name)
-        self._send({"op": "ended", "state": "stopped", "exit_code": 128 + signum})
+        self._send(Ended(state="stopped", exit_code=128 + signum))
         att = self.attempt
         if att is not None:
             try:   # let the job see the same signal first (torchrun forwards it)

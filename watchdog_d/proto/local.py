@@ -1,0 +1,210 @@
+"""The wrapper <-> agent seam: the messages on the agent's unix socket, defined once.
+
+    wrapper -> agent                               agent -> wrapper
+      Register        the job: spec, launcher        Registered  node id, coordinator
+      AttemptStarted  an attempt runs (beacons)      Refused     why a message was not taken
+      Waiting         attempt down, next awaited     Command     a verb from the coordinator
+      Ended           the job is over, how
+
+On the socket a message is one JSON object per line: its fields plus ``op``. ``decode``
+checks every field's type and size, and a Register's spec with ``JobSpec.checked`` (the
+rules the coordinator applies to it), and raises MessageError saying what is wrong. Fields
+a peer does not know are ignored, missing ones take their defaults (a wrapper and an agent
+of different versions still understand each other).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import ClassVar, Union
+
+from ..core.model import JobSpec, SpecError, Verdict
+
+MAX_STRING = 64 << 10          # any one text field
+MAX_ITEMS = 256                # any one list
+NOTE_MAX = 1000                # a wrapper's note for people
+VERBS = ("teardown", "restart", "relaunch", "dump_stacks", "done")
+
+
+class MessageError(ValueError):
+    """A line that is not a valid message; the text says which field and why."""
+
+
+@dataclass(frozen=True)
+class Register:
+    OP: ClassVar[str] = "register"
+    spec: JobSpec
+    launcher_pid: int
+    attempt: int = 0
+
+    def check(self) -> "Register":
+        try:
+            spec = self.spec.checked()
+        except SpecError as e:
+            raise MessageError(f"spec: {e}") from None
+        _positive("launcher_pid", self.launcher_pid)
+        _not_negative("attempt", self.attempt)
+        return dataclasses.replace(self, spec=spec)
+
+
+@dataclass(frozen=True)
+class AttemptStarted:
+    OP: ClassVar[str] = "attempt"
+    attempt: int
+    launcher_pid: int
+    beacon_dir: str
+    log_dir: str = ""
+
+    def check(self) -> "AttemptStarted":
+        _not_negative("attempt", self.attempt)
+        _positive("launcher_pid", self.launcher_pid)
+        return self
+
+
+@dataclass(frozen=True)
+class Waiting:
+    OP: ClassVar[str] = "waiting"
+    attempt: int
+    note: str = ""                      # for people (a checkpoint problem, ...)
+
+    def check(self) -> "Waiting":
+        _not_negative("attempt", self.attempt)
+        return dataclasses.replace(self, note=self.note[:NOTE_MAX])
+
+
+@dataclass(frozen=True)
+class Ended:
+    OP: ClassVar[str] = "ended"
+    state: str                          # exited | stopped (by the user)
+    exit_code: int
+
+    def check(self) -> "Ended":
+        if self.state not in ("exited", "stopped"):
+            raise MessageError(f"state must be exited or stopped, not {self.state!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class Registered:
+    OP: ClassVar[str] = "registered"
+    node_id: str
+    coordinator: str = ""
+
+    def check(self) -> "Registered":
+        return self
+
+
+@dataclass(frozen=True)
+class Refused:
+    OP: ClassVar[str] = "error"
+    error: str
+
+    def check(self) -> "Refused":
+        return self
+
+
+@dataclass(frozen=True)
+class Command:
+    OP: ClassVar[str] = "command"
+    verb: str                           # one of VERBS
+    attempt: int
+    verdict: Verdict | None = None
+    action: str = ""                    # none | teardown | restart i/N | gave_up
+    resume_from: str = ""               # relaunch: the checkpoint offered ("" none)
+    resume_step: int = -1
+
+    def check(self) -> "Command":
+        if self.verb not in VERBS:
+            raise MessageError(f"verb must be one of {', '.join(VERBS)}, not {self.verb!r}")
+        _not_negative("attempt", self.attempt)
+        return self
+
+    @property
+    def offered(self) -> tuple[int, str]:
+        """(step, path) of the checkpoint the coordinator offers."""
+        return self.resume_step, self.resume_from
+
+
+Message = Union[Register, AttemptStarted, Waiting, Ended, Registered, Refused, Command]
+BY_OP: dict[str, type] = {cls.OP: cls for cls in typing.get_args(Message)}
+
+
+def encode(msg: Message) -> bytes:
+    return (json.dumps({"op": msg.OP, **dataclasses.asdict(msg)}) + "\n").encode()
+
+
+def decode(line: bytes) -> Message:
+    """One line from the socket -> the message it holds, checked; MessageError if none."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        raise MessageError("not a JSON object") from None
+    if not isinstance(obj, dict):
+        raise MessageError("not a JSON object")
+    cls = BY_OP.get(obj.get("op"))  # type: ignore[arg-type]
+    if cls is None:
+        raise MessageError(f"unknown op {str(obj.get('op'))[:40]!r}")
+    return from_plain(cls, obj).check()
+
+
+def from_plain(cls: type, obj: object, where: str = "") -> typing.Any:
+    """A dataclass ``cls`` from JSON data, every field checked against its type."""
+    if not isinstance(obj, dict):
+        raise MessageError(f"{where.rstrip('.') or cls.__name__} must be an object")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in obj:
+            values[f.name] = _value(f"{where}{f.name}", hints[f.name], obj[f.name])
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise MessageError(f"{where}{f.name} is missing")
+    return cls(**values)
+
+
+def _value(where: str, hint: typing.Any, raw: object) -> object:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        if raw is None and type(None) in typing.get_args(hint):
+            return None
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _value(where, inner, raw)
+    if origin is tuple:
+        if not isinstance(raw, list) or len(raw) > MAX_ITEMS:
+            raise MessageError(f"{where} must be a list of at most {MAX_ITEMS} items")
+        inner = typing.get_args(hint)[0]
+        return tuple(_value(f"{where}[{i}]", inner, x) for i, x in enumerate(raw))
+    if dataclasses.is_dataclass(hint):
+        return from_plain(hint, raw, f"{where}.")
+    if hint is int:
+        if isinstance(raw, bool) or not isinstance(raw, int) or abs(raw) >= 1 << 63:
+            raise MessageError(f"{where} must be a whole number, got {_show(raw)}")
+        return raw
+    if hint is float:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+            raise MessageError(f"{where} must be a finite number, got {_show(raw)}")
+        return float(raw)
+    if hint is str:
+        if not isinstance(raw, str) or len(raw) > MAX_STRING:
+            raise MessageError(f"{where} must be text of at most {MAX_STRING} characters, "
+                               f"got {_show(raw)}")
+        return raw
+    raise TypeError(f"{where}: no decoder for {hint!r}")     # a programming error
+
+
+def _show(raw: object) -> str:
+    text = repr(raw)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _positive(name: str, value: int) -> None:
+    if value <= 0:
+        raise MessageError(f"{name} must be > 0, got {value}")
+
+
+def _not_negative(name: str, value: int) -> None:
+    if value < 0:
+        raise MessageError(f"{name} must be >= 0, got {value}")
