@@ -27,7 +27,7 @@ from ..core import policy
 from ..core.model import Verdict
 from ..logs.redact import redact
 from ..proto import localsock
-from ..proto.local import AttemptStarted, Command, Ended, Message, MessageError, Waiting
+from ..proto.local import AttemptStarted, Command, Ended, Message, MessageError, Refused, Waiting
 from ..rank.api import STACK_SIGNAL
 from . import checkpoints, launch
 from .teardown import JobProcesses, become_subreaper
@@ -78,7 +78,9 @@ class Wrapper:
             except MessageError as e:
                 log.warn("agent_message_refused", job=self.job_id, error=str(e)[:300])
                 continue
-            if msg is None or isinstance(msg, Command):
+            if isinstance(msg, Refused):      # the agent did not take what this wrapper sent
+                log.warn("agent_refused", job=self.job_id, error=msg.error[:300])
+            elif msg is None or isinstance(msg, Command):
                 self.inbox.put(msg)
             if msg is None:
                 return
@@ -226,6 +228,13 @@ class Wrapper:
                     return result
 
     def _command(self, cmd: Command) -> int | None:
+        att = self.attempt
+        if cmd.verb in ("teardown", "restart") and att is not None and cmd.attempt < att.number:
+            # about an attempt this node already replaced: a verb queued while it was cut
+            # off can arrive after the relaunch that the coordinator's ack carried
+            log.log("stale_command_ignored", job=self.job_id, verb=cmd.verb,
+                    attempt=cmd.attempt, running=att.number)
+            return None
         if cmd.verb == "dump_stacks":
             self._dump_stacks()
             return None
