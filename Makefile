@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 
 .PHONY: demo test test-all bench proto clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH)"
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,gpu]'

@@ -49,7 +49,7 @@ def main() -> int:
             step()
 
     def hook(n):
-        h = rank_side._on_optimizer_step
+        h = rank_side.on_optimizer_step
         rank_side._manual = False
         for _ in range(n):
             h(None, (), {})
@@ -78,7 +78,7 @@ def main() -> int:
         plain, hooked = [], []
         for _ in range(REPEATS):
             plain.append(per_call_ns(run, 5_000))
-            handle = register_optimizer_step_post_hook(rank_side._on_optimizer_step)
+            handle = register_optimizer_step_post_hook(rank_side.on_optimizer_step)
             hooked.append(per_call_ns(run, 5_000))
             handle.remove()
         without, with_hook = statistics.median(plain), statistics.median(hooked)

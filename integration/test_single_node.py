@@ -119,7 +119,8 @@ def test_section_overrun_is_a_stall(guarded):
     g = guarded(FAST, torchrun_cmd(), train_env(WD_STEPS=30, WD_PAUSE_AT=10, WD_PAUSE_S=60,
                                                 WD_PAUSE_TIMEOUT=2))
     assert g.wait() == 75, g.stderr()
-    assert "section 'eval' overran" in g.last_stderr_line(), g.last_stderr_line()
+    assert "rank_stalled rank 0" in g.last_stderr_line() and "rank 0 in eval for 2s (its timeout 2s)" \
+        in g.last_stderr_line(), g.last_stderr_line()
     assert_no_leftovers(g.job_id)
 
 

@@ -138,15 +138,42 @@ def test_a_checkpoint_problem_is_an_incident_of_the_relaunch() -> None:
 
 
 def test_recorded_checkpoints_outlive_the_job_book() -> None:
-    c = Cluster(checkpoints={"j1": (5, "/c/step-5.pt")})
+    # a restarted coordinator: the store knows this run's record by its nodes' run tokens
+    c = Cluster(checkpoints={"r1a": (5, "/c/step-5.pt")})
     c.ingest(report("a", [rank(0, step=1)], job_spec=RESTART), 1.0)
     assert c.jobs["j1"].checkpoint == (5, "/c/step-5.pt")
     c.ingest(report("a", [rank(0, step=9, ckpt_path="/c/step-3.pt", ckpt_step=3)], job_spec=RESTART), 2.0)
-    assert c.checkpoints["j1"] == (5, "/c/step-5.pt")          # older: not taken
+    assert c.checkpoints["r1a"] == (3, "/c/step-3.pt")   # a rank of this attempt saved it: newer
     c.ingest(report("a", [rank(0, step=9, ckpt_path="/c/step-9.pt", ckpt_step=9)], job_spec=RESTART), 3.0)
-    assert c.checkpoints["j1"] == (9, "/c/step-9.pt") == c.jobs["j1"].checkpoint
-    assert c.take_new_checkpoints() == {"j1": (9, "/c/step-9.pt")}    # for the shell to store
+    c.ingest(report("b", [rank(1, step=9)], job_spec=RESTART), 3.0)          # the run's other node
+    assert c.checkpoints["r1a"] == c.checkpoints["r1b"] == (9, "/c/step-9.pt") == c.jobs["j1"].checkpoint
+    assert c.take_new_checkpoints() == {("j1", "r1a"): (9, "/c/step-9.pt"),   # for the shell to store
+                                        ("j1", "r1b"): (9, "/c/step-9.pt")}
     assert c.take_new_checkpoints() == {}
+    c.ingest(report("a", [rank(0, step=10, ckpt_path="/c/step-4.pt", ckpt_step=4)], job_spec=RESTART), 4.0)
+    assert c.jobs["j1"].checkpoint == (9, "/c/step-9.pt")     # the same attempt: older is not newer
+
+
+def test_a_new_run_under_a_used_job_id_does_not_inherit_its_checkpoint() -> None:
+    """Run 1 of "exp" finished at step 60; run 2 (same --job-id, another --checkpoint-dir) is
+    killed at step 25: its relaunch offers what run 2 recorded, never run 1's step 60."""
+    c = Cluster()
+    c.ingest(report("a", [rank(0, step=60, ckpt_path="/A/step_60.pt", ckpt_step=60)],
+                    job_spec=RESTART, run="run1"), 1.0)
+    c.ingest(report("a", [dead(0, code=0)], state="exited", job_spec=RESTART, run="run1"), 2.0)
+    c.evaluate(2.0)
+    assert c.jobs["j1"].status == "ended"
+    c.ingest(report("a", [rank(0, step=1)], job_spec=RESTART, run="run2"), 10.0)
+    book = c.jobs["j1"]
+    assert book.status == "running" and book.checkpoint is None and book.runs == {"run2"}
+    c.ingest(report("a", [rank(0, step=25, ckpt_path="/B/step_20.pt", ckpt_step=20)],
+                    job_spec=RESTART, run="run2"), 11.0)
+    c.ingest(report("a", [dead(0, sig=SIGKILL, step=25, ckpt_path="/B/step_20.pt", ckpt_step=20)],
+                    job_spec=RESTART, run="run2"), 12.0)
+    d = [x for x in c.evaluate(12.0) if x.verb == "restart"]
+    assert d and (d[0].resume_step, d[0].resume_from) == (20, "/B/step_20.pt")
+    # a coordinator restarted now knows each run's own record
+    assert c.checkpoints == {"run1": (60, "/A/step_60.pt"), "run2": (20, "/B/step_20.pt")}
 
 
 def test_backoff_is_capped_and_zero_by_default() -> None:
@@ -196,7 +223,7 @@ def test_a_node_left_behind_may_rejoin_for_a_while_then_is_lost() -> None:
 
 def test_a_restarted_coordinator_carries_out_a_restart_decided_before_it() -> None:
     # the old coordinator decided "restart 2/2" and died; both nodes wait at attempt 1
-    c = Cluster(checkpoints={"j1": (10, "/c/step-10.pt")})
+    c = Cluster(checkpoints={"r1a": (10, "/c/step-10.pt"), "r0a": (90, "/old-run/step-90.pt")})
     assert _waiting(c, "a", 500.0, attempt=1) == []        # other nodes may not have reported
     assert _waiting(c, "b", 502.0, attempt=1) == []
     d = c.evaluate(505.0)                                   # node_timeout after it learnt of the job

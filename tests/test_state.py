@@ -293,10 +293,10 @@ def test_rerun_of_an_ended_job_id_on_the_same_node_is_guarded() -> None:
     c.ingest(report("a", [rank(0, step=5)]), 0.0)
     c.ingest(report("a", [dead(0, code=0, step=5)], state="exited"), 1.0)
     assert incidents(c.evaluate(1.0))[0].verdict.kind == "job_succeeded"
-    # the same command again, an hour later
-    c.ingest(report("a", [rank(0, step=-1)]), 3600.0)
+    # the same command again, an hour later: a new wrapper, a new run
+    c.ingest(report("a", [rank(0, step=-1)], run="r2a"), 3600.0)
     assert c.evaluate(3600.0) == []
-    c.ingest(report("a", [dead(0, sig=SIGKILL, step=3)]), 3610.0)
+    c.ingest(report("a", [dead(0, sig=SIGKILL, step=3)], run="r2a"), 3610.0)
     assert [i.verdict.kind for i in incidents(c.evaluate(3610.0))] == ["rank_exited"]
 
 

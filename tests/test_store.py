@@ -109,17 +109,17 @@ def test_recorded_checkpoints_survive_a_reopen(tmp_path: Path) -> None:
     path = tmp_path / "i.db"
     s = IncidentStore(path)
     assert s.checkpoints() == {}
-    s.save_checkpoint("j1", 10, "/c/step-10.pt", 1.0)
-    s.save_checkpoint("j1", 20, "/c/step-20.pt", 2.0)
-    s.save_checkpoint("j2", 5, "/d/5", 3.0)
-    assert IncidentStore(path).checkpoints() == {"j1": (20, "/c/step-20.pt"), "j2": (5, "/d/5")}
-    assert IncidentStore(path).checkpoints(limit=1) == {"j2": (5, "/d/5")}
+    s.save_checkpoint("j1", "r1", 10, "/c/step-10.pt", 1.0)
+    s.save_checkpoint("j1", "r1", 20, "/c/step-20.pt", 2.0)
+    s.save_checkpoint("j1", "r2", 5, "/d/5", 3.0)      # the same job launched again: a new run
+    assert IncidentStore(path).checkpoints() == {"r1": (20, "/c/step-20.pt"), "r2": (5, "/d/5")}
+    assert IncidentStore(path).checkpoints(limit=1) == {"r2": (5, "/d/5")}
 
 
 def test_a_coordinator_restarted_on_the_same_state_dir_knows_the_checkpoint(tmp_path: Path) -> None:
     from watchdog_d.config import Config
     from watchdog_d.coordinator.server import Coordinator
 
-    IncidentStore(tmp_path / "incidents.sqlite").save_checkpoint("j1", 30, "/c/step-30.pt", 1.0)
+    IncidentStore(tmp_path / "incidents.sqlite").save_checkpoint("j1", "r1", 30, "/c/step-30.pt", 1.0)
     c = Coordinator(Config(state_dir=str(tmp_path)))
-    assert c.cluster.checkpoints == {"j1": (30, "/c/step-30.pt")}
+    assert c.cluster.checkpoints == {"r1": (30, "/c/step-30.pt")}

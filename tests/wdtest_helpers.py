@@ -51,14 +51,17 @@ def dead(r: int, *, code: int | None = None, sig: int | None = None, age: float 
 
 
 def report(node: str, ranks: object = (), state: str = "running", attempt: int = 0, *,
-           job_spec: JobSpec | None = None, exit_code: int = 0, seq: int = 0) -> NodeReport:
+           job_spec: JobSpec | None = None, exit_code: int = 0, seq: int = 0,
+           run: str | None = None) -> NodeReport:
     """One heartbeat of ``node`` about one job. ``ranks``: RankReports or plain rank numbers
-    (alive, at step 0, just stepped)."""
+    (alive, at step 0, just stepped). ``run``: the node's run token (default: ``r1<node>``,
+    one run, each node's wrapper with a token of its own)."""
     rs = tuple(x if isinstance(x, RankReport) else rank(int(x), step=0)  # type: ignore[arg-type]
                for x in ranks)  # type: ignore[attr-defined]
     return NodeReport(node_id=node, host=f"host-{node}", seq=seq,
                       jobs=(JobOnNode(spec=job_spec or spec(), attempt=attempt, state=state,
-                                      exit_code=exit_code, ranks=rs),))
+                                      exit_code=exit_code, ranks=rs,
+                                      run=f"r1{node}" if run is None else run),))
 
 
 # -- rank processes (rank.py tests) --------------------------------------------------------
@@ -89,7 +92,9 @@ def start_rank(code: str, env: dict[str, str]) -> subprocess.Popen:
 # optimizer). tests/conftest.py starts it when the session starts and runs its test last,
 # so it overlaps the rest of the suite instead of adding to it.
 TORCH_HOOK_CODE = """
+    import json, os, sys, tempfile, threading, time
     import torch
+    from watchdog_d.rank import beacon
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -97,6 +102,37 @@ TORCH_HOOK_CODE = """
         opt.zero_grad()
         model(torch.ones(2, 4)).sum().backward()
         opt.step()
+    # automatic sections: what a reader of the beacon sees while the rank saves and loads
+    slot = beacon.slot_path(os.environ["WATCHDOG_D_BEACON_DIR"], 0)
+    seen, done = set(), threading.Event()
+    def watch():
+        while not done.is_set():
+            v = beacon.read_slot(slot)
+            seen.add((v.section, v.section_timeout))
+            time.sleep(0.01)
+    class SlowFile:          # a slow disk: every write takes a while
+        def __init__(self, f): self.f = f
+        def write(self, b): time.sleep(0.05); return self.f.write(b)
+        def flush(self): self.f.flush()
+    threading.Thread(target=watch, daemon=True).start()
+    tmp = tempfile.mkdtemp()
+    with open(os.path.join(tmp, "m.pt"), "wb") as f:
+        torch.save(model.state_dict(), SlowFile(f))
+    torch.load(os.path.join(tmp, "m.pt"))
+    import safetensors.torch
+    safetensors.torch.save_file({"w": torch.zeros(4)}, os.path.join(tmp, "m.safetensors"))
+    time.sleep(0.05)
+    main_thread, seen = seen, set()
+    # a save in a background thread holds nothing up: no section
+    t = threading.Thread(target=lambda: torch.save({"x": 1}, SlowFile(open(os.path.join(tmp, "b.pt"), "wb"))))
+    t.start(); t.join()
+    time.sleep(0.05); done.set()
+    background, seen = seen, main_thread
+    import torch.distributed.checkpoint as dcp
+    guarded = [f.__name__ for f in (torch.save, torch.load, safetensors.torch.save_file,
+                                    safetensors.torch.load_file, dcp.save, dcp.async_save, dcp.load)
+               if getattr(f, "__watchdog_d_guarded__", False)]
+    print(json.dumps({"seen": sorted(seen), "background": sorted(background), "guarded": guarded}))
 """
 _torch_run: dict[str, object] = {}
 
@@ -105,7 +141,8 @@ def start_torch_rank() -> None:
     if "proc" not in _torch_run:
         beacon_dir = Path(tempfile.mkdtemp(prefix="wd-test-torch-"))
         _torch_run["dir"] = beacon_dir
-        _torch_run["proc"] = start_rank(TORCH_HOOK_CODE, rank_env(beacon_dir))
+        _torch_run["proc"] = start_rank(TORCH_HOOK_CODE, rank_env(
+            beacon_dir, WATCHDOG_D_CHECKPOINT_TIMEOUT="77"))
 
 
 def torch_rank_result(timeout: float = 120.0) -> tuple[int, str, str, Path]:

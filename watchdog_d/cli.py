@@ -35,6 +35,10 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-stall-timeout", dest="min_stall_timeout", type=float, metavar="SECONDS")
     p.add_argument("--stall-factor", dest="stall_factor", type=float, metavar="X")
     p.add_argument("--startup-timeout", dest="startup_timeout", type=float, metavar="SECONDS")
+    p.add_argument("--checkpoint-timeout", dest="checkpoint_timeout", type=float, metavar="SECONDS",
+                   help="a rank inside a checkpoint save or load (and its peers) gets this long (default 1800)")
+    p.add_argument("--evaluation-timeout", dest="evaluation_timeout", type=float, metavar="SECONDS",
+                   help="... inside an evaluation (Trainer.evaluate, Lightning) (default 3600)")
     p.add_argument("--node-timeout", dest="node_timeout", type=float, metavar="SECONDS")
     p.add_argument("--grace", type=float, metavar="SECONDS")
     p.add_argument("--log-dir", dest="log_dir")

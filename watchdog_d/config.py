@@ -75,6 +75,9 @@ class Config:
     stall_factor: float = _SPEC.stall_factor
     startup_timeout: float = _SPEC.startup_timeout_s
     node_timeout: float = _SPEC.node_timeout_s
+    # the automatic sections a rank opens around known long pauses (rank/hooks.py)
+    checkpoint_timeout: float = 1800.0   # torch.save/load, safetensors, DCP, Trainer checkpoints
+    evaluation_timeout: float = 3600.0   # Trainer.evaluate, Lightning's evaluation loop
     grace: float = 10.0
     log_dir: str = ""
     rank_log_max_bytes: int = 100 << 20  # each rank's log file rotates at this size (0: never)
@@ -106,7 +109,7 @@ class Config:
         except SpecError as e:
             name = next(n for n, s in SPEC_FIELDS.items() if s == e.field)
             raise ConfigError(f"{name} {e.problem}") from None
-        for name in ("poll_interval", "heartbeat_interval"):
+        for name in ("poll_interval", "heartbeat_interval", "checkpoint_timeout", "evaluation_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("grace", "alert_cooldown", "rank_log_max_bytes", "rank_log_backups"):

@@ -38,6 +38,7 @@ class LocalJob:
     conn: localsock.Conn
     uid: int
     attempt: int = 0
+    run: str = ""
     launcher_pid: int = 0
     beacon_dir: str = ""
     state: str = "running"             # running | exited | stopped | waiting (for a relaunch)
@@ -137,7 +138,7 @@ class Agent:
             if uid != 0 and owner != uid:
                 conn.send(Refused("the launcher is not your process"))
                 return None
-            job = LocalJob(spec=msg.spec, conn=conn, uid=uid, attempt=msg.attempt,
+            job = LocalJob(spec=msg.spec, conn=conn, uid=uid, attempt=msg.attempt, run=msg.run,
                            launcher_pid=msg.launcher_pid)
             with self.lock:
                 self.jobs[msg.spec.job_id] = job
@@ -222,7 +223,8 @@ class Agent:
                 if job.logs is not None:
                     ranks = with_logs(ranks, job.logs, job.spec.min_stall_timeout_s / 2)
                 job.last = JobOnNode(spec=job.spec, attempt=job.attempt, state=job.state,
-                                     exit_code=job.exit_code, ranks=ranks, note=job.note)
+                                     exit_code=job.exit_code, ranks=ranks, note=job.note,
+                                     run=job.run)
                 parts.append(job.last)
             self._seq += 1
             self._latest = NodeReport(node_id=self.node_id, host=self.host, seq=self._seq,

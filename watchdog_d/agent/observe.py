@@ -122,11 +122,15 @@ def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
             last_step_age_s=0.0, last_step_dt_s=view.step_dt, excerpt=excerpt,
             stack=_tail(track, slot.with_suffix(".stack")), **_checkpoint(view))
     since = view.step_time if view.step >= 0 else view.start_time
-    remaining = view.section_deadline - now if view.section_deadline > 0 else math.inf
+    remaining, inside = math.inf, 0.0
+    if view.section_deadline > 0:
+        remaining = view.section_deadline - now
+        inside = max(0.0, view.section_timeout - remaining)
     return RankReport(
         rank=view.rank, local_rank=view.local_rank, pid=view.pid, alive=True,
         proc_state=state, step=view.step, last_step_age_s=max(0.0, now - since),
         last_step_dt_s=view.step_dt, section=view.section, section_remaining_s=remaining,
+        section_age_s=inside,
         cpu_percent=cpu, stack=_tail(track, slot.with_suffix(".stack")), **_checkpoint(view))
 
 

@@ -140,13 +140,16 @@ class Coordinator(pb_grpc.CoordinatorServicer):
             except Exception as e:  # keep deciding whatever one job did
                 log.error("coordinator_loop_error", error=repr(e))
 
-    def _store_checkpoints(self, recorded: dict[str, tuple[int, str]]) -> None:
-        for job, (step, path) in recorded.items():
+    def _store_checkpoints(self, recorded: dict[tuple[str, str], tuple[int, str]]) -> None:
+        logged = set()
+        for (job, run), (step, path) in recorded.items():
             try:
-                self.store.save_checkpoint(job, step, path, time.time())
-                log.log("checkpoint_recorded", job=job, step=step, path=path)
+                self.store.save_checkpoint(job, run, step, path, time.time())
             except Exception as e:
                 log.error("store_failed", error=repr(e))
+            if (job, step) not in logged:
+                logged.add((job, step))
+                log.log("checkpoint_recorded", job=job, step=step, path=path)
 
     def _carry_out(self, d: Decision) -> None:
         verdict_json = ""

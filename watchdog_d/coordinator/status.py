@@ -27,7 +27,9 @@ def snapshot(cluster: Cluster, now: float) -> dict:
                     "exit_code": r.exit_code, "exit_signal": r.exit_signal,
                     "step": r.step,
                     "last_step_age_s": round(r.last_step_age_s + (since if r.alive else 0.0), 2),
-                    "section": r.section, "cpu_percent": r.cpu_percent,
+                    "section": r.section,
+                    "section_age_s": round(r.section_age_s + since, 2) if r.section else None,
+                    "cpu_percent": r.cpu_percent,
                     "log_offset": r.log_offset,
                 })
             nodes.append({"node": node_id, "host": node.host, "state": node.part.state,
@@ -39,6 +41,7 @@ def snapshot(cluster: Cluster, now: float) -> dict:
             "restarts": book.restarts,
             "step_time_p99_s": round(p99, 4),
             "step_time_median_s": round(book.steps.median(), 4),
+            "longest_pause_s": round(book.pauses.longest(), 2),
             "stall_timeout_s": round(stall_timeout(book.spec.min_stall_timeout_s,
                                                    book.spec.stall_factor, p99), 2),
             "verdict": None if book.verdict is None else book.verdict.one_line(),

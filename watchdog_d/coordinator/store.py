@@ -36,8 +36,9 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS checkpoints (   -- the newest checkpoint a job's ranks recorded
-    job   TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS run_checkpoints (   -- the newest checkpoint a run's ranks recorded
+    run   TEXT PRIMARY KEY,                     -- a node's run token (each node of a run has one)
+    job   TEXT NOT NULL,
     step  INTEGER NOT NULL,
     path  TEXT NOT NULL,
     ts    REAL NOT NULL
@@ -111,19 +112,19 @@ class IncidentStore:
             rows = conn.execute("SELECT DISTINCT job FROM incidents ORDER BY job").fetchall()
         return [r[0] for r in rows]
 
-    def save_checkpoint(self, job: str, step: int, path: str, ts: float) -> None:
+    def save_checkpoint(self, job: str, run: str, step: int, path: str, ts: float) -> None:
         with self._connect() as conn:
             conn.execute(
-                "INSERT INTO checkpoints (job, step, path, ts) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(job) DO UPDATE SET step = excluded.step, path = excluded.path,"
-                " ts = excluded.ts", (job, int(step), str(path), ts))
+                "INSERT INTO run_checkpoints (run, job, step, path, ts) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(run) DO UPDATE SET job = excluded.job, step = excluded.step,"
+                " path = excluded.path, ts = excluded.ts", (run, job, int(step), str(path), ts))
 
     def checkpoints(self, limit: int = 100_000) -> dict[str, tuple[int, str]]:
-        """job -> (step, path), the most recently recorded first ``limit``."""
+        """run token -> (step, path), the most recently recorded first ``limit``."""
         with self._connect() as conn:
-            rows = conn.execute("SELECT job, step, path FROM checkpoints ORDER BY ts DESC LIMIT ?",
+            rows = conn.execute("SELECT run, step, path FROM run_checkpoints ORDER BY ts DESC LIMIT ?",
                                 (limit,)).fetchall()
-        return {job: (int(step), path) for job, step, path in rows}
+        return {run: (int(step), path) for run, step, path in rows}
 
     def put_meta(self, key: str, value: str) -> None:
         with self._connect() as conn:

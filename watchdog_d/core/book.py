@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .model import JobOnNode, JobSpec, Verdict
-from .stall import StepTimes
+from .stall import Durations, StepTimes
 
 
 @dataclass
@@ -30,7 +30,7 @@ class JobBook:
     created_at: float
     attempt: int = 0
     nodes: dict[str, NodeView] = field(default_factory=dict)
-    steps: StepTimes = field(default_factory=StepTimes)
+    times: Durations = field(default_factory=Durations)   # step durations, pauses apart
     last_step: dict[int, int] = field(default_factory=dict)
     status: str = "running"             # running | stopping | ended
     verdict: Verdict | None = None      # the decisive verdict of this attempt
@@ -40,11 +40,22 @@ class JobBook:
     outcome: str = ""                   # succeeded | failed | stopped | torn_down
     ended_at: float | None = None
     reported: set = field(default_factory=set)    # (kind, rank) already made incidents
-    checkpoint: tuple[int, str] | None = None     # (step, path): the newest a rank recorded
+    checkpoint: tuple[int, str] | None = None     # (step, path): the newest this run's ranks recorded
+    checkpoint_attempt: int = -1                  # ... in this attempt (a later attempt's is newer)
+    runs: set = field(default_factory=set)        # the run tokens of this run's nodes
+    section_seen_at: float | None = None          # the last report with a rank inside a section
     no_progress: int = 0                # attempts in a row that ended before their first step
     restart_asked_at: float | None = None   # a restart's teardown was asked for then
     attempt_started_at: float | None = None  # this attempt was relaunched then (None: the first)
     torn_down_at: float | None = None       # ... and every node had done it by then
+
+    @property
+    def steps(self) -> StepTimes:
+        return self.times.steps
+
+    @property
+    def pauses(self) -> StepTimes:
+        return self.times.pauses
 
     @property
     def relaunch_due(self) -> bool:

@@ -11,9 +11,10 @@ culprit can be named from stacks when the timeout expires.
 """
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import replace
 import signal as _signal
+from dataclasses import replace
 
 from . import rootcause
 from .book import JobBook, NodeView
@@ -137,6 +138,10 @@ def _detect_stall(book: JobBook, now: float) -> Verdict | str | None:
     alive = [(n, r, now - n.seen_at) for n, r in book.ranks() if r.alive]
     if not alive:
         return None
+    # a rank inside a section holds the job up: its peers wait for it (DESIGN §2), and
+    # every rank's wait counts from the moment the last section was seen to end
+    held = any(math.isfinite(r.section_remaining_s) and since <= r.section_remaining_s
+               for _, r, since in alive)
     stalled, suspect = [], False
     for node, r, since in alive:
         rule, limit = rank_timeout(r.step, r.section_remaining_s, learned,
@@ -144,10 +149,15 @@ def _detect_stall(book: JobBook, now: float) -> Verdict | str | None:
         if rule == "section":
             over = since - r.section_remaining_s
             if over > 0:
-                stalled.append((node, r, f"section '{r.section}' overran its timeout by "
-                                f"{over:.1f}s", r.last_step_age_s + since))
+                inside, timeout = r.section_age_s + since, r.section_age_s + r.section_remaining_s
+                stalled.append((node, r, f"rank {r.rank} in {r.section} for {_duration(inside)} "
+                                f"(its timeout {_duration(timeout)})", inside))
+            continue
+        if held:
             continue
         age = r.last_step_age_s + since
+        if book.section_seen_at is not None:
+            age = min(age, now - book.section_seen_at)
         if age > limit:
             what = "no step since start" if rule == "startup" else "no step"
             stalled.append((node, r, f"{what} for {age:.1f}s (timeout {limit:.0f}s)", age))
@@ -158,7 +168,35 @@ def _detect_stall(book: JobBook, now: float) -> Verdict | str | None:
     return _name_culprit(book, stalled, [(n, r) for n, r, _ in alive])
 
 
+def _duration(s: float) -> str:
+    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f} min"
+
+
+BUSY_CPU = 25.0      # % of a core: a rank this busy outside a collective is working, not hung
+
+
+def _busy(r: RankReport) -> bool:
+    return r.cpu_percent >= BUSY_CPU
+
+
+def _where(r: RankReport) -> str:
+    """What the rank is doing, for people: its section, else its innermost frame."""
+    if r.section:
+        return r.section
+    m = _INNERMOST.search(r.stack)
+    return f"{m.group(3)} ({m.group(1).rsplit('/', 1)[-1]}:{m.group(2)})" if m else ""
+
+
+# the main thread's innermost frame in a faulthandler dump
+_INNERMOST = re.compile(r'(?:Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\):\n'
+                        r'\s+File "([^"]+)", line (\d+) in (\S+)')
+
+
 def _name_culprit(book: JobBook, stalled: list, alive: list) -> Verdict:
+    """Positive evidence of a hang makes a verdict: a rank frozen (T/D), a section past
+    its timeout, a rank that left its peers waiting (behind, or outside the collective
+    they wait in) and is not busy, every rank waiting inside a collective. Anything else
+    is a long pause, not a hang: a warning (policy: no action), and the watch goes on."""
     age_of = {r.rank: age for _, r, _, age in stalled}
     by_rank = {r.rank: (n, r) for n, r in alive}
     detected_after = max(age_of.values())
@@ -175,32 +213,59 @@ def _name_culprit(book: JobBook, stalled: list, alive: list) -> Verdict:
             "in uninterruptible sleep (state D: stuck in the kernel, often I/O or a GPU driver)"
         return verdict(n, r, f"rank process is {state}; peers wait for it",
                        "look at the node (dmesg, storage, GPU); the rank cannot make progress")
-    overran = [(n, r, why) for n, r, why, _ in stalled if why.startswith("section ")]
+    overran = [(n, r, why) for n, r, why, _ in stalled if r.section]
     if overran:
         n, r, why = min(overran, key=lambda x: x[1].rank)
-        return verdict(n, r, why, f"the rank is stuck in section '{r.section}' (its stack is "
-                       f"below); if the work is just slow, give the section a longer timeout")
+        return verdict(n, r, why, f"the rank is stuck in {r.section} (its stack is below); "
+                       f"if the work is just slow, give it a longer timeout")
+    culprit: tuple[NodeView, RankReport, str, str] | None = None
     if len(steps) > 1:
         low = min(steps)
         n, r = max(((n, r) for n, r in alive if r.step == low),
                    key=lambda nr: nr[1].last_step_age_s)
-        return verdict(n, r, f"rank is behind at step {low} while peers reached {max(steps)}",
-                       "the rank is stuck outside the collective: its stack is below; "
-                       "look for a hang in data loading or rank-specific code")
+        culprit = (n, r, f"rank is behind at step {low} while peers reached {max(steps)}",
+                   "the rank is stuck outside the collective: its stack is below; "
+                   "look for a hang in data loading or rank-specific code")
     stacks = {rank: bool(_COLLECTIVE_FRAME.search(r.stack)) for rank, (_, r) in by_rank.items()
               if r.stack}
     outside = [rank for rank, inside in stacks.items() if not inside]
-    if len(stacks) == len(by_rank) > 1 and len(outside) == 1:
+    if culprit is None and len(stacks) == len(by_rank) > 1 and len(outside) == 1:
         n, r = by_rank[outside[0]]
-        return verdict(n, r, "rank is not in a collective while its peers wait in one",
-                       "the rank is stuck in its own code (see its stack below): "
-                       "data loading, I/O, a lock or a sleep")
-    if len(by_rank) == 1:
+        culprit = (n, r, "rank is not in a collective while its peers wait in one",
+                   "the rank is stuck in its own code (see its stack below): "
+                   "data loading, I/O, a lock or a sleep")
+    if culprit is None and len(by_rank) == 1:
         n, r = next(iter(by_rank.values()))
-        return verdict(n, r, stalled[0][2], "the rank's stack is below; look for a hang")
-    step = next(iter(steps))
-    return _verdict(book, "collective_timeout", None, None, detected_after,
-                    f"all {len(by_rank)} ranks stopped making progress at step {step} for "
-                    f"{detected_after:.1f}s; no single rank stands out (a hang inside a collective)",
-                    "check the network fabric and NCCL logs (NCCL_DEBUG=INFO); dump the "
-                    "Flight Recorder of each rank", "")
+        culprit = (n, r, stalled[0][2], "the rank's stack is below; look for a hang")
+    if culprit is not None:
+        n, r, why, remedy = culprit
+        where = _where(r)
+        why += f" (it is in {where})" if where else ""
+        if not _busy(r):
+            return verdict(n, r, why, remedy)
+        return _long_pause(book, n, r, detected_after,
+                           f"{why}, but busy (CPU {r.cpu_percent:.0f}%): working, not hung")
+    if len(stacks) == len(by_rank) > 1 and not outside:
+        step = next(iter(steps))
+        return _verdict(book, "collective_timeout", None, None, detected_after,
+                        f"all {len(by_rank)} ranks wait inside a collective at step {step} and "
+                        f"none made progress for {detected_after:.1f}s (a hang inside the collective)",
+                        "check the network fabric and NCCL logs (NCCL_DEBUG=INFO); dump the "
+                        "Flight Recorder of each rank", "")
+    what = "no stacks yet" if not stacks else \
+        f"{len(outside)} of {len(by_rank)} ranks are outside any collective"
+    return _long_pause(book, None, None, detected_after,
+                       f"all {len(by_rank)} ranks made no step for {detected_after:.1f}s, none "
+                       f"frozen, {what}")
+
+
+def _long_pause(book: JobBook, n: NodeView | None, r: RankReport | None, after: float,
+                why: str) -> Verdict:
+    longest = book.pauses.longest()
+    before = f"; the job paused up to {longest:.0f}s before" if longest > 0 else ""
+    return _verdict(book, "long_pause", n, r, after,
+                    f"{why}: a long pause (evaluation, a checkpoint, slow data?) rather than a "
+                    f"hang{before}; not torn down, still watched",
+                    "nothing to do if the job is busy on purpose; wrap the pause in "
+                    "watchdog_d.section(...) to say so, or look at the stacks if it is not",
+                    "" if r is None else r.stack)

@@ -48,6 +48,7 @@ class RankReport:
     last_step_dt_s: float = 0.0      # duration of the last step (0: unknown)
     section: str = ""
     section_remaining_s: float = math.inf
+    section_age_s: float = 0.0       # how long it has been inside the open section
     cpu_percent: float = 0.0
     log_offset: int = 0
     stack: str = ""                  # latest stack dump of the rank, if any
@@ -148,6 +149,7 @@ class JobOnNode:
     exit_code: int = 0                #   (waiting: torn down for a restart, for the next generation)
     ranks: tuple[RankReport, ...] = ()
     note: str = ""                    # from the wrapper, for people (e.g. a checkpoint problem)
+    run: str = ""                     # this node's launch of the job (its wrapper's run token)
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,17 @@
 
     timeout = max(min_stall_timeout, stall_factor * p99(step time))
 
-- p99, not the mean: one slow step in a hundred (eval, logging, a cold cache) is
-  normal and must not look like a hang.
+- p99, not the mean: one slow step in a hundred (logging, a cold cache) is normal and
+  must not look like a hang.
 - the floor (min_stall_timeout, 60 s by default) keeps a fast job from being
   judged on a few milliseconds of jitter.
 - before the first step, startup_timeout applies (imports, data loading, compile);
   inside a section, the section's own timeout.
+- pauses are learned apart from steps: a step that overlapped a section of any rank
+  (its peers waited for a checkpoint) or took PAUSE_RATIO times the typical step (an
+  evaluation nobody declared) is a pause. Counted as a step it would hold the p99 up
+  for the next 2048 steps: one 80 s checkpoint would make the next freeze take 400 s
+  to catch.
 """
 from __future__ import annotations
 
@@ -27,21 +32,58 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
+PAUSE_RATIO = 10.0     # a step this many times the typical one is a pause
+MIN_TYPICAL = 20       # ... once this many steps tell what typical is
+
+
 @dataclass
 class StepTimes:
-    """A bounded window of observed step durations."""
+    """A bounded window of observed durations; percentiles cached until the next add."""
 
     samples: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
+    _sorted: list | None = field(default=None, repr=False)
 
     def add(self, dt: float) -> None:
         if dt > 0 and math.isfinite(dt):
             self.samples.append(dt)
+            self._sorted = None
+
+    def _quantile(self, q: float) -> float:
+        if self._sorted is None:
+            self._sorted = sorted(self.samples)
+        ordered = self._sorted
+        if not ordered:
+            return 0.0
+        return ordered[max(0, min(len(ordered) - 1, math.ceil(q / 100.0 * len(ordered)) - 1))]
 
     def p99(self) -> float:
-        return percentile(list(self.samples), 99)
+        return self._quantile(99)
 
     def median(self) -> float:
-        return percentile(list(self.samples), 50)
+        return self._quantile(50)
+
+    def longest(self) -> float:
+        return self._quantile(100)
+
+
+@dataclass
+class Durations:
+    """A job's step durations and, apart, its pauses."""
+
+    steps: StepTimes = field(default_factory=StepTimes)
+    pauses: StepTimes = field(default_factory=StepTimes)
+    _typical: float = 0.0          # the steps' median, refreshed every 32 steps
+    _until_refresh: int = 0
+
+    def add(self, dt: float, overlapped_section: bool = False) -> None:
+        if self._until_refresh <= 0:
+            self._typical = self.steps.median() if len(self.steps.samples) >= MIN_TYPICAL else 0.0
+            self._until_refresh = 32
+        if overlapped_section or (self._typical > 0 and dt > PAUSE_RATIO * self._typical):
+            self.pauses.add(dt)
+        else:
+            self._until_refresh -= 1
+            self.steps.add(dt)
 
 
 def stall_timeout(min_stall_timeout_s: float, stall_factor: float, p99_step_s: float) -> float:

@@ -6,6 +6,7 @@ policy. The gRPC shell owns one Cluster and feeds it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from . import detector, policy
@@ -44,16 +45,17 @@ class Order:
 KEEP_ENDED_S = 3600.0               # an ended job stays in the picture (status) this long
 ONCE_PER_ATTEMPT = ("rank_exited", "job_failed")      # can happen only once per attempt
 BARRIER_CAP_S = 60.0                # a relaunch waits at most this long for every node's teardown
+STACKS_REFRESH_S = 30.0             # during a long pause, stacks are asked for again this often
 
 
 class Cluster:
     def __init__(self, checkpoints: dict[str, tuple[int, str]] | None = None) -> None:
         self.jobs: dict[str, JobBook] = {}
         self.node_seen: dict[str, tuple[str, float]] = {}   # node -> (host, seen_at)
-        # job -> (step, path) of the newest checkpoint its ranks recorded; the shell
-        # loads it from the state store and saves what changes (outlives the JobBook)
+        # run token -> (step, path) of the newest checkpoint its run's ranks recorded; the
+        # shell loads it from the state store and saves what changes (outlives the JobBook)
         self.checkpoints: dict[str, tuple[int, str]] = dict(checkpoints or {})
-        self._new_checkpoints: set[str] = set()             # jobs whose record changed
+        self._new_checkpoints: set[tuple[str, str]] = set()   # (job, run) whose record changed
 
     # -- input ---------------------------------------------------------------
     def ingest(self, report: NodeReport, now: float) -> None:
@@ -61,23 +63,36 @@ class Cluster:
         for part in report.jobs:
             self._ingest_part(report, part, now)
 
+    @staticmethod
+    def _new_run(book: JobBook, part: JobOnNode) -> bool:
+        """Is ``part`` a new launch of a job id this coordinator has seen run before?
+        (the same --job-id or --rdzv-id, another srun step of one allocation)"""
+        if book.status != "ended" or part.state not in ("running", "waiting"):
+            return False
+        if part.run:
+            return part.run not in book.runs
+        return part.state == "running" and part.attempt <= book.attempt   # an agent without runs
+
     def _ingest_part(self, report: NodeReport, part: JobOnNode, now: float) -> None:
         job_id = part.spec.job_id
         book = self.jobs.get(job_id)
-        if book is None or (book.status == "ended" and part.state == "running"
-                            and part.attempt <= book.attempt):
-            # a new job, or the same job id run again (same --rdzv-id, another srun step),
-            # or a job this coordinator learns of after a restart of its own: attempt N
-            # means N restarts were spent already
+        if book is None or self._new_run(book, part):
+            # a new job, or a new run of it, or a job this coordinator learns of after a
+            # restart of its own: attempt N means N restarts were spent already, and the
+            # run's recorded checkpoint is in the store under its nodes' run tokens
             book = self.jobs[job_id] = JobBook(spec=part.spec, created_at=now, attempt=part.attempt,
                                                restarts=part.attempt,
-                                               checkpoint=self.checkpoints.get(job_id))
+                                               checkpoint=self.checkpoints.get(part.run))
             if part.state == "waiting" and part.spec.on_failure == "restart":
                 # between two attempts when this coordinator started: the restart was
                 # decided before; carry it out (the barrier, then the relaunch)
                 book.status, book.restart_asked_at = "stopping", now
                 book.restarts = part.attempt + 1
                 book.action = f"restart {book.restarts}/{part.spec.max_restarts}"
+        if part.run and part.run not in book.runs:
+            book.runs.add(part.run)            # another node of this run
+            if book.checkpoint is not None:
+                self._record_checkpoint(book, book.checkpoint, book.checkpoint_attempt)
         node = book.nodes.get(report.node_id)
         if part.attempt < book.attempt:
             # a node still at an attempt already replaced (it missed the relaunch, or
@@ -97,22 +112,35 @@ class Cluster:
                 node.exit_at[r.rank] = now - r.exit_age_s
             if r.step >= 0 and book.last_step.get(r.rank) != r.step:
                 if r.rank in book.last_step:
-                    book.steps.add(r.last_step_dt_s)
+                    # a step during which some rank was inside a section is a pause
+                    began = now - r.last_step_age_s - r.last_step_dt_s
+                    book.times.add(r.last_step_dt_s, book.section_seen_at is not None
+                                   and book.section_seen_at >= began)
                 book.last_step[r.rank] = r.step
+        if any(r.alive and math.isfinite(r.section_remaining_s) for r in part.ranks):
+            book.section_seen_at = now
         if part.state in ("exited", "stopped") and node.ended_at is None:
             node.ended_at = now      # ("waiting": down for a restart, not over)
 
     def _note_checkpoint(self, book: JobBook, part: JobOnNode) -> None:
         for r in part.ranks:
             if r.ckpt_path and r.ckpt_step >= 0 and (
-                    book.checkpoint is None or r.ckpt_step > book.checkpoint[0]):
-                book.checkpoint = (r.ckpt_step, r.ckpt_path)
-                self.checkpoints[book.spec.job_id] = book.checkpoint
-                self._new_checkpoints.add(book.spec.job_id)
+                    book.checkpoint is None or r.ckpt_step > book.checkpoint[0]
+                    or part.attempt > book.checkpoint_attempt):
+                self._record_checkpoint(book, (r.ckpt_step, r.ckpt_path), part.attempt)
 
-    def take_new_checkpoints(self) -> dict[str, tuple[int, str]]:
-        """job -> (step, path) recorded since the last call (for the shell to store)."""
-        new = {job: self.checkpoints[job] for job in self._new_checkpoints}
+    def _record_checkpoint(self, book: JobBook, record: tuple[int, str], attempt: int) -> None:
+        """This run's newest record (a later attempt's counts as newer even at a lower
+        step: it resumed from an older checkpoint), kept under each of its run tokens."""
+        book.checkpoint, book.checkpoint_attempt = record, attempt
+        for run in book.runs:
+            self.checkpoints[run] = record
+            self._new_checkpoints.add((book.spec.job_id, run))
+
+    def take_new_checkpoints(self) -> dict[tuple[str, str], tuple[int, str]]:
+        """(job, run) -> (step, path) recorded since the last call (for the shell to store)."""
+        new = {(job, run): self.checkpoints[run] for job, run in self._new_checkpoints
+               if run in self.checkpoints}
         self._new_checkpoints.clear()
         return new
 
@@ -163,7 +191,8 @@ class Cluster:
             out.extend(self._evaluate_job(book, now))
         for job_id in [j for j, b in self.jobs.items()
                        if b.ended_at is not None and now - b.ended_at > KEEP_ENDED_S]:
-            del self.jobs[job_id]
+            for run in self.jobs.pop(job_id).runs:     # the store keeps them, if needed
+                self.checkpoints.pop(run, None)
         stale = [n for n, (_, seen) in self.node_seen.items() if now - seen > KEEP_ENDED_S]
         for node_id in stale:
             del self.node_seen[node_id]
@@ -180,11 +209,19 @@ class Cluster:
             book.outcome = "stopped"      # stopped between two attempts: no relaunch
         if book.status == "running":
             found = detector.detect(book, now, {n: s for n, (_, s) in self.node_seen.items()})
-            if isinstance(found, Verdict) and (found.kind, found.rank) not in book.reported:
+            if isinstance(found, Verdict):
                 # (with an alert-only policy the job runs on and the same finding comes
-                # back every tick: one incident per kind and rank and attempt)
-                book.reported.add((found.kind, found.rank))
-                decisions.append(self._decide(book, found, now))
+                # back every tick: one incident per kind and rank and attempt; one
+                # long-pause warning per pause, whoever it names)
+                key = (found.kind, None if found.kind == "long_pause" else found.rank)
+                if key not in book.reported:
+                    book.reported.add(key)
+                    decisions.append(self._decide(book, found, now))
+                if found.kind == "long_pause" and (book.stacks_asked_at is None or
+                                                   now - book.stacks_asked_at >= STACKS_REFRESH_S):
+                    # the pause goes on: fresh stacks, so evidence of a hang can show up
+                    book.stacks_asked_at = now
+                    decisions.append(Decision(book.spec.job_id, "dump_stacks", nodes))
             elif found == detector.SUSPECT:
                 if book.stacks_asked_at is None:     # once per episode of suspicion
                     book.stacks_asked_at = now

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 from ..core.model import MAX_TEXT, JobOnNode, JobSpec, LogFinding, NodeReport, RankReport, SpecError, Verdict
 from . import watchdog_pb2 as pb
-from .local import from_plain
+from .local import RUN_MAX, from_plain
 
 
 
@@ -62,14 +62,15 @@ def rank_to_pb(r: RankReport) -> pb.RankState:
         exit_signal=r.exit_signal or 0, exit_detail=r.exit_detail, exit_age_s=r.exit_age_s,
         proc_state=r.proc_state, step=r.step, last_step_age_s=r.last_step_age_s,
         last_step_dt_s=r.last_step_dt_s, section=r.section,
-        section_remaining_s=r.section_remaining_s, cpu_percent=r.cpu_percent,
+        section_remaining_s=r.section_remaining_s, section_age_s=r.section_age_s,
+        cpu_percent=r.cpu_percent,
         log_offset=r.log_offset, stack=r.stack[-MAX_TEXT:], excerpt=r.excerpt[-MAX_TEXT:],
         findings=[finding_to_pb(f) for f in r.findings[:MAX_FINDINGS]],
         ckpt_path=r.ckpt_path[:4096], ckpt_step=r.ckpt_step)
 
 
 def rank_from_pb(m: pb.RankState) -> RankReport:
-    for name in ("exit_age_s", "last_step_age_s", "last_step_dt_s", "cpu_percent"):
+    for name in ("exit_age_s", "last_step_age_s", "last_step_dt_s", "cpu_percent", "section_age_s"):
         if not math.isfinite(getattr(m, name)):
             raise WireError(f"rank {m.rank}: {name} is not a finite number")
     if math.isnan(m.section_remaining_s):
@@ -80,7 +81,8 @@ def rank_from_pb(m: pb.RankState) -> RankReport:
         exit_detail=m.exit_detail[:500], exit_age_s=max(0.0, m.exit_age_s),
         proc_state=m.proc_state[:2], step=m.step, last_step_age_s=max(0.0, m.last_step_age_s),
         last_step_dt_s=max(0.0, m.last_step_dt_s), section=m.section[:64],
-        section_remaining_s=m.section_remaining_s, cpu_percent=m.cpu_percent,
+        section_remaining_s=m.section_remaining_s, section_age_s=max(0.0, m.section_age_s),
+        cpu_percent=m.cpu_percent,
         log_offset=m.log_offset, stack=m.stack[-MAX_TEXT:], excerpt=m.excerpt[-MAX_TEXT:],
         findings=tuple(finding_from_pb(f) for f in m.findings[:MAX_FINDINGS]),
         ckpt_path=m.ckpt_path[:4096], ckpt_step=m.ckpt_step if m.ckpt_path else -1)
@@ -90,7 +92,7 @@ def report_to_pb(r: NodeReport) -> pb.Heartbeat:
     return pb.Heartbeat(node_id=r.node_id, host=r.host, seq=r.seq, jobs=[
         pb.JobOnNode(spec=spec_to_pb(j.spec), attempt=j.attempt, state=j.state,
                      exit_code=j.exit_code, ranks=[rank_to_pb(x) for x in j.ranks],
-                     note=j.note[:1000])
+                     note=j.note[:1000], run=j.run)
         for j in r.jobs])
 
 
@@ -103,7 +105,7 @@ def report_from_pb(m: pb.Heartbeat) -> NodeReport:
             raise WireError(f"bad job state {j.state!r}")
         jobs.append(JobOnNode(spec=spec_from_pb(j.spec), attempt=max(0, j.attempt), state=j.state,
                               exit_code=j.exit_code, ranks=tuple(rank_from_pb(x) for x in j.ranks),
-                              note=j.note[:1000]))
+                              note=j.note[:1000], run=j.run[:RUN_MAX]))
     return NodeReport(node_id=m.node_id[:200], host=m.host[:200], seq=m.seq, jobs=tuple(jobs))
 
 

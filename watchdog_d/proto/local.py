@@ -27,6 +27,7 @@ from ..core.model import JobSpec, SpecError, Verdict
 MAX_STRING = 64 << 10          # any one text field
 MAX_ITEMS = 256                # any one list
 NOTE_MAX = 1000                # a wrapper's note for people
+RUN_MAX = 64                   # a run token
 VERBS = ("teardown", "restart", "relaunch", "dump_stacks", "done")
 
 
@@ -40,6 +41,7 @@ class Register:
     spec: JobSpec
     launcher_pid: int
     attempt: int = 0
+    run: str = ""                       # this launch of the job (a wrapper's token, kept on reattach)
 
     def check(self) -> "Register":
         try:
@@ -48,6 +50,8 @@ class Register:
             raise MessageError(f"spec: {e}") from None
         _positive("launcher_pid", self.launcher_pid)
         _not_negative("attempt", self.attempt)
+        if len(self.run) > RUN_MAX or not all(c.isascii() and c.isalnum() for c in self.run):
+            raise MessageError(f"run must be at most {RUN_MAX} letters and digits")
         return dataclasses.replace(self, spec=spec)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import checkpoints
 from ..config import Config
-from ..rank.api import ENV_DIR, ENV_LOG_BACKUPS, ENV_LOG_MAX_BYTES, ENV_OWNER
+from ..rank.api import ENV_DIR, ENV_LOG_BACKUPS, ENV_LOG_MAX_BYTES, ENV_OWNER, ENV_SECTION_TIMEOUTS
 from .teardown import TOKEN_ENV
 
 BOOT_DIR = str(Path(__file__).resolve().parents[1] / "rank" / "_boot")
@@ -209,6 +209,8 @@ def job_env(base: dict[str, str], cfg: Config, *, attempt: int, beacons: Path, t
     env["WATCHDOG_D_RANK_LOG_DIR"] = str(rank_log_dir(cfg.log_dir, state_dir, job_id, attempt))
     env[ENV_LOG_MAX_BYTES] = str(cfg.rank_log_max_bytes)
     env[ENV_LOG_BACKUPS] = str(cfg.rank_log_backups)
+    for kind, name in ENV_SECTION_TIMEOUTS.items():
+        env[name] = str(getattr(cfg, f"{kind}_timeout"))
     for key, value in NCCL_DEFAULTS.items():
         env.setdefault(key, value)
     names = _fr_names()

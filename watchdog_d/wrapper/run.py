@@ -8,6 +8,7 @@ here too (the zero-set-up default).
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 import socket
 import sys
@@ -83,13 +84,15 @@ def _live_socket(path: str) -> bool:
         return False
 
 
-def register(path: str, cfg: Config, command: list[str]) -> tuple[localsock.Conn, str]:
-    """Hand the job to the agent at ``path``; returns the connection and node id."""
+def register(path: str, cfg: Config, command: list[str], run: str) -> tuple[localsock.Conn, str]:
+    """Hand the job to the agent at ``path``; returns the connection and node id. ``run``:
+    this launch's token (a relaunch, a reattach keep it; another launch has its own)."""
     try:
         conn = localsock.connect(path)
     except OSError as e:
         raise WrapperError(f"cannot reach the agent at {path}: {e.strerror or e}") from None
-    conn.send(Register(spec=cfg.job_spec(redact(shlex.join(command))), launcher_pid=os.getpid()))
+    conn.send(Register(spec=cfg.job_spec(redact(shlex.join(command))), launcher_pid=os.getpid(),
+                       run=run))
     try:
         reply = conn.recv(timeout=REGISTER_TIMEOUT_S)
     except (TimeoutError, MessageError):
@@ -101,12 +104,12 @@ def register(path: str, cfg: Config, command: list[str]) -> tuple[localsock.Conn
     return conn, reply.node_id
 
 
-def _reattach(path: str, cfg: Config, command: list[str]) -> localsock.Conn | None:
+def _reattach(path: str, cfg: Config, command: list[str], run: str) -> localsock.Conn | None:
     """After the agent restarted (systemd): register again, quietly."""
     if not os.path.exists(path):
         return None
     try:
-        return register(path, cfg, command)[0]
+        return register(path, cfg, command, run)[0]
     except WrapperError:
         return None
 
@@ -139,9 +142,10 @@ def run_job(cfg: Config, command: list[str]) -> int:
         embedded = Embedded(cfg)
         path = embedded.start()
     try:
-        conn, node_id = register(path, cfg, command)
+        run = secrets.token_hex(8)
+        conn, node_id = register(path, cfg, command, run)
         wrapper = Wrapper(cfg, command, conn, node_id,
-                          reattach=lambda: _reattach(path, cfg, command))
+                          reattach=lambda: _reattach(path, cfg, command, run))
         log.log("job_guarded", job=cfg.job_id, node=wrapper.node_id, agent=path)
         rc = wrapper.run()
         if wrapper.conn is not None:
