@@ -135,3 +135,33 @@ def test_a_recorded_checkpoint_deleted_before_the_restart(guarded, alert_sink, t
     message = alert_sink.wait_for(2)[1]["message"]
     assert f"recorded checkpoint {ckpt}/step-10.pt (step 10) is gone" in message, message
     assert_no_leftovers(g.job_id)
+
+
+def test_a_rerun_under_the_same_job_id_resumes_from_its_own_checkpoint(guarded, tmp_path):
+    """Run 1 of job "exp" finishes (its last record: A/step-30.pt); run 2 of "exp" (same
+    --job-id, another --checkpoint-dir) is killed at step 12 and must come back from
+    B/step-10.pt, its own, not from run 1's step 30 (which it would then "finish" without
+    training). One coordinator (and its store) sees both runs."""
+    from cluster import Cluster
+
+    cluster = Cluster(tmp_path, ["node-a"])
+    try:
+        job = f"exp-{free_port()}"
+        a, b = tmp_path / "A", tmp_path / "B"
+        a.mkdir()
+        b.mkdir()
+        args = ["--agent-socket", cluster.sockets["node-a"], "--on-failure", "restart",
+                "--max-restarts", "1", "--grace", "3"]
+        run1 = guarded([*args, "--checkpoint-dir", str(a)], torchrun_cmd(),
+                       train_env(WD_STEPS=30, WD_CKPT_DIR=a), job_id=job)
+        assert run1.wait() == 0, run1.stderr()
+        run2 = guarded([*args, "--checkpoint-dir", str(b)], torchrun_cmd(),
+                       train_env(WD_FAULT="kill", WD_FAULT_STEP=12, WD_STEPS=30, WD_CKPT_DIR=b),
+                       job_id=job)
+        assert run2.wait() == 0, run2.stderr()
+        assert f"relaunching as attempt 1 from {b}/step-10.pt" in run2.stderr(), run2.stderr()
+        assert f"resumed from {b}/step-10.pt at step 10" in run2.stdout()
+        assert "[rank 0] done after 30 steps" in run2.stdout()
+    finally:
+        cluster.stop()
+    assert_no_leftovers(job)

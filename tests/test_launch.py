@@ -90,6 +90,12 @@ def test_resume_step_reaches_the_environment(tmp_path: Path) -> None:
                          resume=launch.Resume("/c/step-10.pt", 10))
     assert (env["WATCHDOG_D_RESUME_FROM"], env["WATCHDOG_D_RESUME_STEP"]) == ("/c/step-10.pt", "10")
     assert (env["WATCHDOG_D_RESTART_COUNT"], env["WATCHDOG_D_JOB_ID"]) == ("1", "j")
+    # a RANK in the launcher's environment is torchrun's to give, not the launcher's to boot with
+    base = {"RANK": "0", "LOCAL_RANK": "0", "PATH": "/bin"}
+    assert "RANK" not in launch.job_env(base, cfg, attempt=0, beacons=tmp_path, token="t",
+                                        command=["torchrun", "--nproc-per-node=2", "t.py"])
+    assert launch.job_env(base, cfg, attempt=0, beacons=tmp_path, token="t",
+                          command=["python", "t.py"])["RANK"] == "0"     # one rank, run directly
     # the rank's log rotation comes from the one config object
     assert (env["WATCHDOG_D_RANK_LOG_MAX_BYTES"], env["WATCHDOG_D_RANK_LOG_BACKUPS"]) == (str(100 << 20), "7")
 

@@ -57,6 +57,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
             (lib / "__init__.py").write_text("")
             (lib / "torch.py").write_text("def save_file(t, p):\n    return 'saved'\n")
             env = rank_env(d, PYTHONPATH=f"{rank_env(d)['PYTHONPATH']}:{d / 'lib'}")
+        elif env_kind == "late_boot":              # no sitecustomize: booted by the first API call
+            env = rank_env(d)
+            env.pop("PYTHONPATH")
         elif env_kind == "bad_dir":                # a beacon dir that cannot be used
             env = rank_env(None, WATCHDOG_D_BEACON_DIR=str(d / "missing" / "dir"), RANK="0")
         else:
@@ -275,6 +278,7 @@ def test_rank_auto_step_hook_with_torch() -> None:
                     ("checkpoint: safetensors save_file", 77.0)}
     assert {tuple(x) for x in out["background"]} == {("", 0.0)}
     assert out["guarded"] == ["save", "load", "save_file", "load_file", "save", "async_save", "load"]
+    assert (out["after_error"], out["nested_back"]) == ("", "upload")
     assert "watchdog-d: cannot hook" not in stderr
 
 
@@ -382,3 +386,22 @@ def test_a_hook_that_cannot_install_warns_once_and_the_job_runs_on(runs: dict[st
     lines = [ln for ln in p.stderr.splitlines() if "watchdog-d: cannot hook" in ln]
     assert len(lines) == 1 and "safetensors.torch" in lines[0] and "load_file" in lines[0], p.stderr
     assert slot(p.dir).step == 1
+
+
+LATE_BOOT = scenario("late_boot", """
+    import torch, torch.distributed.checkpoint as dcp   # imported before the rank booted
+    import watchdog_d
+    watchdog_d.step()
+    print(sorted(f.__module__ + "." + f.__name__ for f in (torch.save, torch.load, dcp.save)
+                 if getattr(f, "__watchdog_d_guarded__", False)))
+""", "late_boot")
+
+
+def test_a_late_boot_still_guards_what_was_imported_before(runs: dict[str, Run]) -> None:
+    """``import torch`` before the first watchdog_d call (no sitecustomize): torch.save,
+    re-exported by torch before the hook ran, is guarded all the same."""
+    pytest.importorskip("torch")
+    p = runs[LATE_BOOT]
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == ("['torch.distributed.checkpoint.state_dict_saver.save', "
+                                "'torch.serialization.load', 'torch.serialization.save']")

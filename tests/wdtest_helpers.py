@@ -128,11 +128,23 @@ TORCH_HOOK_CODE = """
     t.start(); t.join()
     time.sleep(0.05); done.set()
     background, seen = seen, main_thread
+    # bad input: an exception inside torch.save closes its section; sections nest
+    import watchdog_d
+    try:
+        torch.save({"x": 1}, "/nonexistent-dir/x.pt")
+    except Exception:
+        pass
+    after_error = beacon.read_slot(slot).section
+    with watchdog_d.section("upload", timeout=60):
+        with open(os.path.join(tmp, "n.pt"), "wb") as f:
+            torch.save({"x": 1}, f)
+        nested_back = beacon.read_slot(slot).section
     import torch.distributed.checkpoint as dcp
     guarded = [f.__name__ for f in (torch.save, torch.load, safetensors.torch.save_file,
                                     safetensors.torch.load_file, dcp.save, dcp.async_save, dcp.load)
                if getattr(f, "__watchdog_d_guarded__", False)]
-    print(json.dumps({"seen": sorted(seen), "background": sorted(background), "guarded": guarded}))
+    print(json.dumps({"seen": sorted(seen), "background": sorted(background), "guarded": guarded,
+                      "after_error": after_error, "nested_back": nested_back}))
 """
 _torch_run: dict[str, object] = {}
 

@@ -203,7 +203,7 @@ def on_optimizer_step(optimizer: object, args: object, kwargs: object) -> None:
     if _manual:
         return
     w = _writer
-    try:
-        w.write_step(_next_step(w), _mono())  # type: ignore[arg-type]
+    try:   # _next_step, inlined: this runs on every optimizer step
+        w.write_step(w.step + 1 if w.step >= 0 else _resumed_at + 1, _mono())  # type: ignore[union-attr]
     except Exception:
         pass

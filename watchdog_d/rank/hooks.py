@@ -86,11 +86,28 @@ def _guard_module(module: Any, targets: list[tuple[str, str, str]]) -> None:
         holder = module
         for part in filter(None, owner.split(".")):
             holder = getattr(holder, part)
-        setattr(holder, attr, guarded(getattr(holder, attr), kind, label))
+        original = getattr(holder, attr)
+        setattr(holder, attr, guarded(original, kind, label))
+        if not owner:
+            _reexports(module.__name__, attr, original, getattr(holder, attr))
+
+
+def _reexports(name: str, attr: str, original: Any, wrapped: Any) -> None:
+    """A package that re-exported the function before the hook ran (``torch.save``
+    when torch was imported before the rank booted) gets the guarded one too."""
+    while "." in name:
+        name = name.rpartition(".")[0]
+        package = sys.modules.get(name)
+        if package is not None and getattr(package, attr, None) is original:
+            setattr(package, attr, wrapped)
+
+
+step_hook: Any = None      # torch's handle of the step hook (benchmarks take it off and on)
 
 
 def _attach_step_hook(module: Any) -> None:
-    module.register_optimizer_step_post_hook(api.on_optimizer_step)
+    global step_hook
+    step_hook = module.register_optimizer_step_post_hook(api.on_optimizer_step)
 
 
 def _run(name: str, install_hook: Callable[[Any], None], module: Any) -> None:

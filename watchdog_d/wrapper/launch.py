@@ -192,11 +192,16 @@ def rank_log_dir(cfg_log_dir: str, state_dir: str, job_id: str, attempt: int) ->
 
 
 def job_env(base: dict[str, str], cfg: Config, *, attempt: int, beacons: Path, token: str,
-            resume: Resume = Resume()) -> dict[str, str]:
+            resume: Resume = Resume(), command: list[str] | None = None) -> dict[str, str]:
     """The environment of attempt ``attempt`` of the job ``cfg.job_id``."""
     job_id, state_dir = cfg.job_id, cfg.state_dir
     env = dict(base)
     env.pop(ENV_OWNER, None)          # inherited from an outer guarded job: not ours
+    if command is not None and _torchrun_at(command) is not None:
+        # torchrun gives each worker its RANK; one left in the launcher's own environment
+        # (a batch script's export) would make the launcher boot a beacon as that rank
+        for name in ("RANK", "LOCAL_RANK"):
+            env.pop(name, None)
     env.update({
         "WATCHDOG_D_JOB_ID": job_id,
         "WATCHDOG_D_RESTART_COUNT": str(attempt),

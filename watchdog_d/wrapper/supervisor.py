@@ -121,7 +121,7 @@ class Wrapper:
         beacons = launch.beacon_dir(self.job_id, number)
         token = secrets.token_hex(8)
         env = launch.job_env(dict(os.environ), self.cfg, attempt=number, beacons=beacons,
-                             token=token, resume=resume)
+                             token=token, resume=resume, command=self.command)
         Path(env["WATCHDOG_D_RANK_LOG_DIR"]).mkdir(parents=True, exist_ok=True)
         fr = launch.flight_recorder_prefix(env)
         if fr:
