@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python integration/bench_beacon.py
 	$(BIN)/python integration/bench_detect.py
 	$(BIN)/python integration/bench_restart.py
+	$(BIN)/python integration/bench_stall.py
 
 proto: $(STAMP)
 	$(BIN)/python -m watchdog_d.proto.gen

@@ -44,6 +44,14 @@ def test_frozen_rank_is_named(guarded, alert_sink):
     assert_no_leftovers(g.job_id)
 
 
+def test_a_rank_exported_by_the_batch_script_does_not_blind_the_watchdog(guarded):
+    # RANK=0 in the launcher's environment: torchrun's own process must not take rank 0's slot
+    g = guarded(FAST, torchrun_cmd(), train_env(WD_FAULT="stop", RANK=0, LOCAL_RANK=0))
+    assert g.wait() == 75, g.stderr()
+    assert "rank_stalled rank 1" in g.last_stderr_line() and "state T" in g.last_stderr_line()
+    assert_no_leftovers(g.job_id)
+
+
 def test_rank_hanging_before_collective_is_named(guarded):
     g = guarded(FAST, torchrun_cmd(), train_env(WD_FAULT="hang"))
     assert g.wait() == 75, g.stderr()
