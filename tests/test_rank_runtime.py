@@ -188,31 +188,7 @@ def test_rank_explicit_api_and_normal_exit(runs: dict[str, Run]) -> None:
 SYS_EXIT_3 = scenario("sys_exit_3", "import sys; sys.exit(3)")
 SYS_EXIT_MSG = scenario("sys_exit_msg", "import sys; sys.exit('bad config')")
 SYS_EXIT_0 = scenario("sys_exit_0", "import sys, watchdog_d; watchdog_d.step(5); sys.exit(0)")
-
-
-def test_rank_sys_exit_code(runs: dict[str, Run]) -> None:
-    p = runs[SYS_EXIT_3]
-    assert p.returncode == 3
-    v = slot(p.dir)
-    assert (v.state, v.exit_code) == (EXITED, 3)
-    assert v.detail == "sys.exit(3)"
-
-
-def test_rank_sys_exit_message(runs: dict[str, Run]) -> None:
-    p = runs[SYS_EXIT_MSG]
-    assert p.returncode == 1
-    v = slot(p.dir)
-    assert (v.state, v.exit_code) == (EXITED, 1)
-    assert "bad config" in v.detail
-
-
-def test_rank_sys_exit_zero_is_clean(runs: dict[str, Run]) -> None:
-    p = runs[SYS_EXIT_0]
-    assert p.returncode == 0
-    v = slot(p.dir)
-    assert (v.state, v.exit_code, v.step) == (EXITED, 0, 5)
-
-
+BUILTIN_EXIT = scenario("builtin_exit", "exit(3)")
 RAISE_EXIT = scenario("raise_system_exit", "raise SystemExit(3)")
 OS_EXIT_5 = scenario("os_exit_5", "import os, sys; sys.stdout.flush(); os._exit(5)")
 OS_EXIT_0 = scenario("os_exit_0", "import os; os._exit(0)")
@@ -226,38 +202,31 @@ CAUGHT_EXIT = scenario("caught_exit", """
         sys.exit(7)
     os.wait()
 """)
-BUILTIN_EXIT = scenario("builtin_exit", "exit(3)")
 
 
-def test_rank_builtin_exit_code(runs: dict[str, Run]) -> None:
-    p = runs[BUILTIN_EXIT]
-    assert p.returncode == 3
+@pytest.mark.parametrize("name, code, detail", [
+    (SYS_EXIT_3, 3, "sys.exit(3)"),
+    (SYS_EXIT_MSG, 1, "sys.exit('bad config')"),
+    (BUILTIN_EXIT, 3, "exit(3)"),
+    # no Python hook sees a bare ``raise SystemExit(3)``; the C module's on_exit handler does
+    # (the status given to exit()), so a missed zombie no longer reads as a clean exit
+    (RAISE_EXIT, 3, ""),
+    (OS_EXIT_5, 5, "os._exit(5)"),
+    (OS_EXIT_0, 0, "os._exit(0)"),     # no handler runs after os._exit: recorded when called
+    (CAUGHT_EXIT, 0, ""),              # the real exit status, not the sys.exit(2) caught
+])
+def test_the_exit_status_is_recorded(runs: dict[str, Run], name: str, code: int, detail: str) -> None:
+    p = runs[name]
+    assert p.returncode == code, p.stderr
     v = slot(p.dir)
-    assert (v.state, v.exit_code) == (EXITED, 3)
+    assert (v.state, v.exit_code, v.detail) == (EXITED, code, detail)
 
 
-def test_rank_raise_system_exit_is_recorded_with_its_code(runs: dict[str, Run]) -> None:
-    """No Python hook sees a bare ``raise SystemExit(3)``; the C module's on_exit handler
-    does (the status given to exit()), so a missed zombie no longer reads as a clean exit."""
-    p = runs[RAISE_EXIT]
-    assert p.returncode == 3
+def test_rank_sys_exit_zero_is_clean(runs: dict[str, Run]) -> None:
+    p = runs[SYS_EXIT_0]
+    assert p.returncode == 0
     v = slot(p.dir)
-    assert (v.state, v.exit_code) == (EXITED, 3)
-
-
-def test_rank_os_exit_is_recorded(runs: dict[str, Run]) -> None:
-    for name, code in ((OS_EXIT_5, 5), (OS_EXIT_0, 0)):
-        p = runs[name]
-        assert p.returncode == code
-        v = slot(p.dir)
-        assert (v.state, v.exit_code, v.detail) == (EXITED, code, f"os._exit({code})"), name
-
-
-def test_a_caught_sys_exit_is_not_the_exit_status(runs: dict[str, Run]) -> None:
-    p = runs[CAUGHT_EXIT]
-    assert p.returncode == 0, p.stderr
-    v = slot(p.dir)
-    assert (v.state, v.exit_code) == (EXITED, 0)       # the real exit, not the sys.exit(2) caught
+    assert (v.state, v.exit_code, v.step) == (EXITED, 0, 5)
 
 
 @pytest.mark.torch_subprocess

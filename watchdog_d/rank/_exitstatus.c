@@ -2,7 +2,7 @@
 
 Python cannot learn it: a bare ``raise SystemExit(3)`` at the top of a script passes no
 Python hook, and atexit handlers are not told the code. glibc's on_exit(3) is: its handler
-gets the status the process gives to exit(). ``arm(path, offset, pid)`` maps the beacon
+gets the status the process gives to exit(). ``arm(path, exit_offset, detail_offset, pid)`` maps the beacon
 slot with a MAP_SHARED mapping of its own (never unmapped, so it outlives the
 interpreter's finalization) and registers a handler that writes the slot's exit fields
 (state EXITED, the status, the CLOCK_MONOTONIC time: the clock of time.monotonic()),
@@ -27,6 +27,7 @@ handler; the agent counts those as failures anyway.
 
 static char *slot = NULL;
 static long exit_at = 0;          /* offset of (int32 state, int32 code, double time) */
+static long detail_at = 0;        /* offset of the exit detail text (NUL-terminated) */
 static pid_t owner = 0;
 
 #ifdef __GLIBC__
@@ -34,14 +35,17 @@ static void record_status(int status, void *unused) {
     (void)unused;
     if (slot == NULL || getpid() != owner)
         return;
-    int32_t state;
+    int32_t state, before;
     memcpy(&state, slot + exit_at, sizeof state);
+    memcpy(&before, slot + exit_at + 4, sizeof before);
     if (state == STATE_EXCEPTION && status != 0)
         return;                    /* the excepthook's record says more */
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     double now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
     int32_t code = status & 0xff, exited = STATE_EXITED;
+    if (state != STATE_EXITED || before != code)
+        slot[detail_at] = 0;       /* what was recorded earlier (a sys.exit(2) caught) is not it */
     memcpy(slot + exit_at + 4, &code, sizeof code);
     memcpy(slot + exit_at + 8, &now, sizeof now);
     memcpy(slot + exit_at, &exited, sizeof exited);
@@ -51,11 +55,11 @@ static void record_status(int status, void *unused) {
 static PyObject *arm(PyObject *self, PyObject *args) {
     (void)self;
     const char *path;
-    long offset, pid;
-    if (!PyArg_ParseTuple(args, "sll", &path, &offset, &pid))
+    long offset, detail, pid;
+    if (!PyArg_ParseTuple(args, "slll", &path, &offset, &detail, &pid))
         return NULL;
 #ifdef __GLIBC__
-    if (slot != NULL || offset < 0 || offset + 16 > SLOT_SIZE)
+    if (slot != NULL || offset < 0 || offset + 16 > SLOT_SIZE || detail < 0 || detail >= SLOT_SIZE)
         Py_RETURN_FALSE;
     int fd = open(path, O_RDWR | O_CLOEXEC);
     if (fd < 0)
@@ -66,6 +70,7 @@ static PyObject *arm(PyObject *self, PyObject *args) {
         Py_RETURN_FALSE;
     slot = (char *)map;
     exit_at = offset;
+    detail_at = detail;
     owner = (pid_t)pid;
     if (on_exit(record_status, NULL) != 0) {
         slot = NULL;
@@ -73,14 +78,15 @@ static PyObject *arm(PyObject *self, PyObject *args) {
     }
     Py_RETURN_TRUE;
 #else
-    (void)path; (void)offset; (void)pid;
+    (void)path; (void)offset; (void)detail; (void)pid;
     Py_RETURN_FALSE;
 #endif
 }
 
 static PyMethodDef methods[] = {
     {"arm", arm, METH_VARARGS,
-     "arm(path, offset, pid) -> bool: at exit(), write the exit status into the slot."},
+     "arm(path, exit_offset, detail_offset, pid) -> bool: at exit(), write the exit status "
+     "into the slot."},
     {NULL, NULL, 0, NULL},
 };
 

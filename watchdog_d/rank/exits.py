@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 from . import api
-from .beacon import EXCEPTION, EXITED, OFF_EXIT, RUNNING, read_slot
+from .beacon import EXCEPTION, EXITED, OFF_DETAIL, OFF_EXIT, RUNNING, read_slot
 
 _armed = False            # the C module will write the real status at exit()
 
@@ -30,7 +30,7 @@ def record_exits(slot: Path) -> None:
     try:
         from . import _exitstatus
 
-        _armed = bool(_exitstatus.arm(str(slot), OFF_EXIT, os.getpid()))
+        _armed = bool(_exitstatus.arm(str(slot), OFF_EXIT, OFF_DETAIL, os.getpid()))
     except Exception:   # not built, another interpreter, not glibc
         _armed = False
     _wrap_excepthook(slot.with_suffix(".exc"))
