@@ -20,16 +20,16 @@ import psutil
 from .. import log
 from ..config import Config
 from ..core.model import JobOnNode, JobSpec, NodeReport
+from ..logs.fingerprints import Catalogue, CatalogueError
 from ..proto import convert, localsock, rpc
+from ..proto import watchdog_pb2 as pb
+from ..proto import watchdog_pb2_grpc as pb_grpc
 from ..proto.local import (AttemptStarted, Command, Ended, Message, MessageError, Refused, Register,
                            Registered, Waiting)
-from ..logs.fingerprints import Catalogue, CatalogueError
 from .exits import ExitWatcher
 from .observe import RankTrack, observe_job
 from .ranklogs import POLL_S as LOG_POLL_S
 from .ranklogs import AttemptLogs, with_logs
-from ..proto import watchdog_pb2 as pb
-from ..proto import watchdog_pb2_grpc as pb_grpc
 
 
 @dataclass

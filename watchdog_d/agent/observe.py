@@ -17,9 +17,9 @@ from pathlib import Path
 
 import psutil
 
+from ..core.model import MAX_TEXT, RankReport
 from ..rank import beacon
 from .exits import ExitWatcher, zombie_status
-from ..core.model import MAX_TEXT, RankReport
 
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from .. import log
 from ..core.model import LogFinding
-from ..logs.fingerprints import Catalogue, Finding
 from ..logs.directory import DirectoryTailer
+from ..logs.fingerprints import Catalogue, Finding
 from ..logs.tail import Block, OffsetStore
 
 TAIL_LINES = 40

@@ -19,12 +19,12 @@ from pathlib import Path
 import grpc
 
 from .. import log
-from ..proto import rpc, convert
-from .alerts import AlertSender
 from ..config import Config
 from ..core.state import Cluster, Decision
+from ..proto import convert, rpc
 from ..proto import watchdog_pb2 as pb
 from ..proto import watchdog_pb2_grpc as pb_grpc
+from .alerts import AlertSender
 from .status import snapshot
 from .store import IncidentStore
 

@@ -25,11 +25,13 @@ WINDOW = 2048  # recent step durations kept per job
 
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile; 0.0 for no values."""
-    if not values:
+    return _nearest_rank(sorted(values), q)
+
+
+def _nearest_rank(ordered: list[float], q: float) -> float:
+    if not ordered:
         return 0.0
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, math.ceil(q / 100.0 * len(ordered)) - 1))
-    return ordered[k]
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q / 100.0 * len(ordered)) - 1))]
 
 
 PAUSE_RATIO = 10.0     # a step this many times the typical one is a pause
@@ -51,10 +53,7 @@ class StepTimes:
     def _quantile(self, q: float) -> float:
         if self._sorted is None:
             self._sorted = sorted(self.samples)
-        ordered = self._sorted
-        if not ordered:
-            return 0.0
-        return ordered[max(0, min(len(ordered) - 1, math.ceil(q / 100.0 * len(ordered)) - 1))]
+        return _nearest_rank(self._sorted, q)
 
     def p99(self) -> float:
         return self._quantile(99)
