@@ -21,7 +21,7 @@ JOB = str(Path(__file__).parent / "jobs" / "soak_loop.py")
 SHORT = dict(floor=5.0, env=dict(SOAK_S=60, STEP_S=0.1, CKPT_EVERY_S=18, CKPT_S=8, EVAL_EVERY=60,
                                  EVAL_FACTOR=10, STALL_P=0.02, STALL_MAX_S=2.5), limit=400)
 LONG = dict(floor=None, env=dict(SOAK_S=1200, STEP_S=0.2, CKPT_EVERY_S=240, CKPT_S=90, EVAL_EVERY=300,
-                                 EVAL_FACTOR=10, STALL_P=0.005, STALL_MAX_S=25), limit=2400)
+                                 EVAL_FACTOR=10, STALL_P=0.005, STALL_MAX_S=25), limit=3600)
 
 
 def _soak(guarded, tmp_path: Path, alert_sink, case: dict) -> None:
