@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 from ..core.model import MAX_TEXT, JobOnNode, JobSpec, LogFinding, NodeReport, RankReport, SpecError, Verdict
 from . import watchdog_pb2 as pb
-from .local import RUN_MAX, from_plain
+from .local import NOTE_MAX, RUN_MAX, from_plain
 
 
 
@@ -92,7 +92,7 @@ def report_to_pb(r: NodeReport) -> pb.Heartbeat:
     return pb.Heartbeat(node_id=r.node_id, host=r.host, seq=r.seq, jobs=[
         pb.JobOnNode(spec=spec_to_pb(j.spec), attempt=j.attempt, state=j.state,
                      exit_code=j.exit_code, ranks=[rank_to_pb(x) for x in j.ranks],
-                     note=j.note[:1000], run=j.run)
+                     note=j.note[:NOTE_MAX], run=j.run)
         for j in r.jobs])
 
 
@@ -105,7 +105,7 @@ def report_from_pb(m: pb.Heartbeat) -> NodeReport:
             raise WireError(f"bad job state {j.state!r}")
         jobs.append(JobOnNode(spec=spec_from_pb(j.spec), attempt=max(0, j.attempt), state=j.state,
                               exit_code=j.exit_code, ranks=tuple(rank_from_pb(x) for x in j.ranks),
-                              note=j.note[:1000], run=j.run[:RUN_MAX]))
+                              note=j.note[:NOTE_MAX], run=j.run[:RUN_MAX]))
     return NodeReport(node_id=m.node_id[:200], host=m.host[:200], seq=m.seq, jobs=tuple(jobs))
 
 
