@@ -154,9 +154,10 @@ def test_rank_failure_wins_over_launcher_failure() -> None:
 
 # -- node_lost -----------------------------------------------------------------------------
 def stuck_since(t0: float, t: float) -> list[RankReport]:
-    """Ranks 0 and 1, alive, whose last step was at t0 (node a's peers of a lost node
-    stop stepping: every step ends in a collective with the lost ranks)."""
-    return [rank(r, step=0, last_step_age_s=t - t0) for r in (0, 1)]
+    """Ranks 0 and 1, alive, whose last step (of 0.5 s: the job's pace) was at t0 (node
+    a's peers of a lost node stop stepping: every step ends in a collective with the lost
+    ranks)."""
+    return [rank(r, step=0, last_step_age_s=t - t0, last_step_dt_s=0.5) for r in (0, 1)]
 
 
 def test_silent_node_is_lost_after_node_timeout() -> None:
@@ -205,28 +206,6 @@ def test_verdict_one_line_and_rank_label() -> None:
     assert v.one_line() == "rank_exited rank 3 on b at step 7: boom"
     w = Verdict(job="j1", kind="collective_timeout", cause="hang")
     assert w.rank_label == "-" and w.one_line() == "collective_timeout rank -: hang"
-
-
-# -- node_lost needs the peers to be stuck too ---------------------------------------------
-def test_silent_node_whose_peers_keep_stepping_is_not_lost() -> None:
-    """Only the agent of node b is gone (restarting): node a's ranks keep stepping,
-    which they could not do without b's ranks, so b is not lost."""
-    c = Cluster()
-    c.ingest(report("a", [rank(0, step=10, last_step_age_s=0.0)]), 0.0)
-    c.ingest(report("b", [rank(1, step=10, last_step_age_s=0.0)]), 0.0)
-    for t in range(1, 12):       # a reports fresh steps every second; b is silent
-        c.ingest(report("a", [rank(0, step=10 + t, last_step_age_s=0.0)]), float(t))
-    assert [d for d in c.evaluate(11.0) if d.incident] == []
-
-
-def test_silent_node_whose_peers_are_stuck_is_lost() -> None:
-    c = Cluster()
-    c.ingest(report("a", [rank(0, step=10, last_step_age_s=0.0)]), 0.0)
-    c.ingest(report("b", [rank(1, step=10, last_step_age_s=0.0)]), 0.0)
-    for t in range(1, 7):        # a keeps reporting, but its rank makes no step
-        c.ingest(report("a", [rank(0, step=10, last_step_age_s=float(t))]), float(t))
-    d, v = only_verdict(c.evaluate(6.0))
-    assert v.kind == "node_lost" and v.node == "b"
 
 
 # -- root cause across ranks (log findings) ------------------------------------------------

@@ -170,9 +170,9 @@ def test_detect_returns_suspect_marker() -> None:
     c = Cluster()
     for age, expected in ((25.0, None), (45.0, detector.SUSPECT)):
         c.ingest(report("a", [rank(0, step=1, last_step_age_s=age)]), 0.0)
-        assert detector.detect(c.jobs["j1"], 0.0, {"a": 0.0}) == expected
+        assert detector.detect(c.jobs["j1"], 0.0, c.silence) == expected
     c.ingest(report("a", [rank(0, step=1, last_step_age_s=61.0)]), 0.0)
-    found = detector.detect(c.jobs["j1"], 0.0, {"a": 0.0})
+    found = detector.detect(c.jobs["j1"], 0.0, c.silence)
     assert isinstance(found, Verdict) and found.kind == "rank_stalled"
 
 

@@ -17,7 +17,7 @@ def snapshot(cluster: Cluster, now: float) -> dict:
     for job_id, book in sorted(cluster.jobs.items()):
         nodes = []
         for node_id, node in sorted(book.nodes.items()):
-            seen = cluster.node_seen.get(node_id, (node.host, node.seen_at))[1]
+            seen = cluster.silence.seen.get(node_id, node.seen_at)
             since = now - node.seen_at
             ranks = []
             for r in sorted(node.part.ranks, key=lambda r: r.rank):

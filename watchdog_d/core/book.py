@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from .model import JobOnNode, JobSpec, Verdict
 from .stall import Durations, StepTimes
 
+BARRIER_CAP_S = 60.0                # a relaunch waits at most this long for every node's teardown
+
 
 @dataclass
 class NodeView:
@@ -48,6 +50,7 @@ class JobBook:
     restart_asked_at: float | None = None   # a restart's teardown was asked for then
     attempt_started_at: float | None = None  # this attempt was relaunched then (None: the first)
     torn_down_at: float | None = None       # ... and every node had done it by then
+    judged_limit: float = float("inf")      # the stall timeout when it was last judged
 
     @property
     def steps(self) -> StepTimes:

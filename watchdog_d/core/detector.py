@@ -3,7 +3,8 @@
 Order of questions, most certain first:
 1. did a rank exit badly?            -> rank_exited   (the earliest exit is the culprit)
 2. did a node's launcher fail alone? -> job_failed
-3. did a node go silent?             -> node_lost
+3. did a node go silent?             -> node_lost when its peers corroborate
+                                        (``lost``), agent_lost when they step on
 4. is nobody making progress?        -> rank_stalled  (a culprit can be named)
                                         collective_timeout (all ranks stuck alike)
 Half-way to a stall timeout the detector asks for stack dumps (SUSPECT), so the
@@ -16,12 +17,11 @@ import re
 import signal as _signal
 from dataclasses import replace
 
-from . import rootcause
+from . import lost, rootcause
 from .book import JobBook, NodeView
 from .model import RankReport, Verdict
+from .silence import Silence
 from .stall import rank_timeout, stall_timeout
-
-CATCH_UP_S = 60.0       # a node left behind by a relaunch has this long to rejoin it
 
 SUSPECT = "suspect"
 
@@ -50,7 +50,7 @@ def _verdict(book: JobBook, kind: str, node: NodeView | None, r: RankReport | No
                    cause=cause, remedy=remedy, excerpt=excerpt, attempt=book.attempt)
 
 
-def detect(book: JobBook, now: float, node_seen: dict[str, float]) -> Verdict | str | None:
+def detect(book: JobBook, now: float, silence: Silence) -> Verdict | str | None:
     picked = rootcause.pick(book, now)
     if picked is not None:
         return _failure_verdict(book, now, *picked)
@@ -62,42 +62,17 @@ def detect(book: JobBook, now: float, node_seen: dict[str, float]) -> Verdict | 
                             f"the launcher on {node.node_id} exited with status "
                             f"{node.part.exit_code} before any rank failure was seen",
                             "read the launcher's output on that node")
-    for node in book.nodes.values():
-        if node.ended_at is not None:
-            continue
-        silent = now - node_seen.get(node.node_id, node.seen_at)
-        if node.attempt_seen < book.attempt and book.attempt_started_at is not None:
-            # left behind by the relaunch (silent at the barrier): it may rejoin for a
-            # while; a node gone for good is lost after that, not after the startup timeout
-            silent = min(silent, now - book.attempt_started_at - CATCH_UP_S)
-        if silent > book.spec.node_timeout_s and not _peers_progressed(book, node):
-            return _verdict(book, "node_lost", node, None, silent,
-                            f"no heartbeat from node {node.node_id} for {silent:.1f}s "
-                            f"(agent and ranks silent)",
-                            "check the node: power, network link, kernel log; the job "
-                            "cannot go on without it")
-    return _detect_stall(book, now)
+    silent = lost.silent_nodes(book, now, silence)
+    decisive, warning = lost.judge(book, now, silence, silent)
+    if decisive is not None:
+        return decisive
+    found = _detect_stall(book, now, silence, silent)
+    # a silent agent is worth a warning only when nothing graver is going on
+    return warning if found is None and warning is not None else found
 
 
 _OOM_REMEDY = ("check the node's kernel log (dmesg) for the OOM killer; lower host memory "
                "use (data loader workers, pinned memory) or ask for more")
-
-
-def _peers_progressed(book: JobBook, quiet: NodeView) -> bool:
-    """Did ranks elsewhere complete steps well after ``quiet`` went silent?
-
-    Ranks of one job step in lock-step (every step ends in a collective), so
-    peers that keep stepping prove the quiet node's ranks are alive: only its
-    agent is gone (restarting, say). A dead node stops its peers within a step.
-    """
-    margin = max(1.0, 2 * book.steps.p99())
-    for node in book.nodes.values():
-        if node is quiet or node.ended_at is not None:
-            continue
-        for r in node.part.ranks:
-            if r.alive and r.step >= 0 and node.seen_at - r.last_step_age_s > quiet.seen_at + margin:
-                return True
-    return False
 
 
 def _failure_verdict(book: JobBook, now: float, first: rootcause.Failure,
@@ -133,9 +108,13 @@ def _exit_remedy(r: RankReport) -> str:
     return "read the rank's traceback below; fix the error and resume from the last checkpoint"
 
 
-def _detect_stall(book: JobBook, now: float) -> Verdict | str | None:
+def _detect_stall(book: JobBook, now: float, silence: Silence,
+                  silent: dict[str, float]) -> Verdict | str | None:
     learned = stall_timeout(book.spec.min_stall_timeout_s, book.spec.stall_factor, book.steps.p99())
-    alive = [(n, r, now - n.seen_at) for n, r in book.ranks() if r.alive]
+    # a silent node's ranks are not evidence of anything (what it said is stale); its
+    # report counts as fresh from the end of any stall of the coordinator's own
+    alive = [(n, r, now - silence.since(n.seen_at)) for n, r in book.ranks()
+             if r.alive and n.node_id not in silent]
     if not alive:
         return None
     # a rank inside a section holds the job up: its peers wait for it (DESIGN §2), and

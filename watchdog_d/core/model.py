@@ -160,6 +160,7 @@ class NodeReport:
     host: str = ""
     seq: int = 0
     jobs: tuple[JobOnNode, ...] = ()
+    leaving: bool = False             # its agent is stopping: its silence from now means nothing
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ class Verdict:
     excerpt: str = ""
     attempt: int = 0
     evidence: tuple[str, ...] = field(default=())
+    advisory: bool = False            # a warning whatever the job's policy (nothing to act on)
 
     @property
     def rank_label(self) -> str:

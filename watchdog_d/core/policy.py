@@ -11,7 +11,7 @@ from __future__ import annotations
 from .model import JobSpec
 
 LIFECYCLE = {"job_succeeded", "job_failed", "restart", "gave_up", "job_stopped"}
-ALERT_ONLY = {"straggler", "long_pause"}   # warnings: the job runs on
+ALERT_ONLY = {"straggler", "long_pause", "agent_lost", "coordinator_isolated"}   # warnings
 BACKOFF_CAP_S = 600.0
 
 

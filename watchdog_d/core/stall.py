@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -40,19 +41,21 @@ MIN_TYPICAL = 20       # ... once this many steps tell what typical is
 
 @dataclass
 class StepTimes:
-    """A bounded window of observed durations; percentiles cached until the next add."""
+    """A bounded window of observed durations, also kept sorted (a new sample costs a
+    bisect and a memmove; a percentile is a lookup, however often it is asked)."""
 
     samples: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
-    _sorted: list | None = field(default=None, repr=False)
+    _sorted: list = field(default_factory=list, repr=False)
 
     def add(self, dt: float) -> None:
         if dt > 0 and math.isfinite(dt):
+            if len(self.samples) == self.samples.maxlen:
+                oldest = self.samples[0]
+                del self._sorted[bisect.bisect_left(self._sorted, oldest)]
             self.samples.append(dt)
-            self._sorted = None
+            bisect.insort(self._sorted, dt)
 
     def _quantile(self, q: float) -> float:
-        if self._sorted is None:
-            self._sorted = sorted(self.samples)
         return _nearest_rank(self._sorted, q)
 
     def p99(self) -> float:
@@ -62,7 +65,7 @@ class StepTimes:
         return self._quantile(50)
 
     def longest(self) -> float:
-        return self._quantile(100)
+        return self._sorted[-1] if self._sorted else 0.0
 
 
 @dataclass

@@ -10,8 +10,11 @@ import math
 from dataclasses import dataclass, replace
 
 from . import detector, policy
-from .book import JobBook, NodeView
+from .book import BARRIER_CAP_S, JobBook, NodeView
+from .deadline import Due, next_check, signature
 from .model import Incident, JobOnNode, NodeReport, Verdict
+from .silence import Episode, Silence
+from .stall import stall_timeout
 
 
 @dataclass(frozen=True)
@@ -44,14 +47,21 @@ class Order:
 
 KEEP_ENDED_S = 3600.0               # an ended job stays in the picture (status) this long
 ONCE_PER_ATTEMPT = ("rank_exited", "job_failed")      # can happen only once per attempt
-BARRIER_CAP_S = 60.0                # a relaunch waits at most this long for every node's teardown
 STACKS_REFRESH_S = 30.0             # during a long pause, stacks are asked for again this often
+BY_NODE = ("node_lost", "agent_lost")   # one incident per silent node, not per rank
+COORDINATOR = "(coordinator)"       # the "job" of the coordinator's own incidents (no job id has
+                                    #   parentheses, so it names no job)
 
 
 class Cluster:
     def __init__(self, checkpoints: dict[str, tuple[int, str]] | None = None) -> None:
         self.jobs: dict[str, JobBook] = {}
-        self.node_seen: dict[str, tuple[str, float]] = {}   # node -> (host, seen_at)
+        self.silence = Silence()                            # who reports, and when last
+        self.node_jobs: dict[str, set[str]] = {}            # node -> the jobs it has a part in
+        self.due = Due()                                    # job -> when to look at it again
+        self.dirty: set[str] = set()                        # jobs to look at now
+        self.episodes: list[Episode] = []                   # the coordinator's own, to say
+        self.departed: list[str] = []                       # nodes forgotten (the shell prunes)
         # run token -> (step, path) of the newest checkpoint its run's ranks recorded; the
         # shell loads it from the state store and saves what changes (outlives the JobBook)
         self.checkpoints: dict[str, tuple[int, str]] = dict(checkpoints or {})
@@ -59,7 +69,12 @@ class Cluster:
 
     # -- input ---------------------------------------------------------------
     def ingest(self, report: NodeReport, now: float) -> None:
-        self.node_seen[report.node_id] = (report.host, now)
+        """O(ranks in the report). Marks a job dirty only when something changed that
+        can change a verdict sooner than its deadline (not a step, an age, a CPU load)."""
+        if report.leaving:
+            self.silence.left(report.node_id)
+        else:
+            self.silence.heard(report.node_id, now)
         for part in report.jobs:
             self._ingest_part(report, part, now)
 
@@ -83,6 +98,7 @@ class Cluster:
             book = self.jobs[job_id] = JobBook(spec=part.spec, created_at=now, attempt=part.attempt,
                                                restarts=part.attempt,
                                                checkpoint=self.checkpoints.get(part.run))
+            self.dirty.add(job_id)
             if part.state == "waiting" and part.spec.on_failure == "restart":
                 # between two attempts when this coordinator started: the restart was
                 # decided before; carry it out (the barrier, then the relaunch)
@@ -98,6 +114,8 @@ class Cluster:
             # a node still at an attempt already replaced (it missed the relaunch, or
             # its ranks are being stopped): alive, and told to catch up or stop
             if node is not None:
+                if (part.state, part.note) != (node.part.state, node.part.note):
+                    self.dirty.add(job_id)
                 node.seen_at, node.attempt_seen = now, part.attempt
                 node.part = replace(node.part, state=part.state, note=part.note)
             return
@@ -105,6 +123,10 @@ class Cluster:
             self._new_attempt(book, part.attempt, now)
         if node is None:
             node = book.nodes[report.node_id] = NodeView(report.node_id, report.host, now, part)
+            self.node_jobs.setdefault(report.node_id, set()).add(job_id)
+            self.dirty.add(job_id)
+        elif node.attempt_seen != part.attempt or signature(node.part) != signature(part):
+            self.dirty.add(job_id)
         node.seen_at, node.host, node.part, node.attempt_seen = now, report.host, part, part.attempt
         self._note_checkpoint(book, part)
         for r in part.ranks:
@@ -117,6 +139,9 @@ class Cluster:
                     book.times.add(r.last_step_dt_s, book.section_seen_at is not None
                                    and book.section_seen_at >= began)
                 book.last_step[r.rank] = r.step
+        if stall_timeout(book.spec.min_stall_timeout_s, book.spec.stall_factor,
+                         book.steps.p99()) < book.judged_limit:
+            self.dirty.add(job_id)     # faster steps: an earlier deadline than the one planned
         if any(r.alive and math.isfinite(r.section_remaining_s) for r in part.ranks):
             book.section_seen_at = now
         if part.state in ("exited", "stopped") and node.ended_at is None:
@@ -165,8 +190,9 @@ class Cluster:
         generation it has not started; the end of a job it waits in that will not
         come back."""
         out = []
-        for job_id, book in self.jobs.items():
-            node = book.nodes.get(node_id)
+        for job_id in sorted(self.node_jobs.get(node_id, ())):
+            book = self.jobs.get(job_id)
+            node = book.nodes.get(node_id) if book is not None else None
             if node is None:
                 continue
             behind = node.attempt_seen < book.attempt
@@ -186,17 +212,61 @@ class Cluster:
 
     # -- decisions -------------------------------------------------------------
     def evaluate(self, now: float) -> list[Decision]:
+        """Look at the jobs that changed and those whose moment came (``deadline``);
+        first, at the coordinator's own standing (``silence``)."""
         out: list[Decision] = []
-        for book in self.jobs.values():
+        episode = self.silence.check(now)
+        if episode is not None:
+            out.extend(self._episode(episode))
+        for job_id in sorted(self.dirty.union(self.due.pop_due(now))):
+            book = self.jobs.get(job_id)
+            if book is None:
+                self.due.forget(job_id)
+                continue
+            if book.ended_at is not None and now - book.ended_at > KEEP_ENDED_S:
+                self._forget_job(job_id)
+                continue
             out.extend(self._evaluate_job(book, now))
-        for job_id in [j for j, b in self.jobs.items()
-                       if b.ended_at is not None and now - b.ended_at > KEEP_ENDED_S]:
-            for run in self.jobs.pop(job_id).runs:     # the store keeps them, if needed
-                self.checkpoints.pop(run, None)
-        stale = [n for n, (_, seen) in self.node_seen.items() if now - seen > KEEP_ENDED_S]
-        for node_id in stale:
-            del self.node_seen[node_id]
+            book.judged_limit = stall_timeout(book.spec.min_stall_timeout_s,
+                                              book.spec.stall_factor, book.steps.p99())
+            self.due.at(job_id, book.ended_at + KEEP_ENDED_S + 1.0 if book.ended_at is not None
+                        else next_check(book, now, self.silence))
+        self.dirty.clear()
         return out
+
+    def own_stall(self, began: float, ended: float) -> list[Decision]:
+        """The shell's loop did not run from ``began`` to ``ended`` (see ``silence``)."""
+        return self._episode(self.silence.own_stall(began, ended))
+
+    def _episode(self, episode: Episode) -> list[Decision]:
+        self.episodes.append(episode)
+        if not episode.began:
+            return []
+        v = Verdict(job=COORDINATOR, kind="coordinator_isolated", cause=episode.cause,
+                    remedy="check the coordinator's host and network (load, link, a paused "
+                           "VM); jobs were not judged on the silence, none was torn down",
+                    advisory=True)
+        urls = tuple(dict.fromkeys(u for b in self.jobs.values() if b.status != "ended"
+                                   for u in b.spec.alert_urls))
+        return [Decision(COORDINATOR, "none", (), Incident(0.0, v, "none"), alert=True,
+                         alert_urls=urls)]
+
+    def _forget_job(self, job_id: str) -> None:
+        book = self.jobs.pop(job_id)
+        self.due.forget(job_id)
+        for run in book.runs:                  # the store keeps them, if needed
+            self.checkpoints.pop(run, None)
+        for node_id in book.nodes:
+            jobs = self.node_jobs.get(node_id)
+            if jobs is not None:
+                jobs.discard(job_id)
+                if not jobs:
+                    del self.node_jobs[node_id]
+
+    def forget_departed(self) -> list[str]:
+        """Nodes silent so long they left (``silence.ACTIVE_S``), for the shell to prune."""
+        gone, self.silence.departed = self.silence.departed, []
+        return gone
 
     def _evaluate_job(self, book: JobBook, now: float) -> list[Decision]:
         decisions: list[Decision] = []
@@ -208,12 +278,13 @@ class Cluster:
         elif book.relaunch_due and user_stopped:
             book.outcome = "stopped"      # stopped between two attempts: no relaunch
         if book.status == "running":
-            found = detector.detect(book, now, {n: s for n, (_, s) in self.node_seen.items()})
+            found = detector.detect(book, now, self.silence)
             if isinstance(found, Verdict):
                 # (with an alert-only policy the job runs on and the same finding comes
                 # back every tick: one incident per kind and rank and attempt; one
-                # long-pause warning per pause, whoever it names)
-                key = (found.kind, None if found.kind == "long_pause" else found.rank)
+                # long-pause warning per pause, whoever it names; one per silent node)
+                key = (found.kind, None if found.kind == "long_pause" else
+                       found.node if found.kind in BY_NODE else found.rank)
                 if key not in book.reported:
                     book.reported.add(key)
                     decisions.append(self._decide(book, found, now))
@@ -253,7 +324,7 @@ class Cluster:
             return []    # a restart inherited from a coordinator before us: let every node report
         if book.torn_down_at is None:
             def pending(n: NodeView) -> bool:
-                silent = now - self.node_seen.get(n.node_id, ("", n.seen_at))[1]
+                silent = self.silence.silent_for(n.node_id, now, n.seen_at)
                 return (n.attempt_seen == book.attempt and n.part.state != "waiting"
                         and silent <= book.spec.node_timeout_s)
             if any(pending(n) for n in book.nodes.values()) and now - asked < BARRIER_CAP_S:
@@ -279,6 +350,9 @@ class Cluster:
                          resume_from=path, resume_step=step)]
 
     def _decide(self, book: JobBook, verdict: Verdict, now: float) -> Decision:
+        if verdict.advisory:       # a warning: the job runs on whatever its policy
+            return Decision(book.spec.job_id, "none", (), Incident(0.0, verdict, "none"),
+                            alert=True, alert_urls=book.spec.alert_urls)
         book.no_progress = 0 if book.last_step else book.no_progress + 1
         action = policy.decide(verdict.kind, book.spec, book.restarts, book.no_progress)
         if action == "gave_up" and policy.crash_looping(book.spec, book.no_progress):
@@ -318,3 +392,4 @@ class Cluster:
             return [Decision(book.spec.job_id, "none", (), Incident(0.0, v, "none"))]
         book.outcome = "failed"
         return []
+

@@ -187,6 +187,10 @@ def _value(where: str, hint: typing.Any, raw: object) -> object:
         if isinstance(raw, bool) or not isinstance(raw, int) or abs(raw) >= 1 << 63:
             raise MessageError(f"{where} must be a whole number, got {_show(raw)}")
         return raw
+    if hint is bool:
+        if not isinstance(raw, bool):
+            raise MessageError(f"{where} must be true or false, got {_show(raw)}")
+        return raw
     if hint is float:
         if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
             raise MessageError(f"{where} must be a finite number, got {_show(raw)}")
