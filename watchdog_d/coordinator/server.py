@@ -1,70 +1,88 @@
 """The coordinator: the only place that decides.
 
-A thin shell around ``core.state.Cluster``: heartbeats come in over gRPC
-(Report), verdicts go out as verbs on each node's Watch stream, every incident is
-written to the SQLite log and handed to the alert sender (which never blocks this
-path). A status snapshot is written to ``STATE_DIR/status.json`` each second so
-``watchdog-d status`` works without a connection.
+A thin shell around ``core.state.Cluster``, on one asyncio event loop in a thread of
+its own (``grpc.aio``, see ``service``): heartbeats come in (Report), verdicts go out
+as verbs on each node's Watch stream. The decision loop wakes when a report changed
+something that matters, or every TICK_S to look at the jobs whose moment came
+(``core.deadline``); it notices when it itself ran late (a paused VM, overload) and
+tells the core, which then judges no node on that silence. Slow I/O never runs on
+the loop: incidents and checkpoints go to SQLite, the status snapshot to
+``STATE_DIR/status.json``, both from a worker thread, after the verbs are queued;
+alerts go to the sender's thread.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-import grpc
-
 from .. import log
 from ..config import Config
+from ..core.silence import OWN_STALL_S
 from ..core.state import Cluster, Decision
 from ..proto import convert, rpc
 from ..proto import watchdog_pb2 as pb
-from ..proto import watchdog_pb2_grpc as pb_grpc
 from .alerts import AlertSender
+from .service import BadRequest, Outbox, handlers
 from .status import snapshot
 from .store import IncidentStore
 
 TICK_S = 0.1
+STATUS_MIN_S = 0.25       # the snapshot is rebuilt at most this often ...
+STATUS_SHARE = 0.02       # ... and at most this share of the loop's time goes to it
+STATUS_WRITE_S = 1.0      # status.json is rewritten this often (or on a decision)
 
 
-class _Outbox:
-    """Per node: a queue of commands and the generation of its live Watch stream."""
-
-    def __init__(self) -> None:
-        self.queue: queue.Queue = queue.Queue(maxsize=10_000)
-        self.generation = 0
-
-
-class Coordinator(pb_grpc.CoordinatorServicer):
+class Coordinator:
     def __init__(self, cfg: Config, *, clock=time.monotonic, sender: AlertSender | None = None):
         self.cfg = cfg
         self.clock = clock
-        self.lock = threading.Lock()
-        self.wake = threading.Event()
-        self.outboxes: dict[str, _Outbox] = {}
         self.store = IncidentStore(Path(cfg.state_dir) / "incidents.sqlite")
         # a restarted coordinator still knows each job's recorded checkpoint
         self.cluster = Cluster(checkpoints=self.store.checkpoints())
         self.sender = sender or AlertSender(tuple(cfg.alert), cooldown_s=cfg.alert_cooldown)
-        self.server: grpc.Server | None = None
+        self.outboxes: dict[str, Outbox] = {}
         self.port = 0
-        self._stop = threading.Event()
+        self.counters = {"reports": 0, "reports_refused": 0, "commands": 0, "commands_dropped": 0}
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._done: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="coordinator-io")
+        self._status_io = ThreadPoolExecutor(1, thread_name_prefix="coordinator-status")
+        self._snap: dict = {"written_at": time.time(), "jobs": []}
+        self._snap_at, self._snap_cost = float("-inf"), 0.0
+        self._snap_json: tuple[dict, str] | None = None
+        self._written_at = float("-inf")
         self._metrics = None
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self, listen: str | None = None) -> int:
         Path(self.cfg.state_dir).mkdir(parents=True, exist_ok=True)
-        self.server, self.port = rpc.make_server(self.cfg, listen or self.cfg.listen)
-        self.server.add_generic_rpc_handlers((_handlers(self),))
-        self.server.start()
-        self.sender.start()
-        self._thread = threading.Thread(target=self._loop, name="coordinator", daemon=True)
+        ready, failed = threading.Event(), []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self.loop = loop
+            try:
+                loop.run_until_complete(self._serve(listen or self.cfg.listen, ready))
+            except BaseException as e:       # cannot listen, bad credentials: the caller hears
+                failed.append(e)
+            finally:
+                ready.set()
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="coordinator", daemon=True)
         self._thread.start()
+        ready.wait()
+        if failed:
+            raise failed[0]
+        self.sender.start()
         if self.cfg.metrics_port:
             from .metrics import serve_metrics
 
@@ -73,72 +91,128 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 state_dir=self.cfg.state_dir)
         return self.port
 
+    async def _serve(self, listen: str, ready: threading.Event) -> None:
+        self._done, self._wake = asyncio.Event(), asyncio.Event()
+        server, self.port = rpc.make_server(self.cfg, listen)
+        server.add_generic_rpc_handlers((handlers(self),))
+        await server.start()
+        ready.set()
+        deciding = asyncio.create_task(self._decide_loop())
+        await self._done.wait()
+        deciding.cancel()
+        for box in self.outboxes.values():       # end every Watch stream
+            if box.stream is not None:
+                box.stream.put_nowait(None)
+        await server.stop(0.5)
+
     def stop(self, flush_alerts_s: float = 5.0) -> None:
-        self._stop.set()
-        self.wake.set()
-        if self._thread:
-            self._thread.join(timeout=2)
-        if self.server:
-            self.server.stop(grace=0.5).wait(2)
+        if self.loop is not None and self._thread is not None and self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self._done.set)   # type: ignore[union-attr]
+            self._thread.join(timeout=5)
         if self._metrics:
             self._metrics.shutdown()
         self.sender.stop(timeout=flush_alerts_s)
-        self._write_status()
+        self._io.shutdown(wait=True)
+        self._status_io.shutdown(wait=True)
+        self._write_status(snapshot(self.cluster, self.clock()))
 
-    # -- gRPC handlers -------------------------------------------------------------
-    def Report(self, request: pb.Heartbeat, context: grpc.ServicerContext) -> pb.HeartbeatAck:
+    # -- reports and commands (on the loop) -------------------------------------------
+    def report(self, request: pb.Heartbeat) -> pb.HeartbeatAck:
         try:
             report = convert.report_from_pb(request)
         except (convert.WireError, ValueError) as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad heartbeat: {e}")
-        with self.lock:
-            self.cluster.ingest(report, self.clock())
-            orders = [pb.Command(job_id=o.job_id, verb=o.verb, attempt=o.attempt,
-                                 verdict_json=convert.verdict_to_json(o.verdict) if o.verdict else "",
-                                 action=o.action, resume_from=o.resume_from, resume_step=o.resume_step)
-                      for o in self.cluster.standing_orders(report.node_id)]
-        self.wake.set()   # evaluate now: an exit must not wait for the next tick
+            self.counters["reports_refused"] += 1
+            raise BadRequest(f"bad heartbeat: {e}") from None
+        self.counters["reports"] += 1
+        self.cluster.ingest(report, self.clock())
+        orders = [pb.Command(job_id=o.job_id, verb=o.verb, attempt=o.attempt,
+                             verdict_json=convert.verdict_to_json(o.verdict) if o.verdict else "",
+                             action=o.action, resume_from=o.resume_from, resume_step=o.resume_step)
+                  for o in self.cluster.standing_orders(report.node_id)]
+        if self.cluster.dirty:
+            self._wake.set()     # type: ignore[union-attr]   # an exit must not wait for a tick
         return pb.HeartbeatAck(seq=request.seq, commands=orders)
 
-    def Watch(self, request: pb.WatchRequest, context: grpc.ServicerContext):
-        if not request.node_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "watch without node_id")
-        with self.lock:
-            box = self.outboxes.setdefault(request.node_id, _Outbox())
-            box.generation += 1
-            mine = box.generation
-        log.log("node_watching", node=request.node_id)
-        while context.is_active() and not self._stop.is_set() and box.generation == mine:
+    def outbox(self, node: str) -> Outbox:
+        box = self.outboxes.get(node)
+        if box is None:
+            box = self.outboxes[node] = Outbox()
+        return box
+
+    # -- deciding ------------------------------------------------------------------------
+    async def _decide_loop(self) -> None:
+        last = self.clock()
+        while True:
             try:
-                yield box.queue.get(timeout=0.5)
-            except queue.Empty:
-                continue
-
-    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
-        return pb.StatusReply(json=json.dumps(self.status()))
-
-    # -- deciding -------------------------------------------------------------------
-    def status(self) -> dict:
-        with self.lock:
-            return snapshot(self.cluster, self.clock())
-
-    def _loop(self) -> None:
-        last_status = 0.0
-        while not self._stop.is_set():
-            self.wake.wait(TICK_S)
-            self.wake.clear()
+                await asyncio.wait_for(self._wake.wait(), TICK_S)   # type: ignore[union-attr]
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()                                       # type: ignore[union-attr]
+            now = self.clock()
             try:
-                with self.lock:
-                    decisions = self.cluster.evaluate(self.clock())
-                    recorded = self.cluster.take_new_checkpoints()
-                self._store_checkpoints(recorded)
+                decisions: list[Decision] = []
+                if now - last > TICK_S + OWN_STALL_S:
+                    # this loop did not run: whatever nodes said waits in its sockets
+                    decisions += self.cluster.own_stall(last, now)
+                decisions += self.cluster.evaluate(now)
+                recorded = self.cluster.take_new_checkpoints()
+                self._prune(self.cluster.forget_departed())
+                for episode in self.cluster.episodes:
+                    log.warn("coordinator_isolated" if episode.began else "coordinator_rejoined",
+                             cause=episode.cause, quiet_nodes=episode.quiet,
+                             nodes=episode.active)
+                self.cluster.episodes.clear()
                 for d in decisions:
                     self._carry_out(d)
-                if self.clock() - last_status >= 1.0 or decisions:
-                    last_status = self.clock()
-                    self._write_status()
+                if recorded:
+                    self._io.submit(self._store_checkpoints, recorded)
+                if decisions or now - self._written_at >= max(STATUS_WRITE_S, self._snap_interval()):
+                    self._written_at = now
+                    self._status_io.submit(self._write_status, self._snapshot())
             except Exception as e:  # keep deciding whatever one job did
                 log.error("coordinator_loop_error", error=repr(e))
+            last = self.clock()
+
+    def _prune(self, departed: list[str]) -> None:
+        for node in departed:
+            box = self.outboxes.get(node)
+            if box is not None and box.idle:
+                del self.outboxes[node]
+            log.log("node_departed", node=node)
+
+    def _carry_out(self, d: Decision) -> None:
+        """Verbs first (a teardown waits for nothing), then the record and the alert."""
+        incident = None if d.incident is None else replace(d.incident, ts=time.time())
+        verdict_json = convert.verdict_to_json(incident.verdict) if incident else ""
+        if d.verb != "none":
+            action = incident.action if incident else ""
+            attempt = d.attempt if d.attempt >= 0 else incident.verdict.attempt if incident else 0
+            for node in d.nodes:
+                cmd = pb.Command(job_id=d.job_id, verb=d.verb, attempt=attempt,
+                                 verdict_json=verdict_json, action=action,
+                                 resume_from=d.resume_from, resume_step=d.resume_step)
+                self.counters["commands"] += 1
+                if not self.outbox(node).put(cmd):
+                    self.counters["commands_dropped"] += 1
+                    log.warn("command_dropped", node=node, reason="the node has not listened "
+                             "for long; its oldest queued command made room")
+            log.log("command", job=d.job_id, verb=d.verb, attempt=attempt, nodes=",".join(d.nodes),
+                    resume_from=d.resume_from or None)
+        if incident is not None:
+            v = incident.verdict
+            log.log("verdict", job=v.job, kind=v.kind, rank=v.rank_label, node=v.node,
+                    step=v.step, action=incident.action,
+                    detected_after_s=f"{v.detected_after_s:.2f}", cause=v.cause)
+            self._io.submit(self._record, incident)
+            if d.alert:
+                self.sender.submit(incident, d.alert_urls)
+
+    # -- I/O off the loop --------------------------------------------------------------
+    def _record(self, incident) -> None:  # type: ignore[no-untyped-def]
+        try:
+            self.store.record(incident)
+        except Exception as e:
+            log.error("store_failed", error=repr(e))
 
     def _store_checkpoints(self, recorded: dict[tuple[str, str], tuple[int, str]]) -> None:
         logged = set()
@@ -151,93 +225,62 @@ class Coordinator(pb_grpc.CoordinatorServicer):
                 logged.add((job, step))
                 log.log("checkpoint_recorded", job=job, step=step, path=path)
 
-    def _carry_out(self, d: Decision) -> None:
-        verdict_json = ""
-        if d.incident is not None:
-            incident = replace(d.incident, ts=time.time())
-            v = incident.verdict
-            log.log("verdict", job=v.job, kind=v.kind, rank=v.rank_label, node=v.node,
-                    step=v.step, action=incident.action,
-                    detected_after_s=f"{v.detected_after_s:.2f}", cause=v.cause)
-            try:
-                self.store.record(incident)
-            except Exception as e:
-                log.error("store_failed", error=repr(e))
-            if d.alert:
-                self.sender.submit(incident, d.alert_urls)
-            verdict_json = convert.verdict_to_json(v)
-        if d.verb == "none":
-            return
-        action = d.incident.action if d.incident else ""
-        attempt = d.attempt if d.attempt >= 0 else d.incident.verdict.attempt if d.incident else 0
-        for node in d.nodes:
-            cmd = pb.Command(job_id=d.job_id, verb=d.verb, attempt=attempt,
-                             verdict_json=verdict_json, action=action,
-                             resume_from=d.resume_from, resume_step=d.resume_step)
-            with self.lock:
-                box = self.outboxes.setdefault(node, _Outbox())
-            try:
-                box.queue.put_nowait(cmd)
-            except queue.Full:
-                log.warn("command_dropped", node=node, verb=d.verb, reason="outbox full")
-        log.log("command", job=d.job_id, verb=d.verb, attempt=attempt, nodes=",".join(d.nodes),
-                resume_from=d.resume_from or None)
-
-    def _write_status(self) -> None:
+    def _write_status(self, snap: dict) -> None:
         path = Path(self.cfg.state_dir) / "status.json"
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         try:
-            tmp.write_text(json.dumps(self.status()))
+            tmp.write_text(json.dumps(snap))
             os.replace(tmp, path)
         except OSError as e:
             log.warn("status_write_failed", error=e.strerror)
 
+    # -- status ---------------------------------------------------------------------------
+    def _snap_interval(self) -> float:
+        return max(STATUS_MIN_S, self._snap_cost / STATUS_SHARE)
 
-class _Malformed:
-    """Stands for a request whose bytes did not parse; the handler answers
-    INVALID_ARGUMENT (gRPC's default would be an opaque INTERNAL)."""
+    def _snapshot(self) -> dict:
+        """The status picture, rebuilt at most every ``_snap_interval`` (on the loop)."""
+        now = self.clock()
+        if now - self._snap_at >= self._snap_interval():
+            began = time.perf_counter()
+            self._snap = snapshot(self.cluster, now)
+            self._snap_cost, self._snap_at = time.perf_counter() - began, now
+        return self._snap
 
-    def __init__(self, error: str):
-        self.error = error
+    async def status_json(self) -> str:
+        snap = self._snapshot()
+        if self._snap_json is None or self._snap_json[0] is not snap:
+            text = await asyncio.get_running_loop().run_in_executor(self._status_io, json.dumps, snap)
+            self._snap_json = (snap, text)
+        return self._snap_json[1]
 
+    def status(self) -> dict:
+        """The status picture, from any thread."""
+        loop = self.loop
+        if loop is None or not loop.is_running() or self._thread is threading.current_thread():
+            return self._snapshot()
 
-def _lenient(message_type):  # type: ignore[no-untyped-def]
-    def parse(data: bytes):  # type: ignore[no-untyped-def]
+        async def fetch() -> dict:
+            return self._snapshot()
         try:
-            return message_type.FromString(data)
-        except Exception as e:  # google.protobuf.message.DecodeError and friends
-            return _Malformed(str(e) or type(e).__name__)
-    return parse
-
-
-def _checked(handler):  # type: ignore[no-untyped-def]
-    def call(request, context):  # type: ignore[no-untyped-def]
-        if isinstance(request, _Malformed):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.error}")
-        return handler(request, context)
-    return call
-
-
-def _handlers(c: Coordinator) -> grpc.GenericRpcHandler:
-    def watch(request, context):  # type: ignore[no-untyped-def]
-        if isinstance(request, _Malformed):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.error}")
-        yield from c.Watch(request, context)
-
-    ser = lambda m: m.SerializeToString()  # noqa: E731
-    return grpc.method_handlers_generic_handler("watchdog_d.v1.Coordinator", {
-        "Report": grpc.unary_unary_rpc_method_handler(
-            _checked(c.Report), _lenient(pb.Heartbeat), ser),
-        "Watch": grpc.unary_stream_rpc_method_handler(watch, _lenient(pb.WatchRequest), ser),
-        "Status": grpc.unary_unary_rpc_method_handler(
-            _checked(c.Status), _lenient(pb.StatusRequest), ser),
-    })
+            return asyncio.run_coroutine_threadsafe(fetch(), loop).result(timeout=5)
+        except Exception:
+            return self._snap
 
 
 def run_coordinator(cfg: Config) -> int:
     """``watchdog-d coordinator``: serve until SIGTERM/SIGINT."""
+    import resource
     import signal
 
+    # a Watch stream per node: a 2,048-node cluster needs more than the usual 1,024 files
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass
     coordinator = Coordinator(cfg)
     coordinator.start()
     done = threading.Event()

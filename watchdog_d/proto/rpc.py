@@ -7,7 +7,6 @@ with UNAUTHENTICATED before it reaches any handler.
 from __future__ import annotations
 
 import hmac
-from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -36,37 +35,41 @@ def _read(path: str) -> bytes:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
 
 
-class _TokenCheck(grpc.ServerInterceptor):
+class _TokenCheck(grpc.aio.ServerInterceptor):
     def __init__(self, token: str):
         self._want = f"Bearer {token}".encode()
 
-        def deny(request, context):  # type: ignore[no-untyped-def]
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        async def deny(request, context):  # type: ignore[no-untyped-def]
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
         self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
         self._deny_stream = grpc.unary_stream_rpc_method_handler(deny)
 
-    def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+    async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         got = dict(details.invocation_metadata or ()).get("authorization", "")
         if hmac.compare_digest(got.encode() if isinstance(got, str) else got, self._want):
-            return continuation(details)
+            return await continuation(details)
         return self._deny_stream if details.method.endswith("/Watch") else self._deny_unary
 
 
-def make_server(cfg: Config, listen: str, max_workers: int = 256) -> tuple[grpc.Server, int]:
+def make_server(cfg: Config, listen: str) -> tuple[grpc.aio.Server, int]:
+    """An asyncio server (one event loop, no thread per stream); call from that loop."""
     token = read_token(cfg)
     interceptors = [_TokenCheck(token)] if token else []
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                         interceptors=interceptors,
-                         options=[("grpc.max_receive_message_length", MAX_MESSAGE)])
-    if cfg.tls_cert:
-        creds = grpc.ssl_server_credentials(
-            [(_read(cfg.tls_key), _read(cfg.tls_cert))],
-            root_certificates=_read(cfg.tls_ca) if cfg.tls_ca else None,
-            require_client_auth=bool(cfg.tls_ca))
-        port = server.add_secure_port(listen, creds)
-    else:
-        port = server.add_insecure_port(listen)
+    server = grpc.aio.server(interceptors=interceptors,
+                             options=[("grpc.max_receive_message_length", MAX_MESSAGE),
+                                      ("grpc.so_reuseport", 0)])
+    try:
+        if cfg.tls_cert:
+            creds = grpc.ssl_server_credentials(
+                [(_read(cfg.tls_key), _read(cfg.tls_cert))],
+                root_certificates=_read(cfg.tls_ca) if cfg.tls_ca else None,
+                require_client_auth=bool(cfg.tls_ca))
+            port = server.add_secure_port(listen, creds)
+        else:
+            port = server.add_insecure_port(listen)
+    except RuntimeError:        # newer grpcio raises where older ones returned 0
+        port = 0
     if port == 0:
         raise ConfigError(f"cannot listen on {listen} (address in use or not local?)")
     return server, port

@@ -1,0 +1,120 @@
+"""The coordinator's gRPC face (``grpc.aio``): Report, Watch, Status.
+
+Everything runs on the coordinator's one event loop: a Report is parsed and
+ingested in O(its ranks) and answered at once; a Watch stream is a coroutine
+waiting on its node's outbox (no thread per stream); Status is served from the
+cached snapshot. Requests whose bytes do not parse get INVALID_ARGUMENT (gRPC's
+default would be an opaque INTERNAL).
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+import grpc
+
+from .. import log
+from ..proto import watchdog_pb2 as pb
+
+if TYPE_CHECKING:
+    from .server import Coordinator
+
+PENDING_MAX = 1000        # commands kept for a node whose Watch stream is down
+
+
+class BadRequest(Exception):
+    """A request that must be refused with INVALID_ARGUMENT."""
+
+
+class Outbox:
+    """One node's commands: handed to its live Watch stream, else kept (bounded) until
+    one opens. A new stream replaces the old one (which ends)."""
+
+    def __init__(self) -> None:
+        self.stream: asyncio.Queue | None = None
+        self.pending: deque = deque(maxlen=PENDING_MAX)
+
+    def put(self, cmd: pb.Command) -> bool:
+        """False when an older command had to make room (the node is not listening)."""
+        if self.stream is not None:
+            self.stream.put_nowait(cmd)
+            return True
+        full = len(self.pending) == self.pending.maxlen
+        self.pending.append(cmd)
+        return not full
+
+    def open(self) -> asyncio.Queue:
+        if self.stream is not None:
+            self.stream.put_nowait(None)              # the old stream ends
+        q: asyncio.Queue = asyncio.Queue()
+        while self.pending:
+            q.put_nowait(self.pending.popleft())
+        self.stream = q
+        return q
+
+    def close(self, q: asyncio.Queue) -> None:
+        if self.stream is q:
+            self.stream = None
+            while not q.empty():                      # not delivered: keep for the next one
+                cmd = q.get_nowait()
+                if cmd is not None:
+                    self.pending.append(cmd)
+
+    @property
+    def idle(self) -> bool:
+        return self.stream is None and not self.pending
+
+
+class _Malformed:
+    def __init__(self, error: str):
+        self.error = error
+
+
+def _lenient(message_type):  # type: ignore[no-untyped-def]
+    def parse(data: bytes):  # type: ignore[no-untyped-def]
+        try:
+            return message_type.FromString(data)
+        except Exception as e:  # google.protobuf.message.DecodeError and friends
+            return _Malformed(str(e) or type(e).__name__)
+    return parse
+
+
+def handlers(c: "Coordinator") -> grpc.GenericRpcHandler:
+    async def report(request, context):  # type: ignore[no-untyped-def]
+        if isinstance(request, _Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.error}")
+        try:
+            return c.report(request)
+        except BadRequest as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+    async def watch(request, context):  # type: ignore[no-untyped-def]
+        if isinstance(request, _Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.error}")
+        if not request.node_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "watch without node_id")
+        node = request.node_id[:200]
+        box = c.outbox(node)
+        q = box.open()
+        log.log("node_watching", node=node)
+        try:
+            while True:
+                cmd = await q.get()
+                if cmd is None:
+                    return
+                yield cmd
+        finally:
+            box.close(q)
+
+    async def status(request, context):  # type: ignore[no-untyped-def]
+        if isinstance(request, _Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.error}")
+        return pb.StatusReply(json=await c.status_json())
+
+    ser = lambda m: m.SerializeToString()  # noqa: E731
+    return grpc.method_handlers_generic_handler("watchdog_d.v1.Coordinator", {
+        "Report": grpc.unary_unary_rpc_method_handler(report, _lenient(pb.Heartbeat), ser),
+        "Watch": grpc.unary_stream_rpc_method_handler(watch, _lenient(pb.WatchRequest), ser),
+        "Status": grpc.unary_unary_rpc_method_handler(status, _lenient(pb.StatusRequest), ser),
+    })
