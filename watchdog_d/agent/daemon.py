@@ -30,6 +30,7 @@ from .exits import ExitWatcher
 from .observe import RankTrack, observe_job
 from .ranklogs import POLL_S as LOG_POLL_S
 from .ranklogs import AttemptLogs, with_logs
+from .reporter import MIN_GAP_S, Reporter, signatures
 
 
 @dataclass
@@ -63,7 +64,10 @@ class Agent:
         self._send_now = threading.Event()
         self._latest: NodeReport | None = None
         self._seq = 0
-        self._signature: tuple = ()
+        self._signature: tuple = ((), ())
+        self._urgent = False
+        self._sent_at = float("-inf")
+        self.reporter = Reporter()
         self.channel = rpc.make_channel(cfg, self.target)
         self.stub = pb_grpc.CoordinatorStub(self.channel)
         self.metadata = rpc.call_metadata(cfg)
@@ -93,7 +97,19 @@ class Agent:
         self.exits.stop()
         if self.server:
             self.server.close()
+        self._say_goodbye()
         self.channel.close()
+
+    def _say_goodbye(self) -> None:
+        """One last report saying this agent leaves: its silence from now means nothing."""
+        report = self._latest
+        if report is None or not self.reachable:
+            return
+        try:
+            self.stub.Report(self.reporter.heartbeat(report, leaving=True), timeout=1.0,
+                             metadata=self.metadata)
+        except (grpc.RpcError, ValueError):
+            pass
 
     # -- wrappers ---------------------------------------------------------------------
     def _serve_wrapper(self, conn: localsock.Conn) -> None:
@@ -229,13 +245,13 @@ class Agent:
             self._seq += 1
             self._latest = NodeReport(node_id=self.node_id, host=self.host, seq=self._seq,
                                       jobs=tuple(parts))
-            # what changes deserve a heartbeat now rather than at the next interval
-            signature = tuple((p.spec.job_id, p.attempt, p.state,
-                               tuple((r.rank, r.alive, r.proc_state, r.section, len(r.stack), r.ckpt_step)
-                                     for r in p.ranks)) for p in parts)
-            changed = signature != self._signature
-            self._signature = signature
-        if changed:
+            # what changes deserve a heartbeat now (or soon) rather than at the next interval
+            urgent, changed = signatures(parts)
+            if urgent != self._signature[0]:
+                self._urgent = True
+            send = (urgent, changed) != self._signature
+            self._signature = (urgent, changed)
+        if send:
             self._send_now.set()
 
     def _observe_loop(self) -> None:
@@ -252,14 +268,21 @@ class Agent:
         while not self._stop.is_set():
             self._send_now.wait(self.cfg.heartbeat_interval if backoff == 0 else backoff)
             self._send_now.clear()
+            gap = MIN_GAP_S - (time.monotonic() - self._sent_at)
+            if not self._urgent and backoff == 0 and gap > 0 and self._stop.wait(gap):
+                return           # changes that come meanwhile go with this report
+            self._urgent = False
             report = self._latest
             if report is None:
                 continue
             if self._stop.is_set():
                 return
             try:
-                ack = self.stub.Report(convert.report_to_pb(report), timeout=2.0,
+                self._sent_at = time.monotonic()
+                ack = self.stub.Report(self.reporter.heartbeat(report), timeout=2.0,
                                        metadata=self.metadata)
+                if self.reporter.acked(report, ack):
+                    self._send_now.set()       # the coordinator wants everything: now
                 for cmd in ack.commands:
                     self._deliver(cmd)
                 if not self.reachable:

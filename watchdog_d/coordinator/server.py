@@ -47,8 +47,9 @@ class Coordinator:
         self.cluster = Cluster(checkpoints=self.store.checkpoints())
         self.sender = sender or AlertSender(tuple(cfg.alert), cooldown_s=cfg.alert_cooldown)
         self.outboxes: dict[str, Outbox] = {}
+        self.bases: dict[str, convert.Base] = {}   # node -> its last report, for the next
         self.port = 0
-        self.counters = {"reports": 0, "reports_refused": 0, "commands": 0, "commands_dropped": 0}
+        self.counters = {"reports": 0, "reports_refused": 0, "reports_incomplete": 0, "commands": 0, "commands_dropped": 0}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._done: asyncio.Event | None = None
@@ -118,20 +119,33 @@ class Coordinator:
 
     # -- reports and commands (on the loop) -------------------------------------------
     def report(self, request: pb.Heartbeat) -> pb.HeartbeatAck:
+        """O(ranks in the report): completed from the node's last report where it left
+        parts out (``agent.reporter``), ingested, answered with the standing orders."""
+        node, now = request.node_id[:200], self.clock()
         try:
-            report = convert.report_from_pb(request)
+            report = convert.report_from_pb(request, self.bases.get(node), now)
+        except convert.MissingBase:
+            # it leaves out what this coordinator does not hold (it restarted, an ack
+            # was lost): the node is alive; the next report carries everything
+            self.counters["reports_incomplete"] += 1
+            self.cluster.heard(node, now)
+            return pb.HeartbeatAck(seq=request.seq, send_all=True, deltas=True)
         except (convert.WireError, ValueError) as e:
             self.counters["reports_refused"] += 1
             raise BadRequest(f"bad heartbeat: {e}") from None
         self.counters["reports"] += 1
-        self.cluster.ingest(report, self.clock())
+        self.cluster.ingest(report, now)
+        if report.leaving:
+            self.bases.pop(node, None)
+        else:
+            self.bases[node] = convert.Base(report.seq, now, {p.spec.job_id: p for p in report.jobs})
         orders = [pb.Command(job_id=o.job_id, verb=o.verb, attempt=o.attempt,
                              verdict_json=convert.verdict_to_json(o.verdict) if o.verdict else "",
                              action=o.action, resume_from=o.resume_from, resume_step=o.resume_step)
                   for o in self.cluster.standing_orders(report.node_id)]
         if self.cluster.dirty:
             self._wake.set()     # type: ignore[union-attr]   # an exit must not wait for a tick
-        return pb.HeartbeatAck(seq=request.seq, commands=orders)
+        return pb.HeartbeatAck(seq=request.seq, commands=orders, deltas=True)
 
     def outbox(self, node: str) -> Outbox:
         box = self.outboxes.get(node)
@@ -175,6 +189,7 @@ class Coordinator:
 
     def _prune(self, departed: list[str]) -> None:
         for node in departed:
+            self.bases.pop(node, None)
             box = self.outboxes.get(node)
             if box is not None and box.idle:
                 del self.outboxes[node]

@@ -78,6 +78,10 @@ class Cluster:
         for part in report.jobs:
             self._ingest_part(report, part, now)
 
+    def heard(self, node_id: str, now: float) -> None:
+        """The node is alive (a report that could not be read in full)."""
+        self.silence.heard(node_id, now)
+
     @staticmethod
     def _new_run(book: JobBook, part: JobOnNode) -> bool:
         """Is ``part`` a new launch of a job id this coordinator has seen run before?

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 
 from ..core.model import MAX_TEXT, JobOnNode, JobSpec, LogFinding, NodeReport, RankReport, SpecError, Verdict
 from . import watchdog_pb2 as pb
 from .local import NOTE_MAX, RUN_MAX, from_plain
-
 
 
 class WireError(ValueError):
@@ -55,58 +54,121 @@ def finding_from_pb(m: pb.Finding) -> LogFinding:
                       explanation=m.explanation[:300], remedy=m.remedy[:300])
 
 
-def rank_to_pb(r: RankReport) -> pb.RankState:
-    return pb.RankState(
+def rank_to_pb(r: RankReport, same_text: bool = False) -> pb.RankState:
+    m = pb.RankState(
         rank=r.rank, local_rank=r.local_rank, pid=r.pid, alive=r.alive,
         has_exit_code=r.exit_code is not None, exit_code=r.exit_code or 0,
-        exit_signal=r.exit_signal or 0, exit_detail=r.exit_detail, exit_age_s=r.exit_age_s,
+        exit_signal=r.exit_signal or 0, exit_age_s=r.exit_age_s,
         proc_state=r.proc_state, step=r.step, last_step_age_s=r.last_step_age_s,
         last_step_dt_s=r.last_step_dt_s, section=r.section,
         section_remaining_s=r.section_remaining_s, section_age_s=r.section_age_s,
-        cpu_percent=r.cpu_percent,
-        log_offset=r.log_offset, stack=r.stack[-MAX_TEXT:], excerpt=r.excerpt[-MAX_TEXT:],
-        findings=[finding_to_pb(f) for f in r.findings[:MAX_FINDINGS]],
-        ckpt_path=r.ckpt_path[:4096], ckpt_step=r.ckpt_step)
+        cpu_percent=r.cpu_percent, log_offset=r.log_offset, ckpt_step=r.ckpt_step,
+        same_text=same_text)
+    if not same_text:
+        m.exit_detail, m.stack, m.excerpt = r.exit_detail, r.stack[-MAX_TEXT:], r.excerpt[-MAX_TEXT:]
+        m.findings.extend(finding_to_pb(f) for f in r.findings[:MAX_FINDINGS])
+        m.ckpt_path = r.ckpt_path[:4096]
+    return m
 
 
-def rank_from_pb(m: pb.RankState) -> RankReport:
+def rank_from_pb(m: pb.RankState, before: RankReport | None = None, aged_s: float = 0.0) -> RankReport:
+    """``before``: the rank as in the base report (needed when the texts were left out),
+    ``aged_s`` after it: its findings' ages grow by that much."""
     for name in ("exit_age_s", "last_step_age_s", "last_step_dt_s", "cpu_percent", "section_age_s"):
         if not math.isfinite(getattr(m, name)):
             raise WireError(f"rank {m.rank}: {name} is not a finite number")
     if math.isnan(m.section_remaining_s):
         raise WireError(f"rank {m.rank}: section_remaining_s is NaN")
+    if m.same_text:
+        if before is None:
+            raise MissingBase(f"rank {m.rank}'s texts were left out")
+        detail, stack, excerpt, path = before.exit_detail, before.stack, before.excerpt, before.ckpt_path
+        findings = tuple(replace(f, age_s=f.age_s + aged_s) for f in before.findings) \
+            if before.findings and aged_s > 0 else before.findings
+    else:
+        detail, stack, excerpt = m.exit_detail[:500], m.stack[-MAX_TEXT:], m.excerpt[-MAX_TEXT:]
+        findings = tuple(finding_from_pb(f) for f in m.findings[:MAX_FINDINGS])
+        path = m.ckpt_path[:4096]
     return RankReport(
         rank=m.rank, local_rank=m.local_rank, pid=m.pid, alive=m.alive,
         exit_code=m.exit_code if m.has_exit_code else None, exit_signal=m.exit_signal or None,
-        exit_detail=m.exit_detail[:500], exit_age_s=max(0.0, m.exit_age_s),
+        exit_detail=detail, exit_age_s=max(0.0, m.exit_age_s),
         proc_state=m.proc_state[:2], step=m.step, last_step_age_s=max(0.0, m.last_step_age_s),
         last_step_dt_s=max(0.0, m.last_step_dt_s), section=m.section[:64],
         section_remaining_s=m.section_remaining_s, section_age_s=max(0.0, m.section_age_s),
-        cpu_percent=m.cpu_percent,
-        log_offset=m.log_offset, stack=m.stack[-MAX_TEXT:], excerpt=m.excerpt[-MAX_TEXT:],
-        findings=tuple(finding_from_pb(f) for f in m.findings[:MAX_FINDINGS]),
-        ckpt_path=m.ckpt_path[:4096], ckpt_step=m.ckpt_step if m.ckpt_path else -1)
+        cpu_percent=m.cpu_percent, log_offset=m.log_offset, stack=stack, excerpt=excerpt,
+        findings=findings, ckpt_path=path, ckpt_step=m.ckpt_step if path else -1)
 
 
-def report_to_pb(r: NodeReport) -> pb.Heartbeat:
-    return pb.Heartbeat(node_id=r.node_id, host=r.host, seq=r.seq, jobs=[
-        pb.JobOnNode(spec=spec_to_pb(j.spec), attempt=j.attempt, state=j.state,
-                     exit_code=j.exit_code, ranks=[rank_to_pb(x) for x in j.ranks],
-                     note=j.note[:NOTE_MAX], run=j.run)
-        for j in r.jobs])
+def _text(r: RankReport) -> tuple:
+    """What a rank's report may leave out when unchanged (findings without their age)."""
+    return (r.stack, r.excerpt, r.exit_detail, r.ckpt_path,
+            tuple((f.kind, f.line_no, f.line) for f in r.findings))
 
 
-def report_from_pb(m: pb.Heartbeat) -> NodeReport:
+def report_to_pb(r: NodeReport, base: dict[str, JobOnNode] | None = None, base_seq: int = 0,
+                 leaving: bool = False) -> pb.Heartbeat:
+    """The heartbeat of ``r``; with ``base`` (the parts of the report ``base_seq``, which
+    the coordinator acked and keeps), what did not change since is left out."""
+    jobs = []
+    for j in r.jobs:
+        prev = base.get(j.spec.job_id) if base is not None else None
+        same_spec = prev is not None and prev.spec == j.spec and prev.note == j.note
+        before = {x.rank: x for x in prev.ranks} if prev is not None else {}
+        ranks = [rank_to_pb(x, (b := before.get(x.rank)) is not None and _text(b) == _text(x))
+                 for x in j.ranks]
+        part = pb.JobOnNode(attempt=j.attempt, state=j.state, exit_code=j.exit_code, ranks=ranks,
+                            run=j.run, same_spec=same_spec)
+        if same_spec:
+            part.spec.job_id = j.spec.job_id           # which job: the rest is as before
+        else:
+            part.spec.CopyFrom(spec_to_pb(j.spec))
+            part.note = j.note[:NOTE_MAX]
+        jobs.append(part)
+    return pb.Heartbeat(node_id=r.node_id, host=r.host, seq=r.seq, jobs=jobs,
+                        base_seq=base_seq if base is not None else 0, leaving=leaving)
+
+
+class MissingBase(WireError):
+    """The report leaves out parts of a report this side does not hold: ask for all."""
+
+
+@dataclass
+class Base:
+    """What a coordinator keeps of a node's last report, for the next one to leave out."""
+
+    seq: int
+    at: float                        # when it came (coordinator clock)
+    jobs: dict[str, JobOnNode]
+
+
+def report_from_pb(m: pb.Heartbeat, base: Base | None = None, now: float = 0.0) -> NodeReport:
+    """The report, completed from ``base`` where it left parts out. MissingBase when it
+    leaves out what ``base`` does not hold (another seq, a job or rank it lacks)."""
     if not m.node_id:
         raise WireError("heartbeat without node_id")
+    if m.base_seq and (base is None or base.seq != m.base_seq):
+        if any(j.same_spec or any(x.same_text for x in j.ranks) for j in m.jobs):
+            raise MissingBase(f"no report {m.base_seq} to complete this one from")
     jobs = []
     for j in m.jobs:
         if j.state not in ("running", "exited", "stopped", "waiting"):
             raise WireError(f"bad job state {j.state!r}")
-        jobs.append(JobOnNode(spec=spec_from_pb(j.spec), attempt=max(0, j.attempt), state=j.state,
-                              exit_code=j.exit_code, ranks=tuple(rank_from_pb(x) for x in j.ranks),
-                              note=j.note[:NOTE_MAX], run=j.run[:RUN_MAX]))
-    return NodeReport(node_id=m.node_id[:200], host=m.host[:200], seq=m.seq, jobs=tuple(jobs))
+        prev = base.jobs.get(j.spec.job_id) if base is not None else None
+        if j.same_spec:
+            if prev is None:
+                raise MissingBase("a job's spec was left out")
+            spec, note = prev.spec, prev.note
+        else:
+            spec, note = spec_from_pb(j.spec), j.note[:NOTE_MAX]
+        before = {x.rank: x for x in prev.ranks} if prev is not None else {}
+        aged = max(0.0, now - base.at) if base is not None else 0.0
+        jobs.append(JobOnNode(spec=spec, attempt=max(0, j.attempt), state=j.state,
+                              exit_code=j.exit_code,
+                              ranks=tuple(rank_from_pb(x, before.get(x.rank), aged) for x in j.ranks),
+                              note=note, run=j.run[:RUN_MAX]))
+    return NodeReport(node_id=m.node_id[:200], host=m.host[:200], seq=m.seq, jobs=tuple(jobs),
+                      leaving=m.leaving)
 
 
 def verdict_to_json(v: Verdict) -> str:
