@@ -13,7 +13,6 @@ alerts go to the sender's thread.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 import time
@@ -29,10 +28,11 @@ from ..proto import convert, rpc
 from ..proto import watchdog_pb2 as pb
 from .alerts import AlertSender
 from .service import BadRequest, Outbox, handlers
-from .status import snapshot
+from .status import job_status, snapshot, to_json
 from .store import IncidentStore
 
 TICK_S = 0.1
+JOBS_PER_PASS = 32        # jobs judged (or put in the snapshot) before reports get a turn
 STATUS_MIN_S = 0.25       # the snapshot is rebuilt at most this often ...
 STATUS_SHARE = 0.02       # ... and at most this share of the loop's time goes to it
 STATUS_WRITE_S = 1.0      # status.json is rewritten this often (or on a decision)
@@ -57,7 +57,7 @@ class Coordinator:
         self._io = ThreadPoolExecutor(1, thread_name_prefix="coordinator-io")
         self._status_io = ThreadPoolExecutor(1, thread_name_prefix="coordinator-status")
         self._snap: dict = {"written_at": time.time(), "jobs": []}
-        self._snap_at, self._snap_cost = float("-inf"), 0.0
+        self._snap_at, self._snap_cost, self._json_cost = float("-inf"), 0.0, 0.0
         self._snap_json: tuple[dict, str] | None = None
         self._written_at = float("-inf")
         self._metrics = None
@@ -168,7 +168,7 @@ class Coordinator:
                 if now - last > TICK_S + OWN_STALL_S:
                     # this loop did not run: whatever nodes said waits in its sockets
                     decisions += self.cluster.own_stall(last, now)
-                decisions += self.cluster.evaluate(now)
+                decisions += self.cluster.evaluate(now, JOBS_PER_PASS)
                 recorded = self.cluster.take_new_checkpoints()
                 self._prune(self.cluster.forget_departed())
                 for episode in self.cluster.episodes:
@@ -180,11 +180,13 @@ class Coordinator:
                     self._carry_out(d)
                 if recorded:
                     self._io.submit(self._store_checkpoints, recorded)
-                if decisions or now - self._written_at >= max(STATUS_WRITE_S, self._snap_interval()):
-                    self._written_at = now
-                    self._status_io.submit(self._write_status, self._snapshot())
             except Exception as e:  # keep deciding whatever one job did
                 log.error("coordinator_loop_error", error=repr(e))
+            if self.cluster.pending():
+                self._wake.set()          # more jobs to judge: after the reports waiting now
+            if decisions or now - self._written_at >= max(STATUS_WRITE_S, self._snap_interval()):
+                self._written_at = now
+                self._status_io.submit(self._write_status, await self._fresh_snapshot())
             last = self.clock()
 
     def _prune(self, departed: list[str]) -> None:
@@ -244,41 +246,52 @@ class Coordinator:
         path = Path(self.cfg.state_dir) / "status.json"
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         try:
-            tmp.write_text(json.dumps(snap))
+            began = time.perf_counter()
+            text = to_json(snap)
+            self._json_cost = time.perf_counter() - began
+            tmp.write_text(text)
             os.replace(tmp, path)
         except OSError as e:
             log.warn("status_write_failed", error=e.strerror)
 
     # -- status ---------------------------------------------------------------------------
     def _snap_interval(self) -> float:
-        return max(STATUS_MIN_S, self._snap_cost / STATUS_SHARE)
+        return max(STATUS_MIN_S, (self._snap_cost + self._json_cost) / STATUS_SHARE)
 
-    def _snapshot(self) -> dict:
-        """The status picture, rebuilt at most every ``_snap_interval`` (on the loop)."""
+    async def _fresh_snapshot(self) -> dict:
+        """The status picture, rebuilt at most every ``_snap_interval``, JOBS_PER_PASS jobs
+        at a time with reports served in between (a job that ended meanwhile is left out)."""
         now = self.clock()
-        if now - self._snap_at >= self._snap_interval():
-            began = time.perf_counter()
-            self._snap = snapshot(self.cluster, now)
-            self._snap_cost, self._snap_at = time.perf_counter() - began, now
+        if now - self._snap_at < self._snap_interval():
+            return self._snap
+        self._snap_at = now                 # (one rebuild at a time)
+        cost, began, jobs = 0.0, time.perf_counter(), []
+        for i, job_id in enumerate(sorted(self.cluster.jobs)):
+            if i and i % JOBS_PER_PASS == 0:
+                cost += time.perf_counter() - began
+                await asyncio.sleep(0)
+                began = time.perf_counter()
+            book = self.cluster.jobs.get(job_id)
+            if book is not None:
+                jobs.append(job_status(self.cluster, book, self.clock()))
+        self._snap_cost = cost + time.perf_counter() - began
+        self._snap = {"written_at": time.time(), "jobs": jobs}
         return self._snap
 
     async def status_json(self) -> str:
-        snap = self._snapshot()
+        snap = await self._fresh_snapshot()
         if self._snap_json is None or self._snap_json[0] is not snap:
-            text = await asyncio.get_running_loop().run_in_executor(self._status_io, json.dumps, snap)
+            text = await asyncio.get_running_loop().run_in_executor(self._status_io, to_json, snap)
             self._snap_json = (snap, text)
         return self._snap_json[1]
 
     def status(self) -> dict:
         """The status picture, from any thread."""
         loop = self.loop
-        if loop is None or not loop.is_running() or self._thread is threading.current_thread():
-            return self._snapshot()
-
-        async def fetch() -> dict:
-            return self._snapshot()
+        if loop is None or not loop.is_running():
+            return snapshot(self.cluster, self.clock())
         try:
-            return asyncio.run_coroutine_threadsafe(fetch(), loop).result(timeout=5)
+            return asyncio.run_coroutine_threadsafe(self._fresh_snapshot(), loop).result(timeout=5)
         except Exception:
             return self._snap
 

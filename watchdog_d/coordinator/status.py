@@ -5,49 +5,60 @@ table an operator reads.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 
 from ..core.stall import stall_timeout
+from ..core.book import JobBook
 from ..core.state import Cluster
 
 
 def snapshot(cluster: Cluster, now: float) -> dict:
-    jobs = []
-    for job_id, book in sorted(cluster.jobs.items()):
-        nodes = []
-        for node_id, node in sorted(book.nodes.items()):
-            seen = cluster.silence.seen.get(node_id, node.seen_at)
-            since = now - node.seen_at
-            ranks = []
-            for r in sorted(node.part.ranks, key=lambda r: r.rank):
-                ranks.append({
-                    "rank": r.rank, "local_rank": r.local_rank, "pid": r.pid,
-                    "state": ("alive:" + (r.proc_state or "?")) if r.alive else "exited",
-                    "exit_code": r.exit_code, "exit_signal": r.exit_signal,
-                    "step": r.step,
-                    "last_step_age_s": round(r.last_step_age_s + (since if r.alive else 0.0), 2),
-                    "section": r.section,
-                    "section_age_s": round(r.section_age_s + since, 2) if r.section else None,
-                    "cpu_percent": r.cpu_percent,
-                    "log_offset": r.log_offset,
-                })
-            nodes.append({"node": node_id, "host": node.host, "state": node.part.state,
-                          "heartbeat_age_s": round(now - seen, 2), "ranks": ranks})
-        p99 = book.steps.p99()
-        jobs.append({
-            "job": job_id, "attempt": book.attempt, "status": book.status,
-            "outcome": book.outcome, "on_failure": book.spec.on_failure,
-            "restarts": book.restarts,
-            "step_time_p99_s": round(p99, 4),
-            "step_time_median_s": round(book.steps.median(), 4),
-            "longest_pause_s": round(book.pauses.longest(), 2),
-            "stall_timeout_s": round(stall_timeout(book.spec.min_stall_timeout_s,
-                                                   book.spec.stall_factor, p99), 2),
-            "verdict": None if book.verdict is None else book.verdict.one_line(),
-            "nodes": nodes,
-        })
-    return {"written_at": time.time(), "jobs": jobs}
+    return {"written_at": time.time(),
+            "jobs": [job_status(cluster, book, now) for _, book in sorted(cluster.jobs.items())]}
+
+
+def job_status(cluster: Cluster, book: JobBook, now: float) -> dict:
+    """One job's part of the snapshot (the shell builds a large one a few jobs at a time)."""
+    nodes = []
+    for node_id, node in sorted(book.nodes.items()):
+        seen = cluster.silence.seen.get(node_id, node.seen_at)
+        since = now - node.seen_at
+        ranks = []
+        for r in sorted(node.part.ranks, key=lambda r: r.rank):
+            ranks.append({
+                "rank": r.rank, "local_rank": r.local_rank, "pid": r.pid,
+                "state": ("alive:" + (r.proc_state or "?")) if r.alive else "exited",
+                "exit_code": r.exit_code, "exit_signal": r.exit_signal,
+                "step": r.step,
+                "last_step_age_s": round(r.last_step_age_s + (since if r.alive else 0.0), 2),
+                "section": r.section,
+                "section_age_s": round(r.section_age_s + since, 2) if r.section else None,
+                "cpu_percent": r.cpu_percent,
+                "log_offset": r.log_offset,
+            })
+        nodes.append({"node": node_id, "host": node.host, "state": node.part.state,
+                      "heartbeat_age_s": round(now - seen, 2), "ranks": ranks})
+    p99 = book.steps.p99()
+    return {
+        "job": book.spec.job_id, "attempt": book.attempt, "status": book.status,
+        "outcome": book.outcome, "on_failure": book.spec.on_failure,
+        "restarts": book.restarts,
+        "step_time_p99_s": round(p99, 4),
+        "step_time_median_s": round(book.steps.median(), 4),
+        "longest_pause_s": round(book.pauses.longest(), 2),
+        "stall_timeout_s": round(stall_timeout(book.spec.min_stall_timeout_s,
+                                               book.spec.stall_factor, p99), 2),
+        "verdict": None if book.verdict is None else book.verdict.one_line(),
+        "nodes": nodes,
+    }
+
+
+def to_json(snap: dict) -> str:
+    """The snapshot as JSON, one job at a time: a thread doing this lets others run."""
+    jobs = ",".join(json.dumps(job) for job in snap["jobs"])
+    return f'{{"written_at": {json.dumps(snap["written_at"])}, "jobs": [{jobs}]}}'
 
 
 def _age(value: float) -> str:

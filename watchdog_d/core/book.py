@@ -24,6 +24,7 @@ class NodeView:
     ended_at: float | None = None       # when its wrapper reported the job over
     answered: bool = False              # its wrapper was told how the job ended
     attempt_seen: int = 0               # the attempt of its latest report (behind: < the job's)
+    signature: tuple = ()               # of its latest part (``deadline.signature``)
 
 
 @dataclass

@@ -7,42 +7,15 @@ policy. The gRPC shell owns one Cluster and feeds it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from . import detector, policy
 from .book import BARRIER_CAP_S, JobBook, NodeView
 from .deadline import Due, next_check, signature
+from .decision import Decision, Order
 from .model import Incident, JobOnNode, NodeReport, Verdict
 from .silence import Episode, Silence
 from .stall import stall_timeout
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What the coordinator must do now for one job."""
-
-    job_id: str
-    verb: str                           # teardown | restart | dump_stacks | done | none
-    nodes: tuple[str, ...] = ()
-    incident: Incident | None = None    # to record (and alert, if wanted)
-    alert: bool = False
-    alert_urls: tuple[str, ...] = ()
-    attempt: int = -1                   # relaunch: the generation to start (else the verdict's)
-    resume_from: str = ""               # relaunch: the checkpoint to offer
-    resume_step: int = -1
-
-
-@dataclass(frozen=True)
-class Order:
-    """A verb a node must carry out whatever it heard before (sent with every ack)."""
-
-    job_id: str
-    verb: str                           # teardown | restart | relaunch
-    attempt: int
-    verdict: Verdict | None = None
-    action: str = ""
-    resume_from: str = ""
-    resume_step: int = -1
 
 
 KEEP_ENDED_S = 3600.0               # an ended job stays in the picture (status) this long
@@ -125,23 +98,28 @@ class Cluster:
             return
         if part.attempt > book.attempt:
             self._new_attempt(book, part.attempt, now)
+        sig = signature(part)
+        if node is not None and (node.attempt_seen != part.attempt or node.signature != sig):
+            self.dirty.add(job_id)
         if node is None:
             node = book.nodes[report.node_id] = NodeView(report.node_id, report.host, now, part)
             self.node_jobs.setdefault(report.node_id, set()).add(job_id)
             self.dirty.add(job_id)
-        elif node.attempt_seen != part.attempt or signature(node.part) != signature(part):
-            self.dirty.add(job_id)
         node.seen_at, node.host, node.part, node.attempt_seen = now, report.host, part, part.attempt
+        node.signature = sig
         self._note_checkpoint(book, part)
+        sampled = False
         for r in part.ranks:
             if not r.alive and r.rank not in node.exit_at:
                 node.exit_at[r.rank] = now - r.exit_age_s
             if r.step >= 0 and book.last_step.get(r.rank) != r.step:
-                if r.rank in book.last_step:
-                    # a step during which some rank was inside a section is a pause
+                if r.rank in book.last_step and not sampled:
+                    # ranks step in lock-step: one duration per node and report tells the
+                    # job's pace. A step during which some rank was inside a section is a pause
                     began = now - r.last_step_age_s - r.last_step_dt_s
                     book.times.add(r.last_step_dt_s, book.section_seen_at is not None
                                    and book.section_seen_at >= began)
+                    sampled = True
                 book.last_step[r.rank] = r.step
         if stall_timeout(book.spec.min_stall_timeout_s, book.spec.stall_factor,
                          book.steps.p99()) < book.judged_limit:
@@ -215,14 +193,22 @@ class Cluster:
         return out
 
     # -- decisions -------------------------------------------------------------
-    def evaluate(self, now: float) -> list[Decision]:
+    def evaluate(self, now: float, limit: int = 0) -> list[Decision]:
         """Look at the jobs that changed and those whose moment came (``deadline``);
-        first, at the coordinator's own standing (``silence``)."""
+        first, at the coordinator's own standing (``silence``). ``limit``: look at no
+        more jobs than this now (the rest stay ``pending``); 0: no limit."""
         out: list[Decision] = []
         episode = self.silence.check(now)
         if episode is not None:
             out.extend(self._episode(episode))
-        for job_id in sorted(self.dirty.union(self.due.pop_due(now))):
+        todo = sorted(self.dirty.union(self.due.pop_due(now)))
+        if limit and len(todo) > limit:
+            todo, later = todo[:limit], todo[limit:]
+            self.dirty.difference_update(todo)
+            self.dirty.update(later)
+        else:
+            self.dirty.clear()
+        for job_id in todo:
             book = self.jobs.get(job_id)
             if book is None:
                 self.due.forget(job_id)
@@ -235,8 +221,11 @@ class Cluster:
                                               book.spec.stall_factor, book.steps.p99())
             self.due.at(job_id, book.ended_at + KEEP_ENDED_S + 1.0 if book.ended_at is not None
                         else next_check(book, now, self.silence))
-        self.dirty.clear()
         return out
+
+    def pending(self) -> bool:
+        """Jobs left to look at now (``evaluate`` with a limit)."""
+        return bool(self.dirty)
 
     def own_stall(self, began: float, ended: float) -> list[Decision]:
         """The shell's loop did not run from ``began`` to ``ended`` (see ``silence``)."""

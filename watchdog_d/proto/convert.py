@@ -74,9 +74,12 @@ def rank_to_pb(r: RankReport, same_text: bool = False) -> pb.RankState:
 def rank_from_pb(m: pb.RankState, before: RankReport | None = None, aged_s: float = 0.0) -> RankReport:
     """``before``: the rank as in the base report (needed when the texts were left out),
     ``aged_s`` after it: its findings' ages grow by that much."""
-    for name in ("exit_age_s", "last_step_age_s", "last_step_dt_s", "cpu_percent", "section_age_s"):
-        if not math.isfinite(getattr(m, name)):
-            raise WireError(f"rank {m.rank}: {name} is not a finite number")
+    if not math.isfinite(m.exit_age_s + m.last_step_age_s + m.last_step_dt_s + m.cpu_percent
+                         + m.section_age_s):          # (one test for five: NaN and inf carry)
+        for name in ("exit_age_s", "last_step_age_s", "last_step_dt_s", "cpu_percent", "section_age_s"):
+            if not math.isfinite(getattr(m, name)):
+                raise WireError(f"rank {m.rank}: {name} is not a finite number")
+        raise WireError(f"rank {m.rank}: its times add up to more than a number can hold")
     if math.isnan(m.section_remaining_s):
         raise WireError(f"rank {m.rank}: section_remaining_s is NaN")
     if m.same_text:
@@ -89,15 +92,14 @@ def rank_from_pb(m: pb.RankState, before: RankReport | None = None, aged_s: floa
         detail, stack, excerpt = m.exit_detail[:500], m.stack[-MAX_TEXT:], m.excerpt[-MAX_TEXT:]
         findings = tuple(finding_from_pb(f) for f in m.findings[:MAX_FINDINGS])
         path = m.ckpt_path[:4096]
+    exit_age, step_age, step_dt, section_age = m.exit_age_s, m.last_step_age_s, m.last_step_dt_s, m.section_age_s
+    # positional, in RankReport's field order (a coordinator makes thousands a second)
     return RankReport(
-        rank=m.rank, local_rank=m.local_rank, pid=m.pid, alive=m.alive,
-        exit_code=m.exit_code if m.has_exit_code else None, exit_signal=m.exit_signal or None,
-        exit_detail=detail, exit_age_s=max(0.0, m.exit_age_s),
-        proc_state=m.proc_state[:2], step=m.step, last_step_age_s=max(0.0, m.last_step_age_s),
-        last_step_dt_s=max(0.0, m.last_step_dt_s), section=m.section[:64],
-        section_remaining_s=m.section_remaining_s, section_age_s=max(0.0, m.section_age_s),
-        cpu_percent=m.cpu_percent, log_offset=m.log_offset, stack=stack, excerpt=excerpt,
-        findings=findings, ckpt_path=path, ckpt_step=m.ckpt_step if path else -1)
+        m.rank, m.local_rank, m.pid, m.alive, m.exit_code if m.has_exit_code else None,
+        m.exit_signal or None, detail, exit_age if exit_age > 0 else 0.0, m.proc_state[:2], m.step,
+        step_age if step_age > 0 else 0.0, step_dt if step_dt > 0 else 0.0, m.section[:64],
+        m.section_remaining_s, section_age if section_age > 0 else 0.0, m.cpu_percent,
+        m.log_offset, stack, excerpt, findings, path, m.ckpt_step if path else -1)
 
 
 def _text(r: RankReport) -> tuple:
