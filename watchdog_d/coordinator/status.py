@@ -56,9 +56,12 @@ def job_status(cluster: Cluster, book: JobBook, now: float) -> dict:
 
 
 def to_json(snap: dict) -> str:
-    """The snapshot as JSON, one job at a time: a thread doing this lets others run."""
-    jobs = ",".join(json.dumps(job) for job in snap["jobs"])
-    return f'{{"written_at": {json.dumps(snap["written_at"])}, "jobs": [{jobs}]}}'
+    return status_text(snap["written_at"], [json.dumps(job) for job in snap["jobs"]])
+
+
+def status_text(written_at: float, jobs: list[str]) -> str:
+    """The snapshot's JSON from its jobs' (made one at a time, between other work)."""
+    return f'{{"written_at": {json.dumps(written_at)}, "jobs": [{",".join(jobs)}]}}'
 
 
 def _age(value: float) -> str:
