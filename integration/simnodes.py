@@ -150,7 +150,8 @@ class SimNode:
                 continue
             try:
                 async for cmd in self.stub.Watch(pb.WatchRequest(node_id=self.name)):
-                    self.command(cmd, "watch")
+                    if not self.silent(time.monotonic()):    # a lost node hears nothing
+                        self.command(cmd, "watch")
             except grpc.aio.AioRpcError:
                 await asyncio.sleep(0.3)
 

@@ -106,7 +106,7 @@ def _wait_stepping(cluster, job: str, timeout: float = 60.0) -> None:
                              capture_output=True, text=True, timeout=30)
         jobs = [j for j in json.loads(out.stdout or '{"jobs": []}')["jobs"] if j["job"] == job]
         if jobs and len(jobs[0]["nodes"]) == 2 and all(
-                r["step"] > 2 for n in jobs[0]["nodes"] for r in n["ranks"]):
+                n["ranks"] and all(r["step"] > 2 for r in n["ranks"]) for n in jobs[0]["nodes"]):
             return
         time.sleep(0.3)
     raise AssertionError("job never got going on both nodes")

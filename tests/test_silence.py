@@ -346,3 +346,23 @@ def test_step_times_percentiles_match_a_sort() -> None:
             assert st.p99() == percentile(window, 99)
             assert st.median() == percentile(window, 50)
             assert st.longest() == max(window)
+
+
+def test_a_stale_node_is_not_behind_its_fresh_peers() -> None:
+    """B froze at step 3 (its last report); A's rank, stepping in lock-step, got to 7 before
+    it stopped too. B's step is stale, not behind: no rank_stalled naming B on old news;
+    at node_timeout B is lost, corroborated by A's stopped rank."""
+    s = spec(min_stall_timeout_s=3.0)
+    c = Cluster()
+    c.ingest(report("a", [rank(0, step=3, last_step_dt_s=0.1)], job_spec=s), 0.0)
+    c.ingest(report("b", [rank(1, step=3, last_step_dt_s=0.1)], job_spec=s), 0.0)
+    out = []
+    for tenth in range(1, 80):
+        t = tenth / 10
+        if tenth % 10 == 0:      # A reports every second; its rank stopped at step 7 at 0.4 s
+            c.ingest(report("a", [rank(0, step=7, last_step_age_s=t - 0.4, last_step_dt_s=0.1)],
+                            job_spec=s), t)
+        out += [(t, d) for d in c.evaluate(t) if d.incident]
+    (t, d), = out
+    assert d.incident.verdict.kind == "node_lost" and d.incident.verdict.node == "b"
+    assert 5.0 < t <= 5.3

@@ -20,7 +20,7 @@ from dataclasses import replace
 from . import lost, rootcause
 from .book import JobBook, NodeView
 from .model import RankReport, Verdict
-from .silence import Silence
+from .silence import QUIET_S, Silence
 from .stall import rank_timeout, stall_timeout
 
 SUSPECT = "suspect"
@@ -117,6 +117,12 @@ def _detect_stall(book: JobBook, now: float, silence: Silence,
              if r.alive and n.node_id not in silent]
     if not alive:
         return None
+    # a node whose last report is older than a couple of heartbeats, but not yet silent
+    # for node_timeout, among fresh ones: its ranks' steps are stale, and compared with
+    # its fresh peers' it would look "behind" for no reason. Its silence is judged first
+    # (``lost``): lost with its peers stuck, or only its agent gone.
+    stale = {since > QUIET_S for _, _, since in alive}
+    waiting_on_report = stale == {True, False}
     # a rank inside a section holds the job up: its peers wait for it (DESIGN §2), and
     # every rank's wait counts from the moment the last section was seen to end
     held = any(math.isfinite(r.section_remaining_s) and since <= r.section_remaining_s
@@ -144,6 +150,8 @@ def _detect_stall(book: JobBook, now: float, silence: Silence,
             suspect = True
     if not stalled:
         return SUSPECT if suspect else None
+    if waiting_on_report:
+        return SUSPECT
     return _name_culprit(book, stalled, [(n, r) for n, r, _ in alive])
 
 
