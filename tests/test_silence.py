@@ -366,3 +366,24 @@ def test_a_stale_node_is_not_behind_its_fresh_peers() -> None:
     (t, d), = out
     assert d.incident.verdict.kind == "node_lost" and d.incident.verdict.node == "b"
     assert 5.0 < t <= 5.3
+
+
+def test_overload_holds_silence_clocks_and_says_so() -> None:
+    """The coordinator's loop busy 95% of the time: a node whose reports wait 6 s in its
+    sockets while its peers' get through is not judged; after the overload it is, from the
+    moment the coordinator kept up again."""
+    c = cluster_of(10)
+    out = []
+    for tenth in range(1, 200):
+        t = tenth / 10
+        if tenth % 10 == 0:
+            beat(c, t, "a", 0, step=10 + tenth)      # b's reports are kept waiting
+            idle_beats(c, t, 10)
+        busy = 0.95 if t < 12 else 0.5
+        out += c.load(t, busy) + c.evaluate(t)
+    found = kinds(out)
+    assert found[0] == ("coordinator_isolated", "", "none")
+    assert "overloaded" in verdict_decisions(out)[0].incident.verdict.cause
+    # the overload ended at 12 s: b is judged node_timeout later (its peers step: agent_lost)
+    assert found[1:] == [("agent_lost", "b", "none")]
+    assert [e.began for e in c.episodes] == [True, False]

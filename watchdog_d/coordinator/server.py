@@ -18,6 +18,7 @@ import json
 import os
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -38,6 +39,7 @@ JOBS_PER_PASS = 16        # jobs judged (or put in the snapshot) before reports 
 STATUS_MIN_S = 0.25       # the snapshot is rebuilt at most this often ...
 STATUS_SHARE = 0.01       # ... and at most this share of the loop's time goes to it
 STATUS_WRITE_S = 1.0      # status.json is rewritten this often (or on a decision)
+LOAD_WINDOW_S = 2.0       # the loop's busy share is measured over this long
 GC_EVERY_S = 30.0         # the daemon collects cyclic garbage itself, this often (see run_coordinator)
 
 
@@ -160,6 +162,7 @@ class Coordinator:
     # -- deciding ------------------------------------------------------------------------
     async def _decide_loop(self) -> None:
         last = collected = self.clock()
+        load = deque([(time.monotonic(), time.thread_time())])   # (wall, this thread's CPU)
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), TICK_S)   # type: ignore[union-attr]
@@ -172,11 +175,19 @@ class Coordinator:
                 if now - last > TICK_S + OWN_STALL_S:
                     # this loop did not run: whatever nodes said waits in its sockets
                     decisions += self.cluster.own_stall(last, now)
+                load.append((time.monotonic(), time.thread_time()))
+                while load[-1][0] - load[0][0] > LOAD_WINDOW_S and len(load) > 2:
+                    load.popleft()
+                wall = load[-1][0] - load[0][0]
+                if wall >= LOAD_WINDOW_S / 2:
+                    # busy nearly all the time: reports queue in the sockets, some longer
+                    # than others; a node kept waiting is not a silent node
+                    decisions += self.cluster.load(now, (load[-1][1] - load[0][1]) / wall)
                 decisions += self.cluster.evaluate(now, JOBS_PER_PASS)
                 recorded = self.cluster.take_new_checkpoints()
                 self._prune(self.cluster.forget_departed())
                 for episode in self.cluster.episodes:
-                    log.warn("coordinator_isolated" if episode.began else "coordinator_rejoined",
+                    log.warn("coordinator_isolated" if episode.began else "coordinator_recovered",
                              cause=episode.cause, quiet_nodes=episode.quiet,
                              nodes=episode.active)
                 self.cluster.episodes.clear()

@@ -6,6 +6,8 @@ coordinator hears the others. Two things make nodes look silent with no node at 
 - the coordinator's own trouble: its loop did not run (a paused VM, a stop signal,
   a long GC, overload) -- the shell notices its loop came late and says so with
   ``own_stall``;
+- overload: its loop busy nearly all the time, reports wait in its sockets for
+  seconds, some nodes' longer than others -- the shell measures and says ``overload``;
 - a mass silence: more than half of the active nodes (at least three) quiet together.
   Nodes do not fail together by the hundred; the coordinator's link does.
 
@@ -27,6 +29,7 @@ MASS_MIN = 3         # ... and at least this many (with fewer, a job's own rules
                      #   job none of whose nodes reports is never torn down)
 ACTIVE_S = 600.0     # a node silent this long has left the cluster: no longer counted
 OWN_STALL_S = 1.0    # the coordinator's loop this late: it heard nothing meanwhile
+OVERLOAD_BUSY = 0.9  # the coordinator's loop busy this share of the time: reports queue up
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class Silence:
         self.seen: dict[str, float] = {}     # node -> its latest report (oldest first)
         self.restart_at = float("-inf")      # silence counts from no earlier than this
         self.isolated_since: float | None = None
+        self.overloaded_since: float | None = None
         self.departed: list[str] = []        # forgotten by ``check``, not yet taken
 
     # -- input -------------------------------------------------------------------
@@ -63,6 +67,25 @@ class Silence:
         return Episode(True, f"the coordinator's own loop stalled for {ended - began:.1f}s "
                              f"(paused, overloaded or starved of CPU); silence clocks restarted",
                        active=len(self.seen))
+
+    def overload(self, now: float, busy: float) -> Episode | None:
+        """The coordinator's loop was busy ``busy`` (0-1) of the recent past. While it is
+        overloaded, silence clocks are held (restart at every call)."""
+        if busy >= OVERLOAD_BUSY:
+            self.restart_at = max(self.restart_at, now)
+            if self.overloaded_since is None:
+                self.overloaded_since = now
+                return Episode(True, f"the coordinator is overloaded (its loop busy "
+                                     f"{busy * 100:.0f}% of the time): reports wait; no node is "
+                                     f"judged on silence until it keeps up again",
+                               active=len(self.seen))
+        elif self.overloaded_since is not None:
+            lasted = now - self.overloaded_since
+            self.overloaded_since = None
+            return Episode(False, f"the coordinator keeps up again after {lasted:.1f}s of "
+                                  f"overload; silence clocks restarted", active=len(self.seen),
+                           lasted_s=lasted)
+        return None
 
     # -- questions -----------------------------------------------------------------
     @property
