@@ -387,3 +387,15 @@ def test_overload_holds_silence_clocks_and_says_so() -> None:
     # the overload ended at 12 s: b is judged node_timeout later (its peers step: agent_lost)
     assert found[1:] == [("agent_lost", "b", "none")]
     assert [e.began for e in c.episodes] == [True, False]
+
+
+def test_a_node_lost_during_overload_is_still_lost_when_its_peers_report_they_stopped() -> None:
+    c = cluster_of(10)
+    out = []
+    for tenth in range(1, 120):
+        t = tenth / 10
+        if tenth % 10 == 0:
+            beat(c, t, "a", 0, step=10, age=t)      # a reports: no step since b went
+            idle_beats(c, t, 10)
+        out += c.load(t, 0.95) + c.evaluate(t)
+    assert [k for k in kinds(out) if k[0] != "coordinator_isolated"] == [("node_lost", "b", "teardown")]

@@ -162,7 +162,8 @@ class Coordinator:
     # -- deciding ------------------------------------------------------------------------
     async def _decide_loop(self) -> None:
         last = collected = self.clock()
-        load = deque([(time.monotonic(), time.thread_time())])   # (wall, this thread's CPU)
+        idle = _IdleMeter(asyncio.get_running_loop())
+        load = deque([(time.monotonic(), idle.total)])   # (wall, time the loop waited for work)
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), TICK_S)   # type: ignore[union-attr]
@@ -175,14 +176,14 @@ class Coordinator:
                 if now - last > TICK_S + OWN_STALL_S:
                     # this loop did not run: whatever nodes said waits in its sockets
                     decisions += self.cluster.own_stall(last, now)
-                load.append((time.monotonic(), time.thread_time()))
+                load.append((time.monotonic(), idle.total))
                 while load[-1][0] - load[0][0] > LOAD_WINDOW_S and len(load) > 2:
                     load.popleft()
                 wall = load[-1][0] - load[0][0]
                 if wall >= LOAD_WINDOW_S / 2:
                     # busy nearly all the time: reports queue in the sockets, some longer
                     # than others; a node kept waiting is not a silent node
-                    decisions += self.cluster.load(now, (load[-1][1] - load[0][1]) / wall)
+                    decisions += self.cluster.load(now, 1.0 - (load[-1][1] - load[0][1]) / wall)
                 decisions += self.cluster.evaluate(now, JOBS_PER_PASS)
                 recorded = self.cluster.take_new_checkpoints()
                 self._prune(self.cluster.forget_departed())
@@ -316,6 +317,26 @@ class Coordinator:
             return asyncio.run_coroutine_threadsafe(self._fresh_snapshot(), loop).result(timeout=5)
         except Exception:
             return self._snap
+
+
+class _IdleMeter:
+    """How long the event loop waited for something to do (in its selector): busy is
+    the rest, whatever kept it -- its own work, the GIL, a CPU it did not get."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.total = 0.0
+        selector = getattr(loop, "_selector", None)      # the default (selector) loop's
+        if selector is None:
+            return
+        select = selector.select
+
+        def timed(timeout=None):  # type: ignore[no-untyped-def]
+            began = time.monotonic()
+            try:
+                return select(timeout)
+            finally:
+                self.total += time.monotonic() - began
+        selector.select = timed
 
 
 def run_coordinator(cfg: Config) -> int:

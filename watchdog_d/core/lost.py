@@ -15,7 +15,10 @@ lock-step (every step ends in a collective with every rank):
   there is nothing left to tear down, and nothing to witness;
 - no pace to judge by (before the first step, a rank inside a checkpoint): wait;
   the startup and section timeouts still bound the wait.
-While the coordinator itself is isolated (``silence.Silence``) nobody is judged.
+While the coordinator itself is isolated (``silence.Silence``) nobody is judged; while
+it is overloaded (some reports wait in its sockets longer than others) there is no
+``agent_lost``, and peers corroborate a loss only by what they reported, not by how
+long ago that was.
 """
 from __future__ import annotations
 
@@ -77,11 +80,13 @@ def judge(book: JobBook, now: float, silence: Silence,
                         f"{silent[name]:.1f}s): its ranks of this attempt never started",
                         _LOST_REMEDY), None
     step_time = pace(book, peers)
-    if _stopped(peers, now, silence, step_time):
+    if _stopped(peers, now, silence, step_time, silence.overloaded_since is not None):
         return _verdict(book, first, silent[first.node_id],
                         f"no heartbeat from node {first.node_id} for {silent[first.node_id]:.1f}s "
                         f"(agent and ranks silent), and the ranks of the other nodes stopped "
                         f"stepping with it", _LOST_REMEDY), None
+    if silence.overloaded_since is not None:
+        return None, None
     for name in names:
         node = book.nodes[name]
         if _stepped_since(peers, silence.since(silence.seen.get(name, node.seen_at)), step_time):
@@ -95,9 +100,11 @@ def judge(book: JobBook, now: float, silence: Silence,
     return None, None
 
 
-def _stopped(peers: list[NodeView], now: float, silence: Silence, step_time: float) -> bool:
+def _stopped(peers: list[NodeView], now: float, silence: Silence, step_time: float,
+             as_reported: bool = False) -> bool:
     """Every rank of the reporting nodes went longer without a step than the job's pace
-    allows -- and the pace is known, and none of them waits on a section."""
+    allows -- and the pace is known, and none of them waits on a section. ``as_reported``:
+    by the ages in their reports alone (a report's own age may be the coordinator's delay)."""
     if step_time <= 0:
         return False
     gap = PACE_STEPS * step_time + PACE_SLACK_S
@@ -107,7 +114,8 @@ def _stopped(peers: list[NodeView], now: float, silence: Silence, step_time: flo
     for node, r in ranks:
         if r.step < 0 or math.isfinite(r.section_remaining_s):
             return False
-        if r.last_step_age_s + (now - silence.since(node.seen_at)) <= gap:
+        stale = 0.0 if as_reported else now - silence.since(node.seen_at)
+        if r.last_step_age_s + stale <= gap:
             return False
     return True
 

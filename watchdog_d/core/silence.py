@@ -29,7 +29,8 @@ MASS_MIN = 3         # ... and at least this many (with fewer, a job's own rules
                      #   job none of whose nodes reports is never torn down)
 ACTIVE_S = 600.0     # a node silent this long has left the cluster: no longer counted
 OWN_STALL_S = 1.0    # the coordinator's loop this late: it heard nothing meanwhile
-OVERLOAD_BUSY = 0.9  # the coordinator's loop busy this share of the time: reports queue up
+OVERLOAD_BUSY = 0.9  # the coordinator's loop busy this share of the time: reports queue up,
+OVERLOAD_CALM = 0.75 #   and it keeps up again below this share
 
 
 @dataclass(frozen=True)
@@ -70,18 +71,20 @@ class Silence:
 
     def overload(self, now: float, busy: float) -> Episode | None:
         """The coordinator's loop was busy ``busy`` (0-1) of the recent past. While it is
-        overloaded, silence clocks are held (restart at every call)."""
+        overloaded, some nodes' reports wait longer than others': silence alone proves
+        nothing (``lost`` then warns of no agent and needs peers that *report* they
+        stopped); the clocks restart when it keeps up again."""
         if busy >= OVERLOAD_BUSY:
-            self.restart_at = max(self.restart_at, now)
             if self.overloaded_since is None:
                 self.overloaded_since = now
                 return Episode(True, f"the coordinator is overloaded (its loop busy "
-                                     f"{busy * 100:.0f}% of the time): reports wait; no node is "
-                                     f"judged on silence until it keeps up again",
+                                     f"{busy * 100:.0f}% of the time): reports wait; a silent "
+                                     f"node is lost only when its peers report they stopped",
                                active=len(self.seen))
-        elif self.overloaded_since is not None:
+        elif self.overloaded_since is not None and busy < OVERLOAD_CALM:
             lasted = now - self.overloaded_since
             self.overloaded_since = None
+            self.restart_at = max(self.restart_at, now)
             return Episode(False, f"the coordinator keeps up again after {lasted:.1f}s of "
                                   f"overload; silence clocks restarted", active=len(self.seen),
                            lasted_s=lasted)
