@@ -1,6 +1,6 @@
 """The coordinator at cluster scale, against the transport's floor.
 
-    python integration/bench_coordinator.py [--nodes 128,256,512,1024,2048] [--quick]
+    python integration/bench_coordinator.py [--nodes 128,256,512,1024,2048] [--runs N] [--quick]
 
 For each N: simulated agents (``simnodes.py``: the agent's own reporting code, 8 ranks
 per node, a job per 8 nodes, a step every 0.5 s, a heartbeat every second, each node
@@ -128,10 +128,26 @@ def one(nodes: int, quick: bool) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _median(runs: list[dict]) -> dict:
+    """Each number the median of the runs; lists (false verdicts) joined."""
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, list):
+            out[key] = [x for r in runs for x in r[key]]
+        elif isinstance(value, (int, float)) and value is not None:
+            vals = sorted(r[key] for r in runs if r[key] is not None)
+            out[key] = vals[len(vals) // 2] if vals else None
+        elif value is None:
+            vals = sorted(r[key] for r in runs if r[key] is not None)
+            out[key] = vals[len(vals) // 2] if vals else None
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nodes", default="128,256,512,1024,2048")
     ap.add_argument("--quick", action="store_true", help="no blackout and no pause phases")
+    ap.add_argument("--runs", type=int, default=1, help="runs per N; medians are printed")
     args = ap.parse_args()
     rows = []
     print("| nodes | coord CPU % | null CPU % | ratio | RSS MiB (per 1k nodes) | Report p50 / p99 ms "
@@ -139,7 +155,7 @@ def main() -> int:
           "| false verdicts | isolated warnings |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in [int(x) for x in args.nodes.split(",")]:
-        r = one(n, args.quick)
+        r = _median([one(n, args.quick) for _ in range(args.runs)])
         rows.append(r)
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         print(f"| {n} | {r['cpu']:.0f} | {r['null_cpu']:.0f} | {r['cpu'] / max(r['null_cpu'], 1e-9):.2f} "
