@@ -399,3 +399,24 @@ def test_a_node_lost_during_overload_is_still_lost_when_its_peers_report_they_st
             idle_beats(c, t, 10)
         out += c.load(t, 0.95) + c.evaluate(t)
     assert [k for k in kinds(out) if k[0] != "coordinator_isolated"] == [("node_lost", "b", "teardown")]
+
+
+def test_jobs_and_nodes_that_left_leave_nothing_behind() -> None:
+    """Bounded memory: 200 one-node jobs come, end and go; an hour and ten minutes later
+    the picture holds nothing of them."""
+    from watchdog_d.core.state import KEEP_ENDED_S
+
+    c = Cluster()
+    for i in range(200):
+        s = spec(f"job{i}")
+        c.ingest(report(f"n{i}", [rank(0, step=1)], job_spec=s), float(i))
+        c.evaluate(float(i))
+        c.ingest(report(f"n{i}", [dead(0, code=0)], state="exited", job_spec=s), i + 0.5)
+        c.evaluate(i + 0.5)
+    assert len(c.jobs) == 200
+    t = 200 + KEEP_ENDED_S + silence_mod.ACTIVE_S
+    for step in range(0, int(t), 5):
+        c.evaluate(float(step))
+    c.evaluate(t + 10)
+    assert c.jobs == {} and c.node_jobs == {} and len(c.due) == 0 and c.silence.seen == {}
+    assert len(c.forget_departed()) == 200

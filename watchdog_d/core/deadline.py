@@ -24,6 +24,7 @@ from .stall import rank_timeout, stall_timeout
 
 SOON_S = 0.25        # something unsettled (a silence, a failure settling, a long pause)
 MAX_WAIT_S = 5.0     # however quiet a job is, it is looked at this often
+SILENT_S = 1.0       # a job with a node silent past node_timeout (its peers may stop yet)
 
 
 def next_check(book: JobBook, now: float, silence: Silence) -> float:
@@ -44,7 +45,10 @@ def next_check(book: JobBook, now: float, silence: Silence) -> float:
         if node.attempt_seen < book.attempt and book.attempt_started_at is not None:
             lost_at = max(lost_at, book.attempt_started_at + CATCH_UP_S + book.spec.node_timeout_s)
         if lost_at <= now:
-            return soon          # silent: its peers are the witnesses, they report often
+            # silent: judged at once, then as its peers (the witnesses) report
+            moments.append(now if lost_at == now else
+                           now + (SOON_S if now - lost_at < SILENT_S else SILENT_S))
+            continue
         moments.append(lost_at)
         fresh = silence.since(node.seen_at)
         for r in node.part.ranks:
