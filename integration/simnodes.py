@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from watchdog_d.agent.reporter import Reporter  # noqa: E402
 from watchdog_d.core.model import JobOnNode, JobSpec, NodeReport, RankReport  # noqa: E402
 from watchdog_d.proto import watchdog_pb2 as pb  # noqa: E402
+from watchdog_d.proto.rpc import REPORT_TIMEOUT_S  # noqa: E402
 from watchdog_d.proto import watchdog_pb2_grpc as pb_grpc  # noqa: E402
 
 
@@ -119,7 +120,7 @@ class SimNode:
                 report = self.picture(now)
                 began = time.monotonic()
                 try:
-                    ack = await self.stub.Report(self.reporter.heartbeat(report), timeout=2.0)   # the agent's
+                    ack = await self.stub.Report(self.reporter.heartbeat(report), timeout=REPORT_TIMEOUT_S)
                     took = time.monotonic() - began
                     if measure[0] <= began < measure[1]:
                         self.out["latency"].append(took)

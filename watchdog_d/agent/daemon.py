@@ -279,7 +279,7 @@ class Agent:
                 return
             try:
                 self._sent_at = time.monotonic()
-                ack = self.stub.Report(self.reporter.heartbeat(report), timeout=2.0,
+                ack = self.stub.Report(self.reporter.heartbeat(report), timeout=rpc.REPORT_TIMEOUT_S,
                                        metadata=self.metadata)
                 if self.reporter.acked(report, ack):
                     self._send_now.set()       # the coordinator wants everything: now

@@ -40,6 +40,7 @@ STATUS_MIN_S = 0.25       # the snapshot is rebuilt at most this often ...
 STATUS_SHARE = 0.01       # ... and at most this share of the loop's time goes to it
 STATUS_WRITE_S = 1.0      # status.json is rewritten this often (or on a decision)
 LOAD_WINDOW_S = 2.0       # the loop's busy share is measured over this long
+LATE_S = 0.5              # a Report that waited this long for the loop: it is overloaded
 GC_EVERY_S = 30.0         # the daemon collects cyclic garbage itself, this often (see run_coordinator)
 
 
@@ -53,6 +54,7 @@ class Coordinator:
         self.sender = sender or AlertSender(tuple(cfg.alert), cooldown_s=cfg.alert_cooldown)
         self.outboxes: dict[str, Outbox] = {}
         self.bases: dict[str, convert.Base] = {}   # node -> its last report, for the next
+        self._late_at = float("-inf")              # a Report waited LATE_S for the loop then
         self.port = 0
         self.counters = {"reports": 0, "reports_refused": 0, "reports_incomplete": 0, "commands": 0, "commands_dropped": 0}
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -124,10 +126,13 @@ class Coordinator:
         self._write_status(None)
 
     # -- reports and commands (on the loop) -------------------------------------------
-    def report(self, request: pb.Heartbeat) -> pb.HeartbeatAck:
+    def report(self, request: pb.Heartbeat, waited: float | None = None) -> pb.HeartbeatAck:
         """O(ranks in the report): completed from the node's last report where it left
-        parts out (``agent.reporter``), ingested, answered with the standing orders."""
+        parts out (``agent.reporter``), ingested, answered with the standing orders.
+        ``waited``: how long it waited for this loop (from the agent's deadline)."""
         node, now = request.node_id[:200], self.clock()
+        if waited is not None and waited > LATE_S:
+            self._late_at = now
         try:
             report = convert.report_from_pb(request, self.bases.get(node), now)
         except convert.MissingBase:
@@ -181,9 +186,11 @@ class Coordinator:
                     load.popleft()
                 wall = load[-1][0] - load[0][0]
                 if wall >= LOAD_WINDOW_S / 2:
-                    # busy nearly all the time: reports queue in the sockets, some longer
-                    # than others; a node kept waiting is not a silent node
-                    decisions += self.cluster.load(now, 1.0 - (load[-1][1] - load[0][1]) / wall)
+                    # busy nearly all the time, or reports waited long for it: they queue in
+                    # the sockets, some longer than others; a node kept waiting is not silent
+                    busy = 1.0 - (load[-1][1] - load[0][1]) / wall
+                    decisions += self.cluster.load(now, 1.0 if now - self._late_at < LOAD_WINDOW_S
+                                                   else busy)
                 decisions += self.cluster.evaluate(now, JOBS_PER_PASS)
                 recorded = self.cluster.take_new_checkpoints()
                 self._prune(self.cluster.forget_departed())

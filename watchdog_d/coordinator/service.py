@@ -16,6 +16,7 @@ import grpc
 
 from .. import log
 from ..proto import watchdog_pb2 as pb
+from ..proto.rpc import REPORT_TIMEOUT_S
 
 if TYPE_CHECKING:
     from .server import Coordinator
@@ -84,8 +85,9 @@ def handlers(c: "Coordinator") -> grpc.GenericRpcHandler:
     async def report(request, context):  # type: ignore[no-untyped-def]
         if isinstance(request, _Malformed):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.error}")
+        left = context.time_remaining()     # of the agent's deadline: what is gone waited here
         try:
-            return c.report(request)
+            return c.report(request, None if left is None else REPORT_TIMEOUT_S - left)
         except BadRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 

@@ -14,6 +14,7 @@ import grpc
 from ..config import Config, ConfigError
 
 MAX_MESSAGE = 16 * 1024 * 1024
+REPORT_TIMEOUT_S = 2.0    # an agent's Report deadline (the coordinator reads how much is left)
 
 
 def read_token(cfg: Config) -> str:
