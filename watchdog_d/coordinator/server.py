@@ -26,7 +26,7 @@ from pathlib import Path
 from .. import log
 from ..config import Config
 from ..core.silence import OWN_STALL_S
-from ..core.state import Cluster, Decision
+from ..core.state import COORDINATOR, Cluster, Decision
 from ..proto import convert, rpc
 from ..proto import watchdog_pb2 as pb
 from .alerts import AlertSender
@@ -69,6 +69,9 @@ class Coordinator:
         self._written_at = float("-inf")
         self._metrics = None
         self.collect_garbage = False      # set by run_coordinator, which turns automatic GC off
+        # an embedded coordinator shares its process (and its stalls) with the only agent it
+        # hears: its own trouble is logged, not recorded or alerted
+        self.announce_isolation = True
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self, listen: str | None = None) -> int:
@@ -200,7 +203,8 @@ class Coordinator:
                              nodes=episode.active)
                 self.cluster.episodes.clear()
                 for d in decisions:
-                    self._carry_out(d)
+                    if self.announce_isolation or d.job_id != COORDINATOR:
+                        self._carry_out(d)
                 if recorded:
                     self._io.submit(self._store_checkpoints, recorded)
             except Exception as e:  # keep deciding whatever one job did

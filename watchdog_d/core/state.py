@@ -244,10 +244,8 @@ class Cluster:
                     remedy="check the coordinator's host and network (load, link, a paused "
                            "VM); jobs were not judged on the silence, none was torn down",
                     advisory=True)
-        urls = tuple(dict.fromkeys(u for b in self.jobs.values() if b.status != "ended"
-                                   for u in b.spec.alert_urls))
-        return [Decision(COORDINATOR, "none", (), Incident(0.0, v, "none"), alert=True,
-                         alert_urls=urls)]
+        # to the coordinator's own operators (its --alert URLs): nothing was done to any job
+        return [Decision(COORDINATOR, "none", (), Incident(0.0, v, "none"), alert=True)]
 
     def _forget_job(self, job_id: str) -> None:
         book = self.jobs.pop(job_id)

@@ -43,6 +43,7 @@ class Embedded:
             from ..coordinator.server import Coordinator
 
             self.coordinator = Coordinator(self.cfg)
+            self.coordinator.announce_isolation = False
             port = self.coordinator.start("127.0.0.1:0")
             target = f"127.0.0.1:{port}"
         else:
