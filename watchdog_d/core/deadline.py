@@ -22,6 +22,7 @@ from .rootcause import failures
 from .silence import Silence
 from .stall import rank_timeout, stall_timeout
 
+STACKS_REFRESH_S = 30.0   # during a long pause, stacks are asked for again this often
 SOON_S = 0.25        # something unsettled (a silence, a failure settling, a long pause)
 MAX_WAIT_S = 5.0     # however quiet a job is, it is looked at this often
 SILENT_S = 1.0       # a job with a node silent past node_timeout (its peers may stop yet)
@@ -35,7 +36,9 @@ def next_check(book: JobBook, now: float, silence: Silence) -> float:
         return latest
     moments = [latest]
     if book.stacks_asked_at is not None:
-        return soon              # a suspect or a long pause: watch it closely
+        # a suspect or a long pause: its stacks come in by themselves (a report that
+        # changes what matters); the timeout below, or the next refresh, is the moment
+        moments.append(book.stacks_asked_at + STACKS_REFRESH_S)
     learned = stall_timeout(book.spec.min_stall_timeout_s, book.spec.stall_factor, book.steps.p99())
     for node in book.nodes.values():
         if node.ended_at is not None:
@@ -63,7 +66,9 @@ def next_check(book: JobBook, now: float, silence: Silence) -> float:
             # (a moment that is now: the detector's limits are strict, look again next tick)
             moments.extend(t for t in (stepped + limit / 2, stepped + limit) if t >= now)
             if stepped + limit <= now:
-                return soon      # past its timeout: a verdict or a pause is being made
+                # past its timeout: a verdict or a pause is being made; just past it (the
+                # detector's limits are strict), the very next look
+                moments.append(now if now - (stepped + limit) < SOON_S else soon)
     if any(True for _ in failures(book)):
         return soon              # a consequence waits for its cause to arrive
     return max(now, min(min(moments), latest))

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from . import detector, policy
 from .book import BARRIER_CAP_S, JobBook, NodeView
-from .deadline import Due, next_check, signature
+from .deadline import STACKS_REFRESH_S, Due, next_check, signature
 from .decision import Decision, Order
 from .model import Incident, JobOnNode, NodeReport, Verdict
 from .silence import Episode, Silence
@@ -20,7 +20,6 @@ from .stall import stall_timeout
 
 KEEP_ENDED_S = 3600.0               # an ended job stays in the picture (status) this long
 ONCE_PER_ATTEMPT = ("rank_exited", "job_failed")      # can happen only once per attempt
-STACKS_REFRESH_S = 30.0             # during a long pause, stacks are asked for again this often
 BY_NODE = ("node_lost", "agent_lost")   # one incident per silent node, not per rank
 COORDINATOR = "(coordinator)"       # the "job" of the coordinator's own incidents (no job id has
                                     #   parentheses, so it names no job)
