@@ -18,7 +18,6 @@ import json
 import os
 import threading
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -39,8 +38,8 @@ JOBS_PER_PASS = 16        # jobs judged (or put in the snapshot) before reports 
 STATUS_MIN_S = 0.25       # the snapshot is rebuilt at most this often ...
 STATUS_SHARE = 0.01       # ... and at most this share of the loop's time goes to it
 STATUS_WRITE_S = 1.0      # status.json is rewritten this often (or on a decision)
-LOAD_WINDOW_S = 2.0       # the loop's busy share is measured over this long
-LATE_S = 0.5              # a Report that waited this long for the loop: it is overloaded
+LATE_S = 0.5              # a Report that waited this long for the loop: it is overloaded ...
+LOAD_WINDOW_S = 2.0       # ... until none has for this long
 GC_EVERY_S = 30.0         # the daemon collects cyclic garbage itself, this often (see run_coordinator)
 
 
@@ -170,8 +169,6 @@ class Coordinator:
     # -- deciding ------------------------------------------------------------------------
     async def _decide_loop(self) -> None:
         last = collected = self.clock()
-        idle = _IdleMeter(asyncio.get_running_loop())
-        load = deque([(time.monotonic(), idle.total)])   # (wall, time the loop waited for work)
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), TICK_S)   # type: ignore[union-attr]
@@ -184,16 +181,9 @@ class Coordinator:
                 if now - last > TICK_S + OWN_STALL_S:
                     # this loop did not run: whatever nodes said waits in its sockets
                     decisions += self.cluster.own_stall(last, now)
-                load.append((time.monotonic(), idle.total))
-                while load[-1][0] - load[0][0] > LOAD_WINDOW_S and len(load) > 2:
-                    load.popleft()
-                wall = load[-1][0] - load[0][0]
-                if wall >= LOAD_WINDOW_S / 2:
-                    # busy nearly all the time, or reports waited long for it: they queue in
-                    # the sockets, some longer than others; a node kept waiting is not silent
-                    busy = 1.0 - (load[-1][1] - load[0][1]) / wall
-                    decisions += self.cluster.load(now, 1.0 if now - self._late_at < LOAD_WINDOW_S
-                                                   else busy)
+                # Reports that waited long for this loop: they queue in the sockets, some
+                # longer than others; a node kept waiting is not a silent node
+                decisions += self.cluster.load(now, now - self._late_at < LOAD_WINDOW_S)
                 decisions += self.cluster.evaluate(now, JOBS_PER_PASS)
                 recorded = self.cluster.take_new_checkpoints()
                 self._prune(self.cluster.forget_departed())
@@ -328,26 +318,6 @@ class Coordinator:
             return asyncio.run_coroutine_threadsafe(self._fresh_snapshot(), loop).result(timeout=5)
         except Exception:
             return self._snap
-
-
-class _IdleMeter:
-    """How long the event loop waited for something to do (in its selector): busy is
-    the rest, whatever kept it -- its own work, the GIL, a CPU it did not get."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.total = 0.0
-        selector = getattr(loop, "_selector", None)      # the default (selector) loop's
-        if selector is None:
-            return
-        select = selector.select
-
-        def timed(timeout=None):  # type: ignore[no-untyped-def]
-            began = time.monotonic()
-            try:
-                return select(timeout)
-            finally:
-                self.total += time.monotonic() - began
-        selector.select = timed
 
 
 def run_coordinator(cfg: Config) -> int:

@@ -6,8 +6,8 @@ coordinator hears the others. Two things make nodes look silent with no node at 
 - the coordinator's own trouble: its loop did not run (a paused VM, a stop signal,
   a long GC, overload) -- the shell notices its loop came late and says so with
   ``own_stall``;
-- overload: its loop busy nearly all the time, reports wait in its sockets for
-  seconds, some nodes' longer than others -- the shell measures and says ``overload``;
+- overload: reports wait in its sockets for its loop, some nodes' longer than others'
+  -- the shell sees how long each waited and says ``overload``;
 - a mass silence: more than half of the active nodes (at least three) quiet together.
   Nodes do not fail together by the hundred; the coordinator's link does.
 
@@ -29,8 +29,6 @@ MASS_MIN = 3         # ... and at least this many (with fewer, a job's own rules
                      #   job none of whose nodes reports is never torn down)
 ACTIVE_S = 600.0     # a node silent this long has left the cluster: no longer counted
 OWN_STALL_S = 1.0    # the coordinator's loop this late: it heard nothing meanwhile
-OVERLOAD_BUSY = 0.9  # the coordinator's loop busy this share of the time: reports queue up,
-OVERLOAD_CALM = 0.75 #   and it keeps up again below this share
 
 
 @dataclass(frozen=True)
@@ -69,19 +67,18 @@ class Silence:
                              f"(paused, overloaded or starved of CPU); silence clocks restarted",
                        active=len(self.seen))
 
-    def overload(self, now: float, busy: float) -> Episode | None:
-        """The coordinator's loop was busy ``busy`` (0-1) of the recent past. While it is
+    def overload(self, now: float, late: bool) -> Episode | None:
+        """``late``: Reports waited long for the coordinator's loop lately. While it is
         overloaded, some nodes' reports wait longer than others': silence alone proves
         nothing (``lost`` then warns of no agent and needs peers that *report* they
         stopped); the clocks restart when it keeps up again."""
-        if busy >= OVERLOAD_BUSY:
+        if late:
             if self.overloaded_since is None:
                 self.overloaded_since = now
-                return Episode(True, f"the coordinator is overloaded (its loop busy "
-                                     f"{busy * 100:.0f}% of the time): reports wait; a silent "
-                                     f"node is lost only when its peers report they stopped",
-                               active=len(self.seen))
-        elif self.overloaded_since is not None and busy < OVERLOAD_CALM:
+                return Episode(True, "the coordinator is overloaded (Reports wait for its "
+                                     "loop): a silent node is lost only when its peers report "
+                                     "they stopped", active=len(self.seen))
+        elif self.overloaded_since is not None:
             lasted = now - self.overloaded_since
             self.overloaded_since = None
             self.restart_at = max(self.restart_at, now)

@@ -230,9 +230,9 @@ class Cluster:
         """The shell's loop did not run from ``began`` to ``ended`` (see ``silence``)."""
         return self._episode(self.silence.own_stall(began, ended))
 
-    def load(self, now: float, busy: float) -> list[Decision]:
-        """The shell's loop was busy this share of the recent past (see ``silence``)."""
-        episode = self.silence.overload(now, busy)
+    def load(self, now: float, late: bool) -> list[Decision]:
+        """Reports waited long for the shell's loop lately, or not (see ``silence``)."""
+        episode = self.silence.overload(now, late)
         return [] if episode is None else self._episode(episode)
 
     def _episode(self, episode: Episode) -> list[Decision]:
