@@ -40,7 +40,11 @@ class Conn:
         """Next message; None on EOF (or a line over MAX_LINE). Raises TimeoutError when
         nothing came in time, local.MessageError for a line that is no valid message (the
         line is consumed: the next call reads on)."""
-        self.sock.settimeout(timeout)
+        try:
+            self.sock.settimeout(timeout)
+        except OSError:            # closed under us (another thread's close()): EOF
+            self.closed = True
+            return None
         while b"\n" not in self._buf:
             try:
                 chunk = self.sock.recv(65536)

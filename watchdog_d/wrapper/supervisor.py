@@ -61,8 +61,11 @@ class Wrapper:
         self.next_reattach = 0.0
         self.node_id = node_id
         self.job_id = cfg.job_id
-        # Commands from the agent, None when its connection ended, USER_SIGNAL
-        self.inbox: queue.Queue[Command | None | str] = queue.Queue()
+        # Commands from the agent, None when its connection ended, USER_SIGNAL. A
+        # SimpleQueue: its put() is reentrant, so the signal handler may call it while
+        # the main thread it interrupted is inside get() (queue.Queue's lock would
+        # deadlock there)
+        self.inbox: queue.SimpleQueue[Command | None | str] = queue.SimpleQueue()
         self.user_signal: int | None = None
         self.attempt: Attempt | None = None
         self.final_line = ""
