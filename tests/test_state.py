@@ -120,6 +120,32 @@ def test_jobs_are_independent() -> None:
     assert c.jobs["one"].status == "running"
 
 
+def test_a_job_whose_evaluation_raises_does_not_stop_the_others(monkeypatch) -> None:
+    """A bug tripped by one job's state: the other jobs are still judged in the same
+    pass, the error is handed to the shell, and the broken job is tried again later."""
+    from watchdog_d.core import detector, state
+
+    c = Cluster()
+    for job in ("aaa-broken", "zzz-fine"):
+        c.ingest(report("a", [0], job_spec=spec(job)), 0.0)
+        c.ingest(report("a", [dead(0, code=1)], job_spec=spec(job)), 1.0)
+    real = detector.detect
+
+    def detect(book, now, silence):  # type: ignore[no-untyped-def]
+        if book.spec.job_id == "aaa-broken":
+            raise ZeroDivisionError("a bug")
+        return real(book, now, silence)
+
+    monkeypatch.setattr(detector, "detect", detect)
+    (d,) = c.evaluate(1.0)
+    assert d.job_id == "zzz-fine" and d.verb == "teardown"
+    assert [(job, type(e)) for job, e in c.errors] == [("aaa-broken", ZeroDivisionError)]
+    monkeypatch.setattr(detector, "detect", real)      # the bug cleared: judged again
+    assert c.evaluate(1.0 + state.RETRY_ERROR_S / 2) == []
+    (d,) = c.evaluate(1.0 + state.RETRY_ERROR_S)
+    assert d.job_id == "aaa-broken" and d.verb == "teardown"
+
+
 # -- user stop -----------------------------------------------------------------------------
 def test_user_stopped_job_is_not_a_failure_and_wrapper_gets_done() -> None:
     c = Cluster()

@@ -66,6 +66,7 @@ class Coordinator:
         self._snap_at, self._snap_cost = float("-inf"), 0.0
         self._snap_json: tuple[dict, str] | None = None
         self._written_at = float("-inf")
+        self._job_errors: dict[str, str] = {}      # job -> the evaluation error last logged
         self._metrics = None
         self.collect_garbage = False      # set by run_coordinator, which turns automatic GC off
         # an embedded coordinator shares its process (and its stalls) with the only agent it
@@ -185,6 +186,7 @@ class Coordinator:
                 # longer than others; a node kept waiting is not a silent node
                 decisions += self.cluster.load(now, now - self._late_at < LOAD_WINDOW_S)
                 decisions += self.cluster.evaluate(now, JOBS_PER_PASS)
+                self._log_errors()
                 recorded = self.cluster.take_new_checkpoints()
                 self._prune(self.cluster.forget_departed())
                 for episode in self.cluster.episodes:
@@ -212,6 +214,18 @@ class Coordinator:
                 await self._fresh_snapshot()
                 self._status_io.submit(self._write_status, self._snap_json)
             last = self.clock()
+
+    def _log_errors(self) -> None:
+        """A job whose evaluation raised (the others were judged): said once per error."""
+        for job, e in self.cluster.errors:
+            text = repr(e)[:300]
+            if self._job_errors.get(job) != text:
+                self._job_errors[job] = text
+                log.error("evaluation_error", job=job, error=text,
+                          effect="this job is not judged until it clears; other jobs are")
+        self.cluster.errors.clear()
+        if len(self._job_errors) > 1000:
+            self._job_errors.clear()
 
     def _prune(self, departed: list[str]) -> None:
         for node in departed:

@@ -18,6 +18,7 @@ from .silence import Episode, Silence
 from .stall import stall_timeout
 
 
+RETRY_ERROR_S = 1.0                 # a job whose evaluation raised is looked at again after this
 KEEP_ENDED_S = 3600.0               # an ended job stays in the picture (status) this long
 ONCE_PER_ATTEMPT = ("rank_exited", "job_failed")      # can happen only once per attempt
 BY_NODE = ("node_lost", "agent_lost")   # one incident per silent node, not per rank
@@ -34,6 +35,7 @@ class Cluster:
         self.dirty: set[str] = set()                        # jobs to look at now
         self.episodes: list[Episode] = []                   # the coordinator's own, to say
         self.departed: list[str] = []                       # nodes forgotten (the shell prunes)
+        self.errors: list[tuple[str, Exception]] = []       # (job, what its evaluation raised), to log
         # run token -> (step, path) of the newest checkpoint its run's ranks recorded; the
         # shell loads it from the state store and saves what changes (outlives the JobBook)
         self.checkpoints: dict[str, tuple[int, str]] = dict(checkpoints or {})
@@ -215,11 +217,17 @@ class Cluster:
             if book.ended_at is not None and now - book.ended_at > KEEP_ENDED_S:
                 self._forget_job(job_id)
                 continue
-            out.extend(self._evaluate_job(book, now))
-            book.judged_limit = stall_timeout(book.spec.min_stall_timeout_s,
-                                              book.spec.stall_factor, book.steps.p99())
-            self.due.at(job_id, book.ended_at + KEEP_ENDED_S + 1.0 if book.ended_at is not None
-                        else next_check(book, now, self.silence))
+            try:
+                out.extend(self._evaluate_job(book, now))
+                book.judged_limit = stall_timeout(book.spec.min_stall_timeout_s,
+                                                  book.spec.stall_factor, book.steps.p99())
+                self.due.at(job_id, book.ended_at + KEEP_ENDED_S + 1.0 if book.ended_at is not None
+                            else next_check(book, now, self.silence))
+            except Exception as e:
+                # one job's bad state (a bug) must not stop the judging of every other
+                # job: the shell logs it; the job is looked at again in a second
+                self.errors.append((job_id, e))
+                self.due.at(job_id, now + RETRY_ERROR_S)
         return out
 
     def pending(self) -> bool:
