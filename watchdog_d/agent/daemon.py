@@ -60,6 +60,9 @@ class Agent:
         self.host = socket.gethostname()
         self.jobs: dict[str, LocalJob] = {}
         self.lock = threading.Lock()
+        # held while beacons and logs are read (one observation at a time), and while a
+        # job's attempt, tracks or logs change; taken before ``lock``, never after it
+        self.observing = threading.Lock()
         self._stop = threading.Event()
         self._send_now = threading.Event()
         self._latest: NodeReport | None = None
@@ -137,7 +140,7 @@ class Agent:
                     if job.state == "running":   # the wrapper vanished mid-job
                         job.state, job.exit_code = "exited", 1
                 self.observe_now()
-                with self.lock:
+                with self.observing, self.lock:
                     self.jobs.pop(job.spec.job_id, None)
                     self._close_logs(job)
                     self.exits.forget({t.pid for t in job.tracks.values()})
@@ -163,7 +166,7 @@ class Agent:
                     attempt=job.attempt)
             self._send_now.set()
         elif isinstance(msg, AttemptStarted) and job is not None:
-            with self.lock:
+            with self.observing, self.lock:      # (that order, always)
                 job.attempt, job.launcher_pid, job.beacon_dir = msg.attempt, msg.launcher_pid, msg.beacon_dir
                 self.exits.forget({t.pid for t in job.tracks.values()})
                 job.state, job.exit_code, job.tracks, job.note = "running", 0, {}, ""
@@ -222,22 +225,24 @@ class Agent:
 
     # -- observing and reporting -----------------------------------------------------
     def observe_now(self) -> None:
-        now = time.monotonic()
+        """Beacons, processes and logs of every job, then the report. Reading a job's
+        logs may take long (a big burst, a slow disk): it holds ``observing``, not
+        ``lock``, which delivering a command needs."""
+        with self.observing:
+            self._observe(time.monotonic())
+
+    def _observe(self, now: float) -> None:
+        with self.lock:
+            jobs = list(self.jobs.values())
+        seen: dict[int, tuple[int, tuple]] = {}          # id(job) -> (attempt, ranks)
+        for job in jobs:
+            seen[id(job)] = (job.attempt, self._observe_job(job, now))
         with self.lock:
             parts = []
             for job in self.jobs.values():
-                ranks = observe_job(job.beacon_dir, job.tracks, now, self.exits) \
-                    if job.beacon_dir else ()
-                # logs at their own pace, but at once when a rank died (its last lines)
-                if job.logs is not None and (now - job.logs_read_at >= LOG_POLL_S
-                                             or any(not r.alive for r in ranks)):
-                    job.logs_read_at = now
-                    try:
-                        job.logs.poll()
-                    except Exception as e:   # a log must never stop the watching
-                        log.error("log_poll_error", job=job.spec.job_id, error=repr(e)[:200])
-                if job.logs is not None:
-                    ranks = with_logs(ranks, job.logs, job.spec.min_stall_timeout_s / 2)
+                attempt, ranks = seen.get(id(job), (-1, ()))
+                if attempt != job.attempt:    # attached meanwhile: next pass
+                    ranks = ()
                 job.last = JobOnNode(spec=job.spec, attempt=job.attempt, state=job.state,
                                      exit_code=job.exit_code, ranks=ranks, note=job.note,
                                      run=job.run)
@@ -253,6 +258,21 @@ class Agent:
             self._signature = (urgent, changed)
         if send:
             self._send_now.set()
+
+    def _observe_job(self, job: LocalJob, now: float) -> tuple:
+        """(under ``observing``)"""
+        ranks = observe_job(job.beacon_dir, job.tracks, now, self.exits) if job.beacon_dir else ()
+        # logs at their own pace, but at once when a rank died (its last lines)
+        if job.logs is not None and (now - job.logs_read_at >= LOG_POLL_S
+                                     or any(not r.alive for r in ranks)):
+            job.logs_read_at = now
+            try:
+                job.logs.poll()
+            except Exception as e:   # a log must never stop the watching
+                log.error("log_poll_error", job=job.spec.job_id, error=repr(e)[:200])
+        if job.logs is not None:
+            ranks = with_logs(ranks, job.logs, job.spec.min_stall_timeout_s / 2)
+        return ranks
 
     def _observe_loop(self) -> None:
         while not self._stop.is_set():
