@@ -14,7 +14,6 @@ For stalls the latency includes the stall timeout by design; the column
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from watchdog_d.coordinator.status import read_local  # noqa: E402
 from cluster import Cluster  # noqa: E402
 from harness import (TORCHRUN, AlertSink, Guarded, free_port, kill_job,  # noqa: E402
                      torchrun_cmd, train_env)
@@ -63,10 +63,10 @@ def one_run(kind: str, nodes: int, stall: float, tmp: Path) -> dict:
         for i, w in enumerate(wrappers):
             exits.setdefault(i, time.time())
         sink.wait_for(1, timeout=10)
-        state = (cluster.state_dir if cluster else wrappers[0].state_dir) / "status.json"
+        state = cluster.state_dir if cluster else wrappers[0].state_dir
         try:
-            job_status = next(j for j in json.loads(state.read_text())["jobs"] if j["job"] == job)
-        except (OSError, ValueError, StopIteration):
+            job_status = next(j for j in read_local(str(state))["jobs"] if j["job"] == job)
+        except StopIteration:
             job_status = {}
         fault_t = float(mark.read_text()) if mark.exists() else float("nan")
         return {

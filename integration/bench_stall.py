@@ -105,7 +105,7 @@ def one_run(tmp: Path, floor: float, soak_s: float) -> dict:
         sink.close()
     events = g.events()
     stalled = [e for e in events if e["kind"] == "rank_stalled" and e["rank"] == 1]
-    status = json.loads((g.state_dir / "status.json").read_text())
+    status = json.loads((g.state_dir / "status.d" / f"{g.job_id}.json").read_text())
     timeout = next(j for j in status["jobs"] if j["job"] == job)["stall_timeout_s"]
     caught = None
     if stalled and mark.exists():

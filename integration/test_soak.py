@@ -39,7 +39,7 @@ def _soak(guarded, tmp_path: Path, alert_sink, case: dict) -> None:
     assert [(e["kind"], e["rank"]) for e in ev] == [("rank_stalled", 1)], ev
     assert "state T" in ev[0]["cause"]
     assert len(list(ckpt.glob("step-*.pt"))) >= 3, "the checkpoints the soak is about did happen"
-    status = json.loads((g.state_dir / "status.json").read_text())
+    status = json.loads((g.state_dir / "status.d" / f"{g.job_id}.json").read_text())
     timeout = next(j for j in status["jobs"] if j["job"] == g.job_id)["stall_timeout_s"]
     caught = datetime.fromisoformat(ev[0]["ts"]).timestamp() - float(mark.read_text())
     assert caught <= timeout + 2.0, f"caught {caught:.1f}s after the freeze (timeout {timeout}s)"

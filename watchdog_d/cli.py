@@ -170,9 +170,7 @@ def _dispatch(args: argparse.Namespace, cfg: Config, command: list[str]) -> int:
 
 
 def _status(args: argparse.Namespace, cfg: Config) -> int:
-    from pathlib import Path
-
-    from .coordinator.status import render
+    from .coordinator.status import read_local, render
 
     if cfg.coordinator:
         from .proto import rpc
@@ -189,11 +187,7 @@ def _status(args: argparse.Namespace, cfg: Config) -> int:
             return 1
         snap = json.loads(reply.json)
     else:
-        path = Path(cfg.state_dir) / "status.json"
-        try:
-            snap = json.loads(path.read_text())
-        except (OSError, ValueError):
-            snap = {"jobs": []}
+        snap = read_local(cfg.state_dir)
     print(json.dumps(snap, indent=2) if args.json else render(snap))
     return 0
 

@@ -30,7 +30,7 @@ from ..proto import convert, rpc
 from ..proto import watchdog_pb2 as pb
 from .alerts import AlertSender
 from .service import BadRequest, Outbox, handlers
-from .status import job_status, snapshot, status_text, to_json
+from .status import STATUS_FILE, job_status, snapshot, status_text, to_json
 from .store import IncidentStore
 
 TICK_S = 0.1
@@ -66,6 +66,8 @@ class Coordinator:
         self._snap_at, self._snap_cost = float("-inf"), 0.0
         self._snap_json: tuple[dict, str] | None = None
         self._written_at = float("-inf")
+        # the daemon's; an embedded coordinator (one per job) gets its own (wrapper.run)
+        self.status_path = Path(cfg.state_dir) / STATUS_FILE
         self._job_errors: dict[str, str] = {}      # job -> the evaluation error last logged
         self._metrics = None
         self.collect_garbage = False      # set by run_coordinator, which turns automatic GC off
@@ -281,10 +283,11 @@ class Coordinator:
                 log.log("checkpoint_recorded", job=job, step=step, path=path)
 
     def _write_status(self, snap_json: tuple[dict, str] | None) -> None:
-        path = Path(self.cfg.state_dir) / "status.json"
+        path = self.status_path
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         text = to_json(snapshot(self.cluster, self.clock())) if snap_json is None else snap_json[1]
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(text)
             os.replace(tmp, path)
         except OSError as e:

@@ -7,11 +7,52 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
+from pathlib import Path
 
 from ..core.stall import stall_timeout
 from ..core.book import JobBook
 from ..core.state import Cluster
+
+
+STATUS_FILE = "status.json"     # the daemon coordinator's, in its state dir
+EMBEDDED_DIR = "status.d"       # one file per job guarded by an embedded coordinator
+EMBEDDED_KEEP_S = 3600.0        # ... shown by `status` this long after it was last written
+
+
+def embedded_status_path(state_dir: str, job_id: str) -> Path:
+    """Where the coordinator embedded in ``watchdog-d run`` for ``job_id`` writes: two
+    jobs on one machine share the state dir, not their status."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", job_id)[:120].lstrip(".") or "_"
+    return Path(state_dir) / EMBEDDED_DIR / f"{name}.json"
+
+
+def read_local(state_dir: str, now: float | None = None) -> dict:
+    """`watchdog-d status` without --coordinator: the daemon's picture and those of the
+    embedded coordinators written lately, merged (a job in both: the newer)."""
+    now = time.time() if now is None else now
+    files = [Path(state_dir) / STATUS_FILE]
+    try:
+        files += sorted((Path(state_dir) / EMBEDDED_DIR).glob("*.json"))
+    except OSError:
+        pass
+    jobs: dict[str, tuple[float, dict]] = {}
+    written = 0.0
+    for i, path in enumerate(files):
+        try:
+            snap = json.loads(path.read_text())
+            at = float(snap.get("written_at", 0.0))
+            listed = list(snap["jobs"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue        # none yet, or half-written by an older version: skip it
+        if i > 0 and now - at > EMBEDDED_KEEP_S:
+            continue
+        written = max(written, at)
+        for job in listed:
+            if isinstance(job, dict) and (job.get("job") not in jobs or jobs[job["job"]][0] < at):
+                jobs[job["job"]] = (at, job)
+    return {"written_at": written, "jobs": [job for _, (_, job) in sorted(jobs.items())]}
 
 
 def snapshot(cluster: Cluster, now: float) -> dict:

@@ -42,8 +42,11 @@ class Embedded:
         if not target:
             from ..coordinator.server import Coordinator
 
+            from ..coordinator.status import embedded_status_path
+
             self.coordinator = Coordinator(self.cfg)
             self.coordinator.announce_isolation = False
+            self.coordinator.status_path = embedded_status_path(self.cfg.state_dir, self.cfg.job_id)
             port = self.coordinator.start("127.0.0.1:0")
             target = f"127.0.0.1:{port}"
         else:
@@ -58,7 +61,9 @@ class Embedded:
             # several wrappers of this host may report to one coordinator, each with
             # its own embedded agent: each needs a node id of its own
             node_id = f"{node_id}-{os.getpid()}"
-        self.agent = Agent(replace(self.cfg, socket=self.socket, node_id=node_id),
+        # no /metrics of its own: it lives as long as the job, and a second job of this
+        # host would find the port taken (the agent daemon's port, or the first one's)
+        self.agent = Agent(replace(self.cfg, socket=self.socket, node_id=node_id, metrics_port=0),
                            coordinator=target)
         self.agent.start()
         return self.socket
