@@ -1,0 +1,44 @@
+"""The coordinator carries out a verdict's verbs before it stores the incident: a slow or
+locked incident database must not delay a teardown."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from watchdog_d.config import Config
+from watchdog_d.coordinator.server import Coordinator
+from watchdog_d.proto import convert
+from watchdog_d.proto import watchdog_pb2 as pb
+from watchdog_d.proto import watchdog_pb2_grpc as pb_grpc
+from wdtest_helpers import dead, report
+
+
+def test_the_teardown_goes_out_while_the_incident_store_is_stuck(tmp_path: Path) -> None:
+    c = Coordinator(Config(state_dir=str(tmp_path)))
+    stuck, recorded = threading.Event(), []
+
+    def record(incident) -> None:  # type: ignore[no-untyped-def]
+        stuck.wait(10)                     # the database is locked by a reader, say
+        recorded.append(incident)
+
+    c.store.record = record                # type: ignore[method-assign]
+    port = c.start("127.0.0.1:0")
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = pb_grpc.CoordinatorStub(channel)
+        stream = stub.Watch(pb.WatchRequest(node_id="a"), timeout=10)
+        stub.Report(convert.report_to_pb(report("a", [0, 1], seq=1)), timeout=5)
+        began = time.monotonic()
+        stub.Report(convert.report_to_pb(report("a", [0, dead(1, code=1)], seq=2)), timeout=5)
+        cmd = next(iter(stream))
+        assert cmd.verb == "teardown" and time.monotonic() - began < 2.0
+        assert recorded == []              # the store is still stuck: the verb did not wait
+        stream.cancel()
+    finally:
+        stuck.set()
+        channel.close()
+        c.stop(flush_alerts_s=0.5)
+    assert len(recorded) == 1 and recorded[0].verdict.kind == "rank_exited"
