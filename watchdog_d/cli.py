@@ -97,17 +97,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--catalogue", metavar="FILE", help="another fingerprint catalogue (TOML)")
 
+    p = sub.add_parser("config", help="the effective configuration: watchdog-d config show [--json]")
+    p.add_argument("action", choices=("show",))
+    p.add_argument("--json", action="store_true")
+    _common(p)
+
     p = sub.add_parser("demo", help="a self-contained show on this CPU")
     _common(p)
     return parser
 
 
-_NOT_CONFIG = {"cmd", "json", "job", "verbose", "paths", "catalogue"}
+_NOT_CONFIG = {"cmd", "json", "job", "verbose", "paths", "catalogue", "action"}
 
 
 def _config(args: argparse.Namespace) -> Config:
-    flags = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
-    return load(flags).finish()
+    return load(_flags(args)).finish()
+
+
+def _flags(args: argparse.Namespace) -> dict[str, object]:
+    return {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,6 +170,12 @@ def _dispatch(args: argparse.Namespace, cfg: Config, command: list[str]) -> int:
         return _events(args, cfg)
     if args.cmd == "diagnose":
         return _diagnose(args)
+    if args.cmd == "config":
+        from .config import effective, load_with_sources, show
+
+        shown, sources = load_with_sources(_flags(args))
+        print(show(effective(shown.finish(), sources), args.json))
+        return 0
     if args.cmd == "demo":
         from .demo.show import run_demo
 

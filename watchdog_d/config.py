@@ -7,6 +7,8 @@ space (not commas: an Apprise URL may contain commas).
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
 import math
 import os
 import socket
@@ -161,9 +163,17 @@ def _coerce(name: str, value: object) -> object:
 def load(flags: dict[str, object] | None = None, env: dict[str, str] | None = None,
          config_file: str | None = None) -> Config:
     """Build the config: file, then environment, then flags (None means 'not given')."""
+    return load_with_sources(flags, env, config_file)[0]
+
+
+def load_with_sources(flags: dict[str, object] | None = None, env: dict[str, str] | None = None,
+                      config_file: str | None = None) -> tuple[Config, dict[str, str]]:
+    """``load``, and where each value came from: ``default``, ``file PATH``,
+    ``env WATCHDOG_D_NAME`` or ``flag`` (what ``config show`` prints)."""
     env = dict(os.environ) if env is None else env
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     values: dict[str, object] = {}
+    sources = {name: "default" for name in _FIELDS}
     path = config_file or flags.pop("config", None) or env.get("WATCHDOG_D_CONFIG")
     flags.pop("config", None)
     if path:
@@ -176,13 +186,48 @@ def load(flags: dict[str, object] | None = None, env: dict[str, str] | None = No
         for key, value in data.items():
             name = key.replace("-", "_")
             if name not in _FIELDS:
-                raise ConfigError(f"config file {path}: unknown setting {key!r}")
+                close = difflib.get_close_matches(name, _FIELDS, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"config file {path}: unknown setting {key!r}{hint}")
             values[name] = _coerce(name, value)
+            sources[name] = f"file {path}"
     for name in _FIELDS:
         raw = env.get("WATCHDOG_D_" + name.upper())
         if raw is not None and raw != "":
             values[name] = _coerce(name, raw)
+            sources[name] = "env WATCHDOG_D_" + name.upper()
     for name, value in flags.items():
         if name in _FIELDS:
             values[name] = _coerce(name, value)
-    return Config(**values).validate()  # type: ignore[arg-type]
+            sources[name] = "flag"
+    return Config(**values).validate(), sources  # type: ignore[arg-type]
+
+
+# -- `watchdog-d config show` -------------------------------------------------------------
+_MACHINE = ("state_dir", "node_id", "socket")     # defaults ``finish`` reads off this machine
+
+
+def effective(cfg: Config, sources: dict[str, str]) -> dict[str, dict[str, object]]:
+    """name -> {"value", "source"}, in the Config's order; alert URLs without secrets."""
+    from .logs.redact import redact_url
+
+    out: dict[str, dict[str, object]] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name == "alert":
+            value = [redact_url(u) for u in value]
+        source = sources.get(f.name, "default")
+        if source == "default" and f.name in _MACHINE:
+            source = "default (this machine)"
+        out[f.name] = {"value": value, "source": source}
+    return out
+
+
+def show(rows: dict[str, dict[str, object]], as_json: bool) -> str:
+    """JSON, or TOML with each source as a comment (it can be pasted into a config file:
+    JSON's strings, numbers and arrays of strings are TOML's)."""
+    if as_json:
+        return json.dumps(rows, indent=1)
+    lines = [(f"{name} = {json.dumps(row['value'])}", row["source"]) for name, row in rows.items()]
+    width = min(48, max(len(text) for text, _ in lines))
+    return "\n".join(f"{text.ljust(width)}  # {source}" for text, source in lines)
