@@ -42,3 +42,33 @@ def test_the_teardown_goes_out_while_the_incident_store_is_stuck(tmp_path: Path)
         channel.close()
         c.stop(flush_alerts_s=0.5)
     assert len(recorded) == 1 and recorded[0].verdict.kind == "rank_exited"
+
+
+def test_a_full_disk_loses_the_record_not_the_teardown(tmp_path: Path, capfd) -> None:  # type: ignore[no-untyped-def]
+    from watchdog_d.coordinator.store import StoreError
+
+    c = Coordinator(Config(state_dir=str(tmp_path)))
+
+    def record(incident) -> None:  # type: ignore[no-untyped-def]
+        raise StoreError("incident store: database or disk is full")
+
+    c.store.record = record                # type: ignore[method-assign]
+    port = c.start("127.0.0.1:0")
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = pb_grpc.CoordinatorStub(channel)
+        stream = stub.Watch(pb.WatchRequest(node_id="a"), timeout=10)
+        stub.Report(convert.report_to_pb(report("a", [0, 1], seq=1)), timeout=5)
+        stub.Report(convert.report_to_pb(report("a", [0, dead(1, code=1)], seq=2)), timeout=5)
+        assert next(iter(stream)).verb == "teardown"
+        stream.cancel()
+        deadline = time.monotonic() + 5
+        err = ""
+        while "incident_not_stored" not in err and time.monotonic() < deadline:
+            time.sleep(0.05)
+            err += capfd.readouterr().err
+    finally:
+        channel.close()
+        c.stop(flush_alerts_s=0.5)
+    lines = [ln for ln in err.splitlines() if "incident_not_stored" in ln]
+    assert len(lines) == 1 and "kind=rank_exited" in lines[0] and "disk is full" in lines[0]

@@ -150,3 +150,33 @@ def test_saved_findings_round_trip_and_a_bad_entry_is_dropped(tmp_path: Path, ca
     again = AttemptLogs(str(tmp_path), str(state), catalogue, Clock())
     assert again.ranks[2].findings == [(990.0, f)] and (again.ranks[2].offset, again.ranks[2].lines) == (9, 4)
     assert 3 not in again.ranks
+
+
+def test_a_full_disk_is_said_once_and_the_logs_are_still_read(tmp_path: Path, catalogue: Catalogue,
+                                                              monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    import errno
+
+    clock = Clock()
+    logs = AttemptLogs(str(tmp_path), str(tmp_path / "s.json"), catalogue, clock)
+    rank = tmp_path / "rank-0.log"
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(logs.store, "save", full)
+    for i in range(5):
+        with rank.open("a") as f:
+            f.write("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n" if i == 4
+                    else f"step {i}\n")
+        clock.t += ranklogs.SAVE_EVERY_S
+        logs.poll()
+    findings, offset, _ = logs.view(0)
+    assert [f.kind for f in findings] == ["cuda_oom"] and offset == rank.stat().st_size
+    err = capsys.readouterr().err
+    assert err.count("offsets_save_failed") == 1 and "No space left on device" in err
+    monkeypatch.undo()
+    clock.t += ranklogs.SAVE_EVERY_S
+    with rank.open("a") as f:
+        f.write("step 5\n")
+    logs.poll()
+    assert "offsets_saved_again" in capsys.readouterr().err and (tmp_path / "s.json").exists()

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import __version__, log
-from .config import Config, ConfigError, load
+from .config import Config, ConfigError, load, writable_dir
 
 EXIT_USAGE = 2
 
@@ -143,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, cfg: Config, command: list[str]) -> int:
     # each command imports what it needs, and only that: status, events and diagnose
     # load neither grpc nor psutil nor apprise
+    if args.cmd in ("run", "agent", "coordinator"):
+        writable_dir(cfg.state_dir)
     if args.cmd == "run":
         if not args.verbose:
             log.set_quiet(True)   # the job's console stays the job's
@@ -157,6 +160,10 @@ def _dispatch(args: argparse.Namespace, cfg: Config, command: list[str]) -> int:
     if args.cmd == "agent":
         if not cfg.coordinator:
             raise ConfigError("agent needs --coordinator HOST:PORT")
+        writable_dir(os.path.dirname(cfg.socket) or ".", "agent socket dir")
+        # before grpc loads: its INFO lines (a failed TLS handshake, at each reconnect)
+        # would repeat what the agent says once; a value set wins
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         from .agent.daemon import run_agent
 
         return run_agent(cfg)

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import socket
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,21 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def writable_dir(path: str, what: str = "state dir") -> None:
+    """Create ``path`` if needed and prove that a file can be written in it: a daemon
+    with a read-only or full state dir says so in one line instead of starting."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
+        try:
+            os.write(fd, b"x")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"{what} {path} is not writable: {e.strerror or e}") from None
 
 
 def _coerce(name: str, value: object) -> object:

@@ -87,6 +87,7 @@ class AttemptLogs:
         self._restore(payload)
         self._dirty = False
         self._saved_at = float("-inf")
+        self._save_failing = False
 
     def _restore(self, payload: dict) -> None:
         now = self.clock()
@@ -135,8 +136,17 @@ class AttemptLogs:
             Path(self.store.path).parent.mkdir(parents=True, exist_ok=True)
             self.store.save(self.tailer.positions(), self._payload())
             self._dirty, self._saved_at = False, self.clock()
+            if self._save_failing:
+                self._save_failing = False
+                log.log("offsets_saved_again", path=self.store.path)
         except OSError as e:
-            log.warn("offsets_save_failed", path=self.store.path, error=e.strerror)
+            # a full disk: the logs are still read and classified; only a restarted agent
+            # would read them again from the start. Tried again at the usual pace, said once
+            self._saved_at = self.clock()
+            if not self._save_failing:
+                self._save_failing = True
+                log.warn("offsets_save_failed", path=self.store.path, error=e.strerror,
+                         effect="logs are still read; an agent restart would re-read them")
 
     def view(self, rank: int) -> tuple[tuple[LogFinding, ...], int, str]:
         """(findings, log offset, tail text) of one rank, as of now."""

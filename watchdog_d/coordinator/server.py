@@ -68,6 +68,7 @@ class Coordinator:
         self._written_at = float("-inf")
         # the daemon's; an embedded coordinator (one per job) gets its own (wrapper.run)
         self.status_path = Path(cfg.state_dir) / STATUS_FILE
+        self._status_failing = False
         self._job_errors: dict[str, str] = {}      # job -> the evaluation error last logged
         self._metrics = None
         self.collect_garbage = False      # set by run_coordinator, which turns automatic GC off
@@ -266,10 +267,12 @@ class Coordinator:
 
     # -- I/O off the loop --------------------------------------------------------------
     def _record(self, incident) -> None:  # type: ignore[no-untyped-def]
+        v = incident.verdict
         try:
             self.store.record(incident)
-        except Exception as e:
-            log.error("store_failed", error=repr(e))
+        except Exception as e:   # a full or read-only disk: detection and alerts go on
+            log.error("incident_not_stored", job=v.job, kind=v.kind, rank=v.rank_label,
+                      error=str(e)[:200], effect="acted on and alerted; missing from 'events'")
 
     def _store_checkpoints(self, recorded: dict[tuple[str, str], tuple[int, str]]) -> None:
         logged = set()
@@ -290,8 +293,14 @@ class Coordinator:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(text)
             os.replace(tmp, path)
+            if self._status_failing:
+                self._status_failing = False
+                log.log("status_write_recovered", path=str(path))
         except OSError as e:
-            log.warn("status_write_failed", error=e.strerror)
+            if not self._status_failing:     # once per episode, not every second
+                self._status_failing = True
+                log.warn("status_write_failed", path=str(path), error=e.strerror,
+                         effect="'watchdog-d status' without --coordinator shows an old picture")
 
     # -- status ---------------------------------------------------------------------------
     def _snap_interval(self) -> float:
