@@ -1,117 +1,55 @@
-"""Alerts: format an incident, deliver it through Apprise, never block detection.
+"""Alerts: deduplicate incidents, keep each delivery on disk until it is made,
+deliver through Apprise, never block detection.
 
-A dispatcher thread hands each due delivery to a short daemon worker thread,
-at most one in flight per URL: a black-holed endpoint (Apprise waits 4 s to
-connect + 4 s to read) holds up only its own deliveries.  Failures are retried
-with exponential backoff for as long as the process lives."""
+A dispatcher thread stores each new delivery (``spool``) and hands each due one
+to a short daemon worker thread, at most one in flight per URL: a black-holed
+endpoint (Apprise waits 4 s to connect + 4 s to read) holds up only its own
+deliveries.  Failures are retried with exponential backoff for as long as the
+process lives; a delivery still pending when it dies is on disk, and the next
+sender started on the same STATE_DIR sends it.
+
+Delivery is at least once: the file goes after the channel took the alert, so
+a crash between the two (a few microseconds) sends that one again after the
+restart.  The other order would lose it instead."""
 from __future__ import annotations
 
-import functools
-import logging
-import re
+import errno
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 from ..core.model import Incident
 from ..log import error, log, warn
 from ..logs.redact import redact, redact_url
+from .channels import InvalidAlertURL, apprise_notify, validate_alert_url, warm_up
+from .message import EXCERPT_LINES, format_alert
+from .spool import Pending, Spool, age_s
 
-EXCERPT_LINES = 40
-_EXCERPT_LINE_CHARS = 500   # chat services cap message size; keep lines sane
+__all__ = ["AlertSender", "InvalidAlertURL", "apprise_notify", "format_alert",
+           "validate_alert_url", "EXCERPT_LINES"]
+
 _POLL_S = 0.5               # dispatcher re-checks at least this often (clock may be fake)
+KEEP_SENT = 100             # AlertSender.sent holds the last this many
+# a delivery found on disk older than this is stale news (and an endpoint that
+# refused it for a day would otherwise be retried by every coordinator after)
+SPOOL_MAX_AGE_S = 24 * 3600.0
 
 Notify = Callable[[str, str, str], bool]
 
 
-class InvalidAlertURL(ValueError):
-    """Raised by a notify function for a URL that can never work (not retried)."""
+class _Recent(list):
+    """A list that keeps only its last ``keep`` items (still == a list in tests)."""
 
+    def __init__(self, keep: int) -> None:
+        super().__init__()
+        self.keep = keep
 
-def _one_line(value: object) -> str:
-    return redact(re.sub(r"\s*\n\s*", " ", str(value).strip()))
-
-
-def format_alert(incident: Incident) -> tuple[str, str]:
-    """(title, body) in the contract's shape; every value redacted."""
-    v = incident.verdict
-    where = f" on {v.node}" if v.node else ""
-    title = _one_line(f"[watchdog-d] {v.job}: {v.kind} rank {v.rank_label}{where}")
-    # step < 0 means "no step yet" throughout the model: not worth a line
-    step = v.step if v.step is not None and v.step >= 0 else None
-    fields: list[tuple[str, object]] = [
-        ("job", v.job), ("kind", v.kind), ("rank", v.rank), ("node", v.node),
-        ("host", v.host), ("step", step), ("action", incident.action),
-        ("detected_after_s", f"{v.detected_after_s:.2f}"),
-        ("cause", v.cause), ("remedy", v.remedy),
-    ]
-    lines = [f"{k}: {_one_line(val)}" for k, val in fields if val is not None and val != ""]
-    body = "\n".join(lines)
-    if v.excerpt and v.excerpt.strip():
-        # redact the whole excerpt *before* cutting: a key block cut in half
-        # would otherwise lose its BEGIN line and escape the pattern
-        tail = redact(v.excerpt.rstrip("\n")).splitlines()[-EXCERPT_LINES:]
-        tail = [ln if len(ln) <= _EXCERPT_LINE_CHARS else ln[:_EXCERPT_LINE_CHARS] + "…" for ln in tail]
-        body += "\n\n" + "\n".join(tail)
-    return title, body
-
-
-@functools.cache
-def _apprise() -> Any:
-    # Lazy: importing Apprise loads ~180 plugins (~0.4 s).  Its logger is cut
-    # off from the root logger: at DEBUG it prints full endpoint paths, which
-    # hold tokens for most services; our own log lines report failures.
-    import apprise
-
-    logging.getLogger("apprise").addHandler(logging.NullHandler())
-    logging.getLogger("apprise").propagate = False
-    return apprise
-
-
-def validate_alert_url(url: str) -> str | None:
-    """None when Apprise accepts ``url``; otherwise a one-line reason that
-    does not repeat the URL's secrets."""
-    if not isinstance(url, str) or not url.strip():
-        return "alert URL is empty"
-    m = re.match(r"\s*([A-Za-z][A-Za-z0-9+.\-]{0,31})://", url)
-    if not m:
-        return "alert URL has no scheme:// (expected e.g. json://host:port/path, dingtalk://TOKEN, mailtos://user:pass@host)"
-    scheme = m.group(1).lower()
-    try:
-        obj = _apprise().Apprise()
-        ok, n = obj.add(url), len(obj)
-    except Exception as e:  # a plugin bug must not take the caller down
-        return f"Apprise failed on alert URL {redact_url(url)}: {type(e).__name__}"
-    if ok and n == 1:
-        return None
-    if n > 1:
-        # Apprise splits on commas and spaces; one --alert is one URL
-        return f"alert URL {redact_url(url)} holds {n} URLs; give each with its own --alert"
-    try:  # N_MGR is Apprise-internal; used only for a better message
-        if scheme not in _apprise().plugins.N_MGR:
-            return f"alert URL scheme {scheme}:// is not supported by Apprise"
-    except Exception:
-        pass
-    return f"Apprise cannot parse alert URL {redact_url(url)}: fields required by {scheme}:// are missing or malformed"
-
-
-def apprise_notify(url: str, title: str, body: str, reasons: list[str] | None = None) -> bool:
-    """Send to one URL with a fresh Apprise object (which also sidesteps the
-    per-object throttle: most plugins sleep up to 5.5 s between two sends on
-    one object).  Raises InvalidAlertURL when the URL cannot be parsed."""
-    obj = _apprise().Apprise()
-    if not obj.add(url) or len(obj) != 1:
-        raise InvalidAlertURL(validate_alert_url(url) or "unparseable alert URL")
-    result = obj.notify(body=body, title=title)
-    ok = bool(result)   # Apprise 2.x returns an AppriseResult; bool() is success
-    if not ok and reasons is not None:
-        try:
-            reasons.extend(e.message for e in result.logs() if e.level in ("WARNING", "ERROR"))
-        except Exception:
-            pass
-    return ok
+    def append(self, item: object) -> None:
+        super().append(item)
+        if len(self) > self.keep:
+            del self[: len(self) - self.keep]
 
 
 @dataclass
@@ -121,9 +59,13 @@ class _Delivery:
     body: str
     job: str
     kind: str
+    rank: int | None = None
+    attempt: int = 0
     tries: int = 0
     next_try: float = 0.0
     in_flight: bool = False
+    stored: str | None = None        # its file in the spool, once written
+    store_tried: bool = False
 
 
 class AlertSender:
@@ -132,13 +74,19 @@ class AlertSender:
     def __init__(self, default_urls: Iterable[str] = (), *, notify: Notify | None = None,
                  cooldown_s: float = 300.0, clock: Callable[[], float] = time.monotonic,
                  base_backoff_s: float = 1.0, max_backoff_s: float = 60.0,
-                 on_sent: Callable[[str, str, str], None] | None = None) -> None:
+                 on_sent: Callable[[str, str, str], None] | None = None,
+                 spool_dir: Path | str | None = None) -> None:
         # notify=None: real Apprise.  clock drives both the cooldown and backoff.
+        # spool_dir=None: deliveries are kept in memory only.
         self.default_urls = tuple(default_urls)
+        self.spool_dir = None if spool_dir is None else Path(spool_dir)
+        self._spool: Spool | None = None
+        self._spool_trouble = False      # a disk problem was logged; quiet until it passes
         self._notify, self._clock, self.on_sent = notify, clock, on_sent
         self.cooldown_s, self.base_backoff_s, self.max_backoff_s = cooldown_s, base_backoff_s, max_backoff_s
-        self.sent: list[tuple[str, str, str]] = []
-        self.counters = {"submitted": 0, "deduplicated": 0, "sent": 0, "failed": 0, "dropped": 0}
+        self.sent: list[tuple[str, str, str]] = _Recent(KEEP_SENT)
+        self.counters = {"submitted": 0, "deduplicated": 0, "sent": 0, "failed": 0, "dropped": 0,
+                         "requeued": 0}
         self._last: dict[tuple[str, str, int | None, int], float] = {}
         self._queue: list[_Delivery] = []
         self._busy: set[str] = set()        # URLs with a delivery in flight
@@ -176,7 +124,8 @@ class AlertSender:
             with self._cond:
                 now = self._clock()
                 for u in targets:
-                    self._queue.append(_Delivery(u, title, body, v.job, v.kind, next_try=now))
+                    self._queue.append(_Delivery(u, title, body, v.job, v.kind, v.rank, v.attempt,
+                                                 next_try=now))
                 self.counters["submitted"] += 1
                 self._cond.notify_all()
             return True
@@ -190,9 +139,13 @@ class AlertSender:
 
     # -- delivery side -------------------------------------------------------
     def start(self) -> AlertSender:
+        """Start delivering; what dead senders left on disk is queued before
+        this returns (at start-up, a few small files: not on any hot path)."""
         with self._cond:
             if self._thread is not None and self._thread.is_alive():
                 return self
+        self._open_spool()
+        with self._cond:
             self._stopping = False
             self._thread = threading.Thread(target=self._run, name="watchdog-alerts", daemon=True)
             self._thread.start()
@@ -215,19 +168,33 @@ class AlertSender:
             thread, left_over = self._thread, len(self._queue)
         if thread is not None:
             thread.join(max(0.0, deadline - time.monotonic()) + 0.1)
+        with self._cond:
+            done = not self._queue and not self._busy
+        if done and self._spool is not None and (thread is None or not thread.is_alive()):
+            self._spool.close()       # (and its directory, empty now)
+            self._spool = None
+        # with deliveries left, the spool stays locked until the process ends: the
+        # next sender takes them over then (this one could still send one)
         if left_over:
-            warn("alerts_undelivered", count=left_over)
+            warn("alerts_undelivered", count=left_over,
+                 kept_in=self.spool_dir if self.spool_dir is not None else None)
 
     def _run(self) -> None:
         if self._notify is None:
-            try:
-                # pay the plugin import and the first URL parse (which loads the
-                # plugin table, ~0.2 s) here, not on the first alert; nothing is sent
-                _apprise().Apprise().add("json://127.0.0.1/warm-up")
-            except Exception as e:
-                error("alert_apprise_unavailable", error=type(e).__name__)
+            warm_up()
         with self._cond:
             while not self._stopping:
+                new = [d for d in self._queue if not d.store_tried]
+                if new and self._spool is not None:
+                    # written before its first try, off the lock (fsync takes
+                    # milliseconds; submit() must never wait for it)
+                    for d in new:
+                        d.store_tried = True
+                    self._cond.release()
+                    try:
+                        self._store(new)
+                    finally:
+                        self._cond.acquire()
                 now = self._clock()
                 wait = _POLL_S
                 for d in self._queue:
@@ -241,6 +208,66 @@ class AlertSender:
                     else:
                         wait = min(wait, d.next_try - now)
                 self._cond.wait(max(wait, 0.001))
+
+    # -- the spool (never on submit()'s thread) --------------------------------------
+    def _open_spool(self) -> None:
+        """Open this process's spool and queue what dead senders left in it."""
+        if self.spool_dir is None or self._spool is not None:
+            return
+        try:
+            self._spool = Spool(self.spool_dir)
+            left = self._spool.take_over()
+        except Exception as e:      # a disk problem (or a bug): deliver from memory
+            self._spool = None
+            self._spool_failed("open", e)
+            return
+        if self._spool.skipped:
+            warn("alert_spool_unreadable", dir=self._spool.dir, files=self._spool.skipped)
+        stale = [(n, p) for n, p in left if age_s(n) > SPOOL_MAX_AGE_S]
+        for name, p in stale:
+            warn("alert_expired", job=p.job, kind=p.kind, url=redact_url(p.url),
+                 age_h=f"{age_s(name) / 3600:.1f}")
+            self._unstore(name)
+        left = [x for x in left if x not in stale]
+        with self._cond:
+            now = self._clock()
+            for name, p in left:
+                self._queue.append(_Delivery(p.url, p.title, p.body, p.job, p.kind, p.rank, p.attempt,
+                                             next_try=now, stored=name, store_tried=True))
+                # the same incident decided again after a restart is a duplicate
+                self._last[(p.job, p.kind, p.rank, p.attempt)] = now
+            self.counters["requeued"] += len(left)
+            self._cond.notify_all()
+        if left:
+            log("alerts_requeued", count=len(left), dir=self._spool.dir)
+
+    def _store(self, deliveries: list[_Delivery]) -> None:
+        assert self._spool is not None
+        for d in deliveries:
+            try:
+                d.stored = self._spool.put(Pending(d.url, d.title, d.body, d.job, d.kind, d.rank, d.attempt))
+            except Exception as e:   # a full or read-only disk: delivered from memory
+                self._spool_failed("write", e)
+                continue
+            if self._spool_trouble:
+                self._spool_trouble = False
+                log("alert_spool_recovered", dir=self._spool.dir)
+
+    def _unstore(self, name: str) -> None:
+        try:
+            if self._spool is not None:
+                self._spool.remove(name)
+        except Exception as e:
+            self._spool_failed("remove", e)
+
+    def _spool_failed(self, op: str, e: Exception) -> None:
+        """One line per episode, not per alert: a full disk stays full a while."""
+        if self._spool_trouble:
+            return
+        self._spool_trouble = True
+        reason = errno.errorcode.get(getattr(e, "errno", None) or 0, type(e).__name__)
+        warn("alert_spool_failed", op=op, dir=self.spool_dir, error=reason,
+             effect="alerts not on disk are kept in memory until delivered; a restart loses them")
 
     def _deliver(self, d: _Delivery) -> None:
         reasons: list[str] = []
@@ -256,6 +283,10 @@ class AlertSender:
             outcome = "failed"
             reasons.append(f"{type(e).__name__}: {e}")
         reason = redact(reasons[-1])[:200] if reasons else None
+        if outcome != "failed" and d.stored is not None:
+            # before the delivery leaves the queue: stop() waits for the queue,
+            # so a flushed delivery's file is gone when stop() returns
+            self._unstore(d.stored)
         # exponent capped: "forever" must not end in a float overflow
         delay = min(self.base_backoff_s * 2 ** min(d.tries, 40), self.max_backoff_s)
         with self._cond:

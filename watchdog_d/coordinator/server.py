@@ -50,7 +50,8 @@ class Coordinator:
         self.store = IncidentStore(Path(cfg.state_dir) / "incidents.sqlite")
         # a restarted coordinator still knows each job's recorded checkpoint
         self.cluster = Cluster(checkpoints=self.store.checkpoints())
-        self.sender = sender or AlertSender(tuple(cfg.alert), cooldown_s=cfg.alert_cooldown)
+        self.sender = sender or AlertSender(tuple(cfg.alert), cooldown_s=cfg.alert_cooldown,
+                                            spool_dir=Path(cfg.state_dir) / "alerts")
         self.outboxes: dict[str, Outbox] = {}
         self.bases: dict[str, convert.Base] = {}   # node -> its last report, for the next
         self._late_at = float("-inf")              # a Report waited LATE_S for the loop then

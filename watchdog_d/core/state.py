@@ -340,12 +340,14 @@ class Cluster:
             return []                    # nobody can start it (yet): they get it when back
         notes = [f"{n.node_id}: {n.part.note}" for n in book.nodes.values()
                  if n.part.state == "waiting" and n.part.note]
+        why = book.verdict or Verdict(book.spec.job_id, "")   # the restart's cause (kind "": unknown)
         self._new_attempt(book, book.attempt + 1, now)
-        step, path = book.offer
-        incident = None
+        (step, path), incident = book.offer, None
         if notes:   # something people must know about this relaunch (a checkpoint problem)
-            v = Verdict(job=book.spec.job_id, kind="restart", attempt=book.attempt,
-                        cause=f"attempt {book.attempt} relaunched; " + "; ".join(notes),
+            after = f" after {why.kind} rank {why.rank_label}" + (f" on {why.node}" if why.node else "")
+            v = Verdict(job=book.spec.job_id, kind="restart", attempt=book.attempt, rank=why.rank,
+                        node=why.node, host=why.host,   # the title says whose failure it was
+                        cause=f"attempt {book.attempt} relaunched{after if why.kind else ''}; " + "; ".join(notes),
                         remedy="check the checkpoint directory and what the job resumed from")
             incident = Incident(0.0, v, f"restart {book.restarts}/{book.spec.max_restarts}")
         return [Decision(book.spec.job_id, "relaunch", ready, incident, alert=incident is not None,
