@@ -92,14 +92,14 @@ def test_metrics_endpoint(tmp_path):
             try:
                 body = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics",
                                               timeout=2).read().decode()
-                if "watchdog_d_rank_step" in body and 'job="jm"' in body:
+                if "watchdogd_rank_step" in body and 'job_id="jm"' in body:
                     break
             except OSError:
                 pass
             assert time.monotonic() < deadline, "no metrics"
             time.sleep(0.1)
-        assert 'watchdog_d_rank_step{job="jm",node="n1",rank="0"} 42' in body
-        assert "watchdog_d_jobs 1" in body
+        assert 'watchdogd_rank_step{job_id="jm",node="n1",rank="0"} 42.0' in body
+        assert "watchdogd_jobs 1.0" in body
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -58,6 +58,13 @@ def _security(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-ca", dest="tls_ca")
 
 
+def _metrics(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-port", dest="metrics_port", type=int, metavar="N",
+                   help="serve Prometheus /metrics on this port (default: off)")
+    p.add_argument("--metrics-address", dest="metrics_address", metavar="ADDR",
+                   help="... on this address (default 0.0.0.0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="watchdog-d", description="A watchdog for distributed PyTorch training.")
     parser.add_argument("--version", action="version", version=f"watchdog-d {__version__}")
@@ -72,13 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator", metavar="HOST:PORT")
     p.add_argument("--node-id", dest="node_id")
     p.add_argument("--socket", metavar="PATH")
+    _metrics(p)
     _common(p)
     _security(p)
 
     p = sub.add_parser("coordinator", help="the cluster's decision maker")
     p.add_argument("--listen", metavar="HOST:PORT")
     p.add_argument("--alert", action="append", metavar="URL")
-    p.add_argument("--metrics-port", dest="metrics_port", type=int)
+    _metrics(p)
     _common(p)
     _security(p)
 

@@ -57,7 +57,8 @@ class Config:
     socket: str = ""                     # the agent's own socket (agent command)
     node_id: str = ""
     listen: str = "0.0.0.0:7700"
-    metrics_port: int = 0
+    metrics_port: int = 0                # Prometheus /metrics (agent, coordinator); 0: off
+    metrics_address: str = "0.0.0.0"     # ... on this address
     # the job (the defaults of a job's policy are JobSpec's)
     job_id: str = ""
     alert: list[str] = field(default_factory=list)
@@ -118,6 +119,8 @@ class Config:
         for name in ("grace", "alert_cooldown", "rank_log_max_bytes", "rank_log_backups"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port must be 0-65535, got {self.metrics_port}")
         for name in ("coordinator", "listen"):
             value = getattr(self, name)
             port = value.rsplit(":", 1)[1] if ":" in value else ""

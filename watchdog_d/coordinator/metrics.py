@@ -1,59 +1,111 @@
-"""``/metrics`` for Prometheus, from the coordinator's status snapshot."""
+"""``/metrics`` of the coordinator (Prometheus).
+
+What happens is counted where it happens (``CoordinatorMetrics``, owned by the
+Coordinator: an increment, nothing more, on the loop). The picture of the jobs is read
+at scrape time from the status snapshot, which the coordinator rebuilds on its loop a
+few jobs at a time (``Coordinator.status``): a scrape waits for it, a Report never waits
+for a scrape. Labels say ``job_id``, not ``job``: Prometheus keeps ``job`` for the
+scrape job and would rename ours.
+"""
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
+
+from prometheus_client import Counter, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from ..core.state import Decision
+from ..proto.metrics_http import DaemonMetrics
 
 if TYPE_CHECKING:
     from .server import Coordinator
 
-
-def _label(value: object) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
-
-
-def render(snap: dict, alerts: dict[str, int]) -> str:
-    out = ["# TYPE watchdog_d_jobs gauge", f"watchdog_d_jobs {len(snap['jobs'])}",
-           "# TYPE watchdog_d_rank_step gauge",
-           "# TYPE watchdog_d_rank_last_step_age_seconds gauge",
-           "# TYPE watchdog_d_node_heartbeat_age_seconds gauge",
-           "# TYPE watchdog_d_job_stall_timeout_seconds gauge"]
-    for job in snap["jobs"]:
-        j = _label(job["job"])
-        out.append(f'watchdog_d_job_stall_timeout_seconds{{job="{j}"}} {job["stall_timeout_s"]}')
-        for node in job["nodes"]:
-            n = _label(node["node"])
-            out.append(f'watchdog_d_node_heartbeat_age_seconds{{job="{j}",node="{n}"}} '
-                       f'{node["heartbeat_age_s"]}')
-            for r in node["ranks"]:
-                labels = f'job="{j}",node="{n}",rank="{r["rank"]}"'
-                out.append(f"watchdog_d_rank_step{{{labels}}} {r['step']}")
-                out.append(f"watchdog_d_rank_last_step_age_seconds{{{labels}}} "
-                           f"{r['last_step_age_s']}")
-    out.append("# TYPE watchdog_d_alerts_total counter")
-    for name, value in sorted(alerts.items()):
-        out.append(f'watchdog_d_alerts_total{{outcome="{_label(name)}"}} {value}')
-    return "\n".join(out) + "\n"
+# a Report is parsed and ingested in O(its ranks): tens of microseconds to milliseconds
+REPORT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 
 
-def serve_metrics(coordinator: "Coordinator", port: int) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            if self.path.split("?")[0] != "/metrics":
-                self.send_error(404)
-                return
-            counters = dict(getattr(coordinator.sender, "counters", {}))
-            body = render(coordinator.status(), counters).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+class CoordinatorMetrics(DaemonMetrics):
+    def __init__(self, coordinator: "Coordinator"):
+        super().__init__()
+        self.verdicts = Counter("watchdogd_verdicts", "Incidents logged, by verdict kind",
+                                ["kind"], registry=self.registry)
+        self.restarts = Counter("watchdogd_restarts",
+                                "Restarts carried out: relaunches of a job's next attempt commanded",
+                                registry=self.registry)
+        self.report_seconds = Histogram("watchdogd_report_handling_seconds",
+                                        "Time the event loop spent handling one Report",
+                                        buckets=REPORT_BUCKETS, registry=self.registry)
+        self.registry.register(_Picture(coordinator))
+        ProcessCollector(namespace="watchdogd", registry=self.registry)
 
-        def log_message(self, *args: object) -> None:
-            pass
+    def decided(self, d: Decision) -> None:
+        """A decision carried out: its incident is logged, a relaunch is a restart."""
+        if d.incident is not None:
+            self.verdicts.labels(kind=d.incident.verdict.kind).inc()
+        if d.verb == "relaunch":
+            self.restarts.inc()
 
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    return server
+
+class _Picture:
+    """The families read at scrape time: the status snapshot and the counters the
+    coordinator and its alert sender keep as plain dicts."""
+
+    def __init__(self, coordinator: "Coordinator"):
+        self.c = coordinator
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        snap = self.c.status()
+        yield GaugeMetricFamily("watchdogd_jobs", "Jobs the coordinator watches",
+                                value=len(snap["jobs"]))
+        attempt = GaugeMetricFamily("watchdogd_job_attempt", "A job's current attempt (0: the first)",
+                                    labels=["job_id"])
+        stall = GaugeMetricFamily("watchdogd_job_stall_timeout_seconds",
+                                  "A rank without a step for this long is stalled", labels=["job_id"])
+        heartbeat = GaugeMetricFamily("watchdogd_node_heartbeat_age_seconds",
+                                      "Seconds since a node of the job was last heard",
+                                      labels=["job_id", "node"])
+        step = GaugeMetricFamily("watchdogd_rank_step", "A rank's last step (-1: none yet)",
+                                 labels=["job_id", "node", "rank"])
+        step_age = GaugeMetricFamily("watchdogd_rank_last_step_age_seconds",
+                                     "Seconds since a rank's last step (since its start before the first)",
+                                     labels=["job_id", "node", "rank"])
+        for job in snap["jobs"]:
+            j = job["job"]
+            attempt.add_metric([j], job["attempt"])
+            stall.add_metric([j], job["stall_timeout_s"])
+            for node in job["nodes"]:
+                heartbeat.add_metric([j, node["node"]], node["heartbeat_age_s"])
+                for r in node["ranks"]:
+                    labels = [j, node["node"], str(r["rank"])]
+                    step.add_metric(labels, r["step"])
+                    step_age.add_metric(labels, r["last_step_age_s"])
+        yield from (attempt, stall, heartbeat, step, step_age)
+        yield from self._counted()
+
+    def _counted(self):  # type: ignore[no-untyped-def]
+        counts = dict(self.c.counters)
+        reports = CounterMetricFamily(
+            "watchdogd_reports", "Reports (heartbeats) received, by outcome: ingested, refused "
+            "(malformed), incomplete (leaving out what this coordinator does not hold)",
+            labels=["outcome"])
+        for outcome, key in (("ingested", "reports"), ("refused", "reports_refused"),
+                             ("incomplete", "reports_incomplete")):
+            reports.add_metric([outcome], counts[key])
+        yield reports
+        yield CounterMetricFamily("watchdogd_commands_sent", "Commands (verbs) queued for nodes",
+                                  value=counts["commands"])
+        yield CounterMetricFamily("watchdogd_commands_dropped",
+                                  "Queued commands dropped: their node had not listened for long",
+                                  value=counts["commands_dropped"])
+        alerts = CounterMetricFamily(
+            "watchdogd_alerts", "Alerts by outcome (the sender's counters: submitted, deduplicated "
+            "within the cooldown, sent, failed attempts, dropped, ...)", labels=["outcome"])
+        for outcome, value in sorted(dict(getattr(self.c.sender, "counters", {})).items()):
+            alerts.add_metric([outcome], value)
+        yield alerts
+        passed_at = self.c.health.passed_at
+        yield GaugeMetricFamily("watchdogd_decision_loop_pass_age_seconds",
+                                "Seconds since the decision loop last finished a pass "
+                                "(+Inf: it is not running)",
+                                value=float("inf") if passed_at is None
+                                else max(0.0, self.c.clock() - passed_at))

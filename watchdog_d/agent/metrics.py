@@ -1,0 +1,109 @@
+"""``/metrics`` of the agent (Prometheus): this node's jobs and ranks as the agent last
+observed them, and how its reports to the coordinator fare.
+
+The picture is read at scrape time from the agent's newest ``NodeReport``: two
+references copied under its lock, the text made after, so a scrape never holds up
+observing or reporting. Families are ``watchdogd_agent_*``: the coordinator's
+``watchdogd_rank_*`` are the cluster's view of the same ranks, and a query must not add
+the two. Labels say ``job_id``: Prometheus keeps ``job`` for the scrape job.
+
+GPU gauges (a later issue) come as a Collector of their own, registered on ``registry``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily
+
+from .. import __version__
+from ..proto.metrics_http import DaemonMetrics
+
+LOCK_WAIT_S = 1.0
+
+
+class AgentMetrics(DaemonMetrics):
+    """The agent's registry. It counts the Reports that go through the agent's stub (it
+    wraps ``agent.stub``: the reporter and the goodbye need no line of their own), and
+    the agent sets ``observed_at`` with each new ``_latest``."""
+
+    def __init__(self, agent: Any):
+        super().__init__()
+        self.reports = Counter("watchdogd_agent_reports",
+                               "Reports (heartbeats) sent to the coordinator, by outcome: acked, failed",
+                               ["outcome"], registry=self.registry)
+        for outcome in ("acked", "failed"):
+            self.reports.labels(outcome)          # both shown from the start, at 0
+        self.acked_at = time.monotonic()          # the last acked Report (at first: the start)
+        self.observed_at: float | None = None     # when agent._latest was observed
+        agent.stub = _Counted(agent.stub, self)
+        self.registry.register(_Picture(agent, self))
+        ProcessCollector(namespace="watchdogd", registry=self.registry)
+
+
+class _Counted:
+    """The coordinator's stub, its Reports counted (the rest passes through)."""
+
+    def __init__(self, stub: Any, metrics: AgentMetrics):
+        self._stub, self._metrics = stub, metrics
+
+    def Report(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+        try:
+            ack = self._stub.Report(*args, **kwargs)
+        except grpc.RpcError:
+            self._metrics.reports.labels("failed").inc()
+            raise
+        self._metrics.reports.labels("acked").inc()
+        self._metrics.acked_at = time.monotonic()
+        return ack
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stub, name)
+
+
+class _Picture:
+    def __init__(self, agent: Any, metrics: AgentMetrics):
+        self.agent, self.metrics = agent, metrics
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        # the pair under the lock (held for moments); should it be wedged, the scrape
+        # goes on without it rather than hang with it
+        locked = self.agent.lock.acquire(timeout=LOCK_WAIT_S)
+        try:
+            report, observed_at = self.agent._latest, self.metrics.observed_at
+        finally:
+            if locked:
+                self.agent.lock.release()
+        now = time.monotonic()
+        info = GaugeMetricFamily("watchdogd_agent_info", "The agent: its node id and version (always 1)",
+                                 labels=["node", "version"])
+        info.add_metric([self.agent.node_id, __version__], 1)
+        yield info
+        yield GaugeMetricFamily("watchdogd_agent_heartbeat_age_seconds",
+                                "Seconds since the coordinator last acknowledged a Report "
+                                "(since the agent started, before the first)",
+                                value=now - self.metrics.acked_at)
+        jobs = () if report is None else report.jobs
+        yield GaugeMetricFamily("watchdogd_agent_jobs", "Jobs registered with this agent", value=len(jobs))
+        attempt = GaugeMetricFamily("watchdogd_agent_job_attempt", "A job's current attempt (0: the first)",
+                                    labels=["job_id"])
+        alive = GaugeMetricFamily("watchdogd_agent_rank_alive", "1 while a rank's process lives, 0 after it exited",
+                                  labels=["job_id", "rank"])
+        step = GaugeMetricFamily("watchdogd_agent_rank_step", "A rank's last step (-1: none yet)",
+                                 labels=["job_id", "rank"])
+        step_age = GaugeMetricFamily("watchdogd_agent_rank_last_step_age_seconds",
+                                     "Seconds since a rank's last step (since its start before the first)",
+                                     labels=["job_id", "rank"])
+        since = 0.0 if observed_at is None else max(0.0, now - observed_at)
+        for part in jobs:
+            j = part.spec.job_id
+            attempt.add_metric([j], part.attempt)
+            for r in part.ranks:
+                labels = [j, str(r.rank)]
+                alive.add_metric(labels, 1 if r.alive else 0)
+                step.add_metric(labels, r.step)
+                # as observed, plus the time since (an exited rank's age stops at its exit)
+                step_age.add_metric(labels, r.last_step_age_s + (since if r.alive else 0.0))
+        yield from (attempt, alive, step, step_age)
