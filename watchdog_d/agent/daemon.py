@@ -26,12 +26,16 @@ from ..proto import watchdog_pb2 as pb
 from ..proto import watchdog_pb2_grpc as pb_grpc
 from ..proto.local import (AttemptStarted, Command, Ended, Message, MessageError, Refused, Register,
                            Registered, Waiting)
+from ..sdnotify import Liveness, notify, supervise
 from .exits import ExitWatcher
 from .observe import RankTrack, observe_job
 from .ranklogs import POLL_S as LOG_POLL_S
 from .ranklogs import AttemptLogs, with_logs
 from .reporter import MIN_GAP_S, Reporter, signatures
 
+# a loop silent for 5 of its longest passes, and 10 s at least (a log burst on a slow disk is
+# no wedge), is stalled: no more pings to systemd. (The watcher blocks on its Watch stream.)
+LOOP_PASSES, LOOP_FLOOR_S = 5, 10.0
 
 @dataclass
 class LocalJob:
@@ -76,6 +80,7 @@ class Agent:
         self.metadata = rpc.call_metadata(cfg)
         self.server: localsock.Server | None = None
         self.reachable = True
+        self.liveness = Liveness()             # the observer's and reporter's passes
         self._threads: list[threading.Thread] = []
         self.catalogue: Catalogue | None = None
         self._observe_soon = threading.Event()
@@ -86,6 +91,10 @@ class Agent:
     def start(self) -> None:
         self.server = localsock.Server(self.cfg.socket, self._serve_wrapper)
         self.server.start()
+        # a reporter pass: one wait (heartbeat_interval, a backoff ≤ 2 s), one Report's deadline
+        self.liveness.watch("observer", max(LOOP_FLOOR_S, LOOP_PASSES * self.cfg.poll_interval))
+        self.liveness.watch("reporter", max(LOOP_FLOOR_S, LOOP_PASSES * (
+            max(self.cfg.heartbeat_interval, 2.0) + rpc.REPORT_TIMEOUT_S)))
         for name, target in (("observer", self._observe_loop), ("reporter", self._report_loop),
                              ("watcher", self._watch_loop)):
             t = threading.Thread(target=target, name=f"agent-{name}", daemon=True)
@@ -276,6 +285,7 @@ class Agent:
 
     def _observe_loop(self) -> None:
         while not self._stop.is_set():
+            self.liveness.beat("observer")
             try:
                 self.observe_now()
             except Exception as e:
@@ -286,6 +296,7 @@ class Agent:
     def _report_loop(self) -> None:
         backoff = 0.0
         while not self._stop.is_set():
+            self.liveness.beat("reporter")
             self._send_now.wait(self.cfg.heartbeat_interval if backoff == 0 else backoff)
             self._send_now.clear()
             gap = MIN_GAP_S - (time.monotonic() - self._sent_at)
@@ -362,32 +373,23 @@ class Agent:
 
 
 def run_agent(cfg: Config) -> int:
-    """``watchdog-d agent``: run until SIGTERM; tells systemd when ready."""
+    """``watchdog-d agent``: until SIGTERM; READY=1 when serving, WATCHDOG=1 while loops pass."""
     import signal
 
     agent = Agent(cfg)
-    agent.start()
-    _sd_notify("READY=1")
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    while not done.wait(1.0):
-        _sd_notify("WATCHDOG=1")
-    _sd_notify("STOPPING=1")
+    agent.start()
+    notify("READY=1")
+    supervise(agent.liveness, done, lambda: _status_line(agent))
+    notify("STOPPING=1")
     agent.stop()
     log.log("agent_stopped", node=cfg.node_id)
     return 0
 
 
-def _sd_notify(state: str) -> None:
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(path)
-            s.send(state.encode())
-    except OSError:
-        pass
+def _status_line(agent: Agent) -> str:
+    jobs = agent._latest.jobs if agent._latest else ()     # (no lock: a wedge must not hold us)
+    return (f"jobs={len(jobs)} ranks={sum(len(j.ranks) for j in jobs)} "
+            f"coordinator={'reachable' if agent.reachable else 'unreachable'}")

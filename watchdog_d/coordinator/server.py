@@ -28,6 +28,7 @@ from ..core.silence import OWN_STALL_S
 from ..core.state import COORDINATOR, Cluster, Decision
 from ..proto import convert, rpc
 from ..proto import watchdog_pb2 as pb
+from ..sdnotify import Liveness, notify, supervise
 from .alerts import AlertSender
 from .service import BadRequest, Outbox, handlers
 from .status import STATUS_FILE, job_status, snapshot, status_text, to_json
@@ -41,6 +42,9 @@ STATUS_WRITE_S = 1.0      # status.json is rewritten this often (or on a decisio
 LATE_S = 0.5              # a Report that waited this long for the loop: it is overloaded ...
 LOAD_WINDOW_S = 2.0       # ... until none has for this long
 GC_EVERY_S = 30.0         # the daemon collects cyclic garbage itself, this often (see run_coordinator)
+# the decision loop silent this long is wedged, and systemd's pings stop: 10 x the 1 s that
+# already counts as an own stall, and far above a pass's GC (tens of ms, every GC_EVERY_S)
+DECIDE_ALLOWANCE_S = 10.0
 
 
 class Coordinator:
@@ -76,6 +80,8 @@ class Coordinator:
         # an embedded coordinator shares its process (and its stalls) with the only agent it
         # hears: its own trouble is logged, not recorded or alerted
         self.announce_isolation = True
+        self.liveness = Liveness()        # the decision loop beats it each pass (run_coordinator)
+        self.last_verdict = ""
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self, listen: str | None = None) -> int:
@@ -175,6 +181,7 @@ class Coordinator:
     async def _decide_loop(self) -> None:
         last = collected = self.clock()
         while True:
+            self.liveness.beat("decide")
             try:
                 await asyncio.wait_for(self._wake.wait(), TICK_S)   # type: ignore[union-attr]
             except asyncio.TimeoutError:
@@ -259,6 +266,7 @@ class Coordinator:
                     resume_from=d.resume_from or None)
         if incident is not None:
             v = incident.verdict
+            self.last_verdict = f"{v.kind} job={v.job}"
             log.log("verdict", job=v.job, kind=v.kind, rank=v.rank_label, node=v.node,
                     step=v.step, action=incident.action,
                     detected_after_s=f"{v.detected_after_s:.2f}", cause=v.cause)
@@ -372,7 +380,12 @@ def run_coordinator(cfg: Config) -> int:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    done.wait()
+    notify("READY=1")                   # gRPC listens
+    coordinator.liveness.watch("decide", DECIDE_ALLOWANCE_S)
+    supervise(coordinator.liveness, done, lambda: (
+        f"jobs={len(coordinator.cluster.jobs)} nodes={len(coordinator.cluster.silence.seen)} "
+        f"last_verdict={coordinator.last_verdict or 'none'}"))
+    notify("STOPPING=1")
     coordinator.stop()
     log.log("coordinator_stopped")
     return 0
