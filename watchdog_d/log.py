@@ -17,10 +17,14 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
+# control characters escaped: a value (a rank's text, a node's name) cannot forge a line
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
 def _fmt(value: object) -> str:
     text = str(value)
-    if text == "" or any(c in text for c in ' "='):
-        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if text == "" or any(c in text for c in ' "=') or not text.isprintable():
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').translate(_CONTROL) + '"'
     return text
 
 

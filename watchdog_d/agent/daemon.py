@@ -28,6 +28,7 @@ from ..proto.local import (AttemptStarted, Command, Ended, Message, MessageError
                            Registered, Waiting)
 from ..sdnotify import Liveness, notify, supervise
 from .exits import ExitWatcher
+from .link import WATCH_RETRY_S, Link
 from .observe import RankTrack, observe_job
 from .ranklogs import POLL_S as LOG_POLL_S
 from .ranklogs import AttemptLogs, with_logs
@@ -80,6 +81,7 @@ class Agent:
         self.metadata = rpc.call_metadata(cfg)
         self.server: localsock.Server | None = None
         self.reachable = True
+        self.link = Link(self.target, tls=bool(cfg.tls_ca or cfg.tls_cert))
         self.liveness = Liveness()             # the observer's and reporter's passes
         self._threads: list[threading.Thread] = []
         self.catalogue: Catalogue | None = None
@@ -316,21 +318,17 @@ class Agent:
                     self._send_now.set()       # the coordinator wants everything: now
                 for cmd in ack.commands:
                     self._deliver(cmd)
-                if not self.reachable:
-                    log.log("coordinator_back", coordinator=self.target)
+                self.link.ok()
                 self.reachable, backoff = True, 0.0
             except ValueError:      # channel closed under us: stopping
                 return
             except grpc.RpcError as e:
                 if self._stop.is_set():
                     return
-                if self.reachable:
-                    log.warn("coordinator_unreachable", coordinator=self.target,
-                             code=e.code().name if hasattr(e, "code") else "?")
-                self.reachable = False
-                backoff = min(2.0, max(0.2, backoff * 2))
+                self.reachable, backoff = False, self.link.after(e, backoff)   # (says why, once)
 
     def _watch_loop(self) -> None:
+        delay = 0.0
         while not self._stop.is_set():
             try:
                 stream = self.stub.Watch(pb.WatchRequest(node_id=self.node_id),
@@ -341,11 +339,9 @@ class Agent:
                         stream.cancel()
             except ValueError:      # channel closed: stopping
                 return
-            except grpc.RpcError as e:
-                code = e.code() if hasattr(e, "code") else None
-                if code == grpc.StatusCode.UNAUTHENTICATED:
-                    log.error("coordinator_refused", reason="unauthenticated")
-            self._stop.wait(0.3)
+            except grpc.RpcError as e:   # refused: said once, backing off (unreachable: by the reports)
+                delay = self.link.after(e, delay, say_unreachable=False)
+            self._stop.wait(max(WATCH_RETRY_S, delay if self.link.failing else 0.0))
 
     def _deliver(self, cmd: pb.Command) -> None:
         with self.lock:

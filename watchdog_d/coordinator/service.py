@@ -94,9 +94,9 @@ def handlers(c: "Coordinator") -> grpc.GenericRpcHandler:
     async def watch(request, context):  # type: ignore[no-untyped-def]
         if isinstance(request, _Malformed):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.error}")
-        if not request.node_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "watch without node_id")
         node = request.node_id[:200]
+        if not node or not node.isprintable():     # (as a Report's, proto.convert: it is logged)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "watch without a printable node_id")
         box = c.outbox(node)
         q = box.open()
         log.log("node_watching", node=node)

@@ -5,7 +5,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, replace
 
-from ..core.model import MAX_TEXT, JobOnNode, JobSpec, LogFinding, NodeReport, RankReport, SpecError, Verdict
+from ..core.model import MAX_SECONDS, MAX_TEXT, JobOnNode, JobSpec, LogFinding, NodeReport, RankReport, SpecError, Verdict
 from . import watchdog_pb2 as pb
 from .local import NOTE_MAX, RUN_MAX, from_plain
 
@@ -35,6 +35,25 @@ def spec_from_pb(m: pb.JobSpec) -> JobSpec:
 
 
 MAX_FINDINGS = 16      # per rank and heartbeat
+MAX_FIELDS = 64        # a finding's extracted fields (the catalogue's take a handful)
+# What one heartbeat may hold. Decoding costs ~7 us a rank on the coordinator's one loop:
+# 2 million empty ranks (4 MB on the wire) held it for 14 s. No node runs more processes.
+MAX_JOBS, MAX_RANKS = 256, 4096
+
+
+def _duration(x: float) -> float:
+    """A measured age or duration, finite already: within [0, MAX_SECONDS]. Past 30 days
+    means nothing more, and a 1e308 step time would push the job's learned stall timeout
+    to inf (for all its nodes): no rank of it would ever be judged stalled."""
+    return x if 0.0 < x <= MAX_SECONDS else (0.0 if x <= 0.0 else MAX_SECONDS)
+
+
+def _name(what: str, text: str) -> str:
+    """A node id or host: it keys the coordinator's state and goes into log lines."""
+    text = text[:200]
+    if not text.isprintable():
+        raise WireError(f"{what} holds control characters")
+    return text
 
 
 def finding_to_pb(f: LogFinding) -> pb.Finding:
@@ -48,8 +67,10 @@ def finding_from_pb(m: pb.Finding) -> LogFinding:
         raise WireError("finding without kind")
     if not math.isfinite(m.age_s):
         raise WireError("finding age is not a finite number")
+    if len(m.fields) > MAX_FIELDS:
+        raise WireError(f"finding with {len(m.fields)} fields, at most {MAX_FIELDS}")
     return LogFinding(kind=m.kind[:64], severity=m.severity[:16], role=m.role[:16],
-                      line=m.line[:500], line_no=m.line_no, age_s=max(0.0, m.age_s),
+                      line=m.line[:500], line_no=m.line_no, age_s=_duration(m.age_s),
                       fields=tuple(sorted((k[:64], v[:200]) for k, v in m.fields.items()))[:16],
                       explanation=m.explanation[:300], remedy=m.remedy[:300])
 
@@ -92,13 +113,14 @@ def rank_from_pb(m: pb.RankState, before: RankReport | None = None, aged_s: floa
         detail, stack, excerpt = m.exit_detail[:500], m.stack[-MAX_TEXT:], m.excerpt[-MAX_TEXT:]
         findings = tuple(finding_from_pb(f) for f in m.findings[:MAX_FINDINGS])
         path = m.ckpt_path[:4096]
-    exit_age, step_age, step_dt, section_age = m.exit_age_s, m.last_step_age_s, m.last_step_dt_s, m.section_age_s
+    remaining = m.section_remaining_s    # +-inf: no deadline (the core tests isfinite)
+    remaining = max(-MAX_SECONDS, min(MAX_SECONDS, remaining)) if math.isfinite(remaining) else math.inf
     # positional, in RankReport's field order (a coordinator makes thousands a second)
     return RankReport(
         m.rank, m.local_rank, m.pid, m.alive, m.exit_code if m.has_exit_code else None,
-        m.exit_signal or None, detail, exit_age if exit_age > 0 else 0.0, m.proc_state[:2], m.step,
-        step_age if step_age > 0 else 0.0, step_dt if step_dt > 0 else 0.0, m.section[:64],
-        m.section_remaining_s, section_age if section_age > 0 else 0.0, m.cpu_percent,
+        m.exit_signal or None, detail, _duration(m.exit_age_s), m.proc_state[:2], m.step,
+        _duration(m.last_step_age_s), _duration(m.last_step_dt_s), m.section[:64],
+        remaining, _duration(m.section_age_s), m.cpu_percent,
         m.log_offset, stack, excerpt, findings, path, m.ckpt_step if path else -1)
 
 
@@ -149,6 +171,11 @@ def report_from_pb(m: pb.Heartbeat, base: Base | None = None, now: float = 0.0) 
     leaves out what ``base`` does not hold (another seq, a job or rank it lacks)."""
     if not m.node_id:
         raise WireError("heartbeat without node_id")
+    node_id, host = _name("node_id", m.node_id), _name("host", m.host)
+    if len(m.jobs) > MAX_JOBS:
+        raise WireError(f"{len(m.jobs)} jobs, at most {MAX_JOBS}")
+    if sum(len(j.ranks) for j in m.jobs) > MAX_RANKS:
+        raise WireError(f"more than {MAX_RANKS} ranks")
     if m.base_seq and (base is None or base.seq != m.base_seq):
         if any(j.same_spec or any(x.same_text for x in j.ranks) for j in m.jobs):
             raise MissingBase(f"no report {m.base_seq} to complete this one from")
@@ -169,7 +196,7 @@ def report_from_pb(m: pb.Heartbeat, base: Base | None = None, now: float = 0.0) 
                               exit_code=j.exit_code,
                               ranks=tuple(rank_from_pb(x, before.get(x.rank), aged) for x in j.ranks),
                               note=note, run=j.run[:RUN_MAX]))
-    return NodeReport(node_id=m.node_id[:200], host=m.host[:200], seq=m.seq, jobs=tuple(jobs),
+    return NodeReport(node_id=node_id, host=host, seq=m.seq, jobs=tuple(jobs),
                       leaving=m.leaving)
 
 

@@ -29,11 +29,21 @@ def read_token(cfg: Config) -> str:
     return token
 
 
-def _read(path: str) -> bytes:
+_PEM = {"tls_cert": b"-----BEGIN CERTIFICATE-----", "tls_ca": b"-----BEGIN CERTIFICATE-----",
+        "tls_key": b"PRIVATE KEY-----"}
+
+
+def _read(path: str, what: str) -> bytes:
+    """A PEM file, checked at start: grpc takes any bytes here and fails only later, at
+    each handshake, with nothing said to the operator of this daemon."""
     try:
-        return Path(path).read_bytes()
+        data = Path(path).read_bytes()
     except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+    if _PEM[what] not in data:
+        kind = "private key" if what == "tls_key" else "certificate"
+        raise ConfigError(f"cannot read {what} {path}: not a PEM {kind} (no '{_PEM[what].decode()}' line)")
+    return data
 
 
 class _TokenCheck(grpc.aio.ServerInterceptor):
@@ -63,8 +73,8 @@ def make_server(cfg: Config, listen: str) -> tuple[grpc.aio.Server, int]:
     try:
         if cfg.tls_cert:
             creds = grpc.ssl_server_credentials(
-                [(_read(cfg.tls_key), _read(cfg.tls_cert))],
-                root_certificates=_read(cfg.tls_ca) if cfg.tls_ca else None,
+                [(_read(cfg.tls_key, "tls_key"), _read(cfg.tls_cert, "tls_cert"))],
+                root_certificates=_read(cfg.tls_ca, "tls_ca") if cfg.tls_ca else None,
                 require_client_auth=bool(cfg.tls_ca))
             port = server.add_secure_port(listen, creds)
         else:
@@ -85,9 +95,9 @@ def make_channel(cfg: Config, target: str) -> grpc.Channel:
                ("grpc.max_reconnect_backoff_ms", 2_000)]
     if cfg.tls_ca or cfg.tls_cert:
         creds = grpc.ssl_channel_credentials(
-            root_certificates=_read(cfg.tls_ca) if cfg.tls_ca else None,
-            private_key=_read(cfg.tls_key) if cfg.tls_key else None,
-            certificate_chain=_read(cfg.tls_cert) if cfg.tls_cert else None)
+            root_certificates=_read(cfg.tls_ca, "tls_ca") if cfg.tls_ca else None,
+            private_key=_read(cfg.tls_key, "tls_key") if cfg.tls_key else None,
+            certificate_chain=_read(cfg.tls_cert, "tls_cert") if cfg.tls_cert else None)
         return grpc.secure_channel(target, creds, options=options)
     return grpc.insecure_channel(target, options=options)
 
