@@ -29,6 +29,7 @@ from ..proto.local import (AttemptStarted, Command, Ended, Message, MessageError
 from ..sdnotify import Liveness, notify, supervise
 from .exits import ExitWatcher
 from .link import WATCH_RETRY_S, Link
+from .metrics import AgentMetrics
 from .observe import RankTrack, observe_job
 from .ranklogs import POLL_S as LOG_POLL_S
 from .ranklogs import AttemptLogs, with_logs
@@ -79,6 +80,7 @@ class Agent:
         self.channel = rpc.make_channel(cfg, self.target)
         self.stub = pb_grpc.CoordinatorStub(self.channel)
         self.metadata = rpc.call_metadata(cfg)
+        self.metrics = AgentMetrics(self)      # (it counts the Reports that go through self.stub)
         self.server: localsock.Server | None = None
         self.reachable = True
         self.link = Link(self.target, tls=bool(cfg.tls_ca or cfg.tls_cert))
@@ -261,6 +263,7 @@ class Agent:
             self._seq += 1
             self._latest = NodeReport(node_id=self.node_id, host=self.host, seq=self._seq,
                                       jobs=tuple(parts))
+            self.metrics.observed_at = now
             # what changes deserve a heartbeat now (or soon) rather than at the next interval
             urgent, changed = signatures(parts)
             if urgent != self._signature[0]:
@@ -373,6 +376,7 @@ def run_agent(cfg: Config) -> int:
     import signal
 
     agent = Agent(cfg)
+    agent.metrics.serve(cfg)        # first: a port in use stops the start, nothing runs yet
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

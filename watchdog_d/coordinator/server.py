@@ -30,6 +30,8 @@ from ..proto import convert, rpc
 from ..proto import watchdog_pb2 as pb
 from ..sdnotify import Liveness, notify, supervise
 from .alerts import AlertSender
+from .health import LoopHealth
+from .metrics import CoordinatorMetrics
 from .service import BadRequest, Outbox, handlers
 from .status import STATUS_FILE, job_status, snapshot, status_text, to_json
 from .store import IncidentStore
@@ -75,7 +77,8 @@ class Coordinator:
         self.status_path = Path(cfg.state_dir) / STATUS_FILE
         self._status_failing = False
         self._job_errors: dict[str, str] = {}      # job -> the evaluation error last logged
-        self._metrics = None
+        self.metrics = CoordinatorMetrics(self)
+        self.health = LoopHealth(clock)
         self.collect_garbage = False      # set by run_coordinator, which turns automatic GC off
         # an embedded coordinator shares its process (and its stalls) with the only agent it
         # hears: its own trouble is logged, not recorded or alerted
@@ -86,6 +89,7 @@ class Coordinator:
     # -- lifecycle ---------------------------------------------------------------
     def start(self, listen: str | None = None) -> int:
         Path(self.cfg.state_dir).mkdir(parents=True, exist_ok=True)
+        self.metrics.serve(self.cfg)      # first: a port in use stops the start, nothing runs yet
         ready, failed = threading.Event(), []
 
         def run() -> None:
@@ -103,12 +107,9 @@ class Coordinator:
         self._thread.start()
         ready.wait()
         if failed:
+            self.metrics.close()
             raise failed[0]
         self.sender.start()
-        if self.cfg.metrics_port:
-            from .metrics import serve_metrics
-
-            self._metrics = serve_metrics(self, self.cfg.metrics_port)
         log.log("coordinator_started", listen=listen or self.cfg.listen, port=self.port,
                 state_dir=self.cfg.state_dir)
         return self.port
@@ -117,11 +118,12 @@ class Coordinator:
         self._done, self._wake = asyncio.Event(), asyncio.Event()
         server, self.port = rpc.make_server(self.cfg, listen)
         server.add_generic_rpc_handlers((handlers(self),))
+        await self.health.add_to(server)
         await server.start()
         ready.set()
-        deciding = asyncio.create_task(self._decide_loop())
+        self._deciding = self.health.task(self._decide_loop)   # SERVING while it runs
         await self._done.wait()
-        deciding.cancel()
+        self._deciding.cancel()
         for box in self.outboxes.values():       # end every Watch stream
             if box.stream is not None:
                 box.stream.put_nowait(None)
@@ -131,8 +133,7 @@ class Coordinator:
         if self.loop is not None and self._thread is not None and self._thread.is_alive():
             self.loop.call_soon_threadsafe(self._done.set)   # type: ignore[union-attr]
             self._thread.join(timeout=5)
-        if self._metrics:
-            self._metrics.shutdown()
+        self.metrics.close()
         self.sender.stop(timeout=flush_alerts_s)
         self._io.shutdown(wait=True)
         self._status_io.shutdown(wait=True)
@@ -224,7 +225,7 @@ class Coordinator:
                 self._written_at = now
                 await self._fresh_snapshot()
                 self._status_io.submit(self._write_status, self._snap_json)
-            last = self.clock()
+            last = self.health.passed_at = self.clock()
 
     def _log_errors(self) -> None:
         """A job whose evaluation raised (the others were judged): said once per error."""
@@ -248,6 +249,7 @@ class Coordinator:
 
     def _carry_out(self, d: Decision) -> None:
         """Verbs first (a teardown waits for nothing), then the record and the alert."""
+        self.metrics.decided(d)
         incident = None if d.incident is None else replace(d.incident, ts=time.time())
         verdict_json = convert.verdict_to_json(incident.verdict) if incident else ""
         if d.verb != "none":

@@ -87,7 +87,8 @@ def handlers(c: "Coordinator") -> grpc.GenericRpcHandler:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.error}")
         left = context.time_remaining()     # of the agent's deadline: what is gone waited here
         try:
-            return c.report(request, None if left is None else REPORT_TIMEOUT_S - left)
+            with c.metrics.report_seconds.time():
+                return c.report(request, None if left is None else REPORT_TIMEOUT_S - left)
         except BadRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 

@@ -2,7 +2,9 @@
 
 Auth is a shared bearer token (``--token-file``) and/or mTLS
 (``--tls-cert/--tls-key/--tls-ca``). A call without the right token is refused
-with UNAUTHENTICATED before it reaches any handler.
+with UNAUTHENTICATED before it reaches any handler, except the standard health check
+(``grpc.health.v1.Health``): the probes that ask it (a kubelet, ``grpc_health_probe``)
+carry no token, and SERVING or not reveals nothing.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from ..config import Config, ConfigError
 
 MAX_MESSAGE = 16 * 1024 * 1024
 REPORT_TIMEOUT_S = 2.0    # an agent's Report deadline (the coordinator reads how much is left)
+HEALTH_PREFIX = "/grpc.health.v1.Health/"     # open without the token (see above)
 
 
 def read_token(cfg: Config) -> str:
@@ -57,6 +60,8 @@ class _TokenCheck(grpc.aio.ServerInterceptor):
         self._deny_stream = grpc.unary_stream_rpc_method_handler(deny)
 
     async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        if details.method.startswith(HEALTH_PREFIX):
+            return await continuation(details)
         got = dict(details.invocation_metadata or ()).get("authorization", "")
         if hmac.compare_digest(got.encode() if isinstance(got, str) else got, self._want):
             return await continuation(details)
