@@ -54,13 +54,9 @@ class _Recent(list):
 
 @dataclass
 class _Delivery:
-    url: str
-    title: str
-    body: str
-    job: str
-    kind: str
-    rank: int | None = None
-    attempt: int = 0
+    """A pending delivery and how its tries went."""
+
+    item: Pending
     tries: int = 0
     next_try: float = 0.0
     in_flight: bool = False
@@ -124,8 +120,8 @@ class AlertSender:
             with self._cond:
                 now = self._clock()
                 for u in targets:
-                    self._queue.append(_Delivery(u, title, body, v.job, v.kind, v.rank, v.attempt,
-                                                 next_try=now))
+                    self._queue.append(_Delivery(Pending(u, title, body, v.job, v.kind, v.rank,
+                                                         v.attempt), next_try=now))
                 self.counters["submitted"] += 1
                 self._cond.notify_all()
             return True
@@ -198,11 +194,11 @@ class AlertSender:
                 now = self._clock()
                 wait = _POLL_S
                 for d in self._queue:
-                    if d.in_flight or d.url in self._busy:
+                    if d.in_flight or d.item.url in self._busy:
                         continue
                     if d.next_try <= now:
                         d.in_flight = True
-                        self._busy.add(d.url)
+                        self._busy.add(d.item.url)
                         threading.Thread(target=self._deliver, args=(d,),
                                          name="watchdog-alert-send", daemon=True).start()
                     else:
@@ -232,8 +228,7 @@ class AlertSender:
         with self._cond:
             now = self._clock()
             for name, p in left:
-                self._queue.append(_Delivery(p.url, p.title, p.body, p.job, p.kind, p.rank, p.attempt,
-                                             next_try=now, stored=name, store_tried=True))
+                self._queue.append(_Delivery(p, next_try=now, stored=name, store_tried=True))
                 # the same incident decided again after a restart is a duplicate
                 self._last[(p.job, p.kind, p.rank, p.attempt)] = now
             self.counters["requeued"] += len(left)
@@ -245,7 +240,7 @@ class AlertSender:
         assert self._spool is not None
         for d in deliveries:
             try:
-                d.stored = self._spool.put(Pending(d.url, d.title, d.body, d.job, d.kind, d.rank, d.attempt))
+                d.stored = self._spool.put(d.item)
             except Exception as e:   # a full or read-only disk: delivered from memory
                 self._spool_failed("write", e)
                 continue
@@ -271,11 +266,13 @@ class AlertSender:
 
     def _deliver(self, d: _Delivery) -> None:
         reasons: list[str] = []
+        it = d.item
         try:
             if self._notify is None:
-                outcome = "sent" if apprise_notify(d.url, d.title, d.body, reasons) else "failed"
+                ok = apprise_notify(it.url, it.title, it.body, reasons)
             else:
-                outcome = "sent" if self._notify(d.url, d.title, d.body) else "failed"
+                ok = self._notify(it.url, it.title, it.body)
+            outcome = "sent" if ok else "failed"
         except InvalidAlertURL as e:   # retrying cannot help: drop, loudly
             outcome = "dropped"
             reasons.append(str(e))
@@ -290,7 +287,7 @@ class AlertSender:
         # exponent capped: "forever" must not end in a float overflow
         delay = min(self.base_backoff_s * 2 ** min(d.tries, 40), self.max_backoff_s)
         with self._cond:
-            self._busy.discard(d.url)
+            self._busy.discard(d.item.url)
             d.in_flight = False
             d.tries += 1
             self.counters[outcome] += 1
@@ -299,18 +296,18 @@ class AlertSender:
             else:
                 self._queue.remove(d)
             if outcome == "sent":
-                self.sent.append((d.url, d.title, d.body))
+                self.sent.append((d.item.url, d.item.title, d.item.body))
             self._cond.notify_all()
-        url = redact_url(d.url)
+        url = redact_url(d.item.url)
         if outcome == "failed":
-            warn("alert_failed", job=d.job, kind=d.kind, url=url, attempt=d.tries,
+            warn("alert_failed", job=d.item.job, kind=d.item.kind, url=url, attempt=d.tries,
                  retry_in_s=f"{delay:.2f}", error=reason)
         elif outcome == "dropped":
-            error("alert_dropped", job=d.job, kind=d.kind, url=url, error=reason)
+            error("alert_dropped", job=d.item.job, kind=d.item.kind, url=url, error=reason)
         else:
-            log("alert_sent", job=d.job, kind=d.kind, url=url, attempt=d.tries)
+            log("alert_sent", job=d.item.job, kind=d.item.kind, url=url, attempt=d.tries)
             if self.on_sent is not None:
                 try:
-                    self.on_sent(d.url, d.title, d.body)
+                    self.on_sent(d.item.url, d.item.title, d.item.body)
                 except Exception as e:
                     error("alert_on_sent_failed", error=type(e).__name__)
