@@ -1,0 +1,169 @@
+"""The agent's side that faces the wrappers (``watchdog-d run``) of its node: one thread
+per connection; registration, attempts, the end of a job; each attempt's rank logs opened
+and closed. Mixed into ``daemon.Agent``, whose state (jobs, locks) it shares."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import psutil
+
+from .. import log
+from ..core.model import JobOnNode, JobSpec
+from ..logs.fingerprints import Catalogue, CatalogueError
+from ..proto import localsock
+from ..proto.local import (AttemptStarted, Ended, Message, MessageError, Refused, Register,
+                           Registered, Waiting)
+from .observe import RankTrack
+from .ranklogs import AttemptLogs
+
+if TYPE_CHECKING:
+    import threading
+
+    from ..config import Config
+    from .exits import ExitWatcher
+
+
+@dataclass
+class LocalJob:
+    spec: JobSpec
+    conn: localsock.Conn
+    uid: int
+    attempt: int = 0
+    run: str = ""
+    launcher_pid: int = 0
+    beacon_dir: str = ""
+    state: str = "running"             # running | exited | stopped | waiting (for a relaunch)
+    exit_code: int = 0
+    note: str = ""
+    tracks: dict[int, RankTrack] = field(default_factory=dict)
+    last: JobOnNode | None = None
+    logs: AttemptLogs | None = None
+    logs_read_at: float = float("-inf")
+    delivered: set = field(default_factory=set)    # (verb, attempt) handed to the wrapper
+
+
+class WrapperSide:
+    cfg: "Config"
+    node_id: str
+    target: str
+    jobs: dict[str, LocalJob]
+    lock: "threading.Lock"
+    observing: "threading.Lock"
+    exits: "ExitWatcher"
+    catalogue: Catalogue | None
+    _stop: "threading.Event"
+    _send_now: "threading.Event"
+
+    def observe_now(self) -> None:   # (the agent's)
+        raise NotImplementedError
+
+    # -- wrappers ---------------------------------------------------------------------
+    def _serve_wrapper(self, conn: localsock.Conn) -> None:
+        job: LocalJob | None = None
+        try:
+            _, uid, _ = conn.peer()
+            while not self._stop.is_set():
+                try:
+                    msg = conn.recv()
+                except MessageError as e:
+                    # this wrapper's problem alone: it is told, every other job goes on
+                    log.warn("wrapper_message_refused", job=job.spec.job_id if job else None,
+                             error=str(e)[:300])
+                    conn.send(Refused(f"bad message: {e}"))
+                    continue
+                if msg is None:
+                    break
+                job = self._handle(conn, uid, msg, job)
+        except Exception as e:
+            log.error("wrapper_connection_error", error=repr(e))
+        finally:
+            conn.close()
+            if job is not None:
+                with self.lock:
+                    if job.state == "running":   # the wrapper vanished mid-job
+                        job.state, job.exit_code = "exited", 1
+                self.observe_now()
+                with self.observing, self.lock:
+                    self.jobs.pop(job.spec.job_id, None)
+                    self._close_logs(job)
+                    self.exits.forget({t.pid for t in job.tracks.values()})
+                log.log("job_detached", job=job.spec.job_id)
+
+    def _handle(self, conn: localsock.Conn, uid: int, msg: Message,
+                job: LocalJob | None) -> LocalJob | None:
+        if isinstance(msg, Register) and job is None:
+            try:
+                owner = psutil.Process(msg.launcher_pid).uids().real
+            except psutil.Error as e:
+                conn.send(Refused(f"bad registration: launcher {msg.launcher_pid}: {e!r}"))
+                return None
+            if uid != 0 and owner != uid:
+                conn.send(Refused("the launcher is not your process"))
+                return None
+            job = LocalJob(spec=msg.spec, conn=conn, uid=uid, attempt=msg.attempt, run=msg.run,
+                           launcher_pid=msg.launcher_pid)
+            with self.lock:
+                self.jobs[msg.spec.job_id] = job
+            conn.send(Registered(node_id=self.node_id, coordinator=self.target))
+            log.log("job_attached", job=msg.spec.job_id, launcher_pid=msg.launcher_pid,
+                    attempt=job.attempt)
+            self._send_now.set()
+        elif isinstance(msg, AttemptStarted) and job is not None:
+            with self.observing, self.lock:      # (that order, always)
+                job.attempt, job.launcher_pid, job.beacon_dir = msg.attempt, msg.launcher_pid, msg.beacon_dir
+                self.exits.forget({t.pid for t in job.tracks.values()})
+                job.state, job.exit_code, job.tracks, job.note = "running", 0, {}, ""
+                self._open_logs(job, msg.log_dir)
+            self._send_now.set()
+        elif isinstance(msg, Waiting) and job is not None:
+            with self.lock:   # the attempt's ranks are down; the next generation is awaited
+                job.state, job.note = "waiting", msg.note
+            self.observe_now()
+        elif isinstance(msg, Ended) and job is not None:
+            with self.lock:
+                job.state, job.exit_code = msg.state, msg.exit_code
+            self.observe_now()
+        else:
+            conn.send(Refused(f"unexpected message {msg.OP!r}"
+                              + (" before register" if job is None else "")))
+        return job
+
+    # -- rank logs ----------------------------------------------------------------------
+    def _catalogue(self) -> Catalogue | None:
+        if self.catalogue is None:
+            try:
+                self.catalogue = Catalogue.load()
+            except CatalogueError as e:
+                log.error("catalogue_unusable", error=str(e))
+        return self.catalogue
+
+    def _open_logs(self, job: LocalJob, log_dir: str) -> None:
+        self._close_logs(job)
+        catalogue = self._catalogue()
+        if not log_dir or catalogue is None:
+            return
+        try:   # read only what the job's owner could read: a directory of its own
+            owner = os.stat(log_dir).st_uid
+        except OSError:
+            owner = -1
+        if job.uid != 0 and owner != job.uid:
+            log.warn("log_dir_refused", job=job.spec.job_id, path=log_dir,
+                     reason="not owned by the job's user")
+            return
+        state = os.path.join(self.cfg.state_dir, "offsets",
+                             f"{job.spec.job_id}-attempt-{job.attempt}.json")
+        job.logs = AttemptLogs(log_dir, state, catalogue)
+
+    def _close_logs(self, job: LocalJob) -> None:
+        """The attempt is over (a new one, or the wrapper left): its offsets are of no
+        further use. (An agent that dies keeps them: that is what they are for.)"""
+        if job.logs is None:
+            return
+        job.logs.close()
+        try:
+            os.unlink(job.logs.store.path)
+        except OSError:
+            pass
+        job.logs = None
