@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from wdtest_helpers import SIGKILL, dead, rank, report, spec
 
-from watchdog_d.core.state import BARRIER_CAP_S, Cluster
+from watchdog_d.core.book import BARRIER_CAP_S
+from watchdog_d.core.state import Cluster
 
 RESTART = spec(on_failure="restart", max_restarts=2, node_timeout_s=5.0)
 

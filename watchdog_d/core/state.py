@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from . import detector, policy
-from .book import BARRIER_CAP_S, JobBook, NodeView
+from . import detector, lifecycle
+from .book import JobBook, NodeView
 from .deadline import STACKS_REFRESH_S, Due, next_check, signature
 from .decision import Decision, Order
 from .model import Incident, JobOnNode, NodeReport, Verdict
@@ -98,7 +98,7 @@ class Cluster:
                 node.part = replace(node.part, state=part.state, note=part.note)
             return
         if part.attempt > book.attempt:
-            self._new_attempt(book, part.attempt, now)
+            lifecycle.new_attempt(book, part.attempt, now)
         sig = signature(part)
         if node is not None and (node.attempt_seen != part.attempt or node.signature != sig):
             self.dirty.add(job_id)
@@ -151,21 +151,6 @@ class Cluster:
                if run in self.checkpoints}
         self._new_checkpoints.clear()
         return new
-
-    @staticmethod
-    def _new_attempt(book: JobBook, attempt: int, now: float) -> None:
-        """Forget everything that belonged to the attempt before."""
-        book.attempt, book.status, book.verdict, book.action = attempt, "running", None, ""
-        book.attempt_started_at = now
-        book.stacks_asked_at, book.outcome, book.ended_at = None, "", None
-        book.restart_asked_at = book.torn_down_at = None
-        book.last_step.clear()            # a first step's duration includes start-up
-        book.reported.clear()
-        for node in book.nodes.values():
-            # nodes that have not reported the new attempt yet: nothing known of it
-            node.part = replace(node.part, attempt=attempt, state="running", ranks=(), note="")
-            node.exit_at.clear()
-            node.ended_at, node.answered = None, False
 
     def standing_orders(self, node_id: str) -> list[Order]:
         """Verbs a node must carry out whatever it heard before: the teardown (or the
@@ -290,7 +275,7 @@ class Cluster:
                        found.node if found.kind in BY_NODE else found.rank)
                 if key not in book.reported:
                     book.reported.add(key)
-                    decisions.append(self._decide(book, found, now))
+                    decisions.append(lifecycle.decide(book, found, now))
                 if found.kind == "long_pause" and (book.stacks_asked_at is None or
                                                    now - book.stacks_asked_at >= STACKS_REFRESH_S):
                     # the pause goes on: fresh stacks, so evidence of a hang can show up
@@ -305,7 +290,7 @@ class Cluster:
                 book.stacks_asked_at = None
                 book.reported = {k for k in book.reported if k[0] in ONCE_PER_ATTEMPT}
         if book.relaunch_due:
-            decisions.extend(self._relaunch_when_down(book, now))
+            decisions.extend(lifecycle.relaunch_when_down(book, now, self.silence))
             return decisions             # (a launcher that ended by itself is not the job's end)
         # answer every wrapper whose job ended by itself and is owed nothing else
         for node in book.nodes.values():
@@ -315,86 +300,5 @@ class Cluster:
                 decisions.append(Decision(book.spec.job_id, "done", (node.node_id,)))
         if book.status != "ended" and book.nodes and all(
                 n.ended_at is not None for n in book.nodes.values()):
-            decisions.extend(self._close(book, now))
+            decisions.extend(lifecycle.close(book, now))
         return decisions
-
-    def _relaunch_when_down(self, book: JobBook, now: float) -> list[Decision]:
-        """The generation barrier: the next attempt starts only once every node of this
-        one has its ranks down (or is silent, or BARRIER_CAP_S passed), plus the
-        backoff; then every waiting node gets the same attempt number and checkpoint."""
-        asked = book.restart_asked_at if book.restart_asked_at is not None else now
-        if book.verdict is None and now - book.created_at < book.spec.node_timeout_s:
-            return []    # a restart inherited from a coordinator before us: let every node report
-        if book.torn_down_at is None:
-            def pending(n: NodeView) -> bool:
-                silent = self.silence.silent_for(n.node_id, now, n.seen_at)
-                return (n.attempt_seen == book.attempt and n.part.state != "waiting"
-                        and silent <= book.spec.node_timeout_s)
-            if any(pending(n) for n in book.nodes.values()) and now - asked < BARRIER_CAP_S:
-                return []
-            book.torn_down_at = now
-        if now < book.torn_down_at + policy.backoff_s(book.spec.restart_backoff_s, book.restarts):
-            return []
-        ready = tuple(sorted(n.node_id for n in book.nodes.values() if n.part.state == "waiting"))
-        if not ready:
-            return []                    # nobody can start it (yet): they get it when back
-        notes = [f"{n.node_id}: {n.part.note}" for n in book.nodes.values()
-                 if n.part.state == "waiting" and n.part.note]
-        why = book.verdict or Verdict(book.spec.job_id, "")   # the restart's cause (kind "": unknown)
-        self._new_attempt(book, book.attempt + 1, now)
-        (step, path), incident = book.offer, None
-        if notes:   # something people must know about this relaunch (a checkpoint problem)
-            after = f" after {why.kind} rank {why.rank_label}" + (f" on {why.node}" if why.node else "")
-            v = Verdict(job=book.spec.job_id, kind="restart", attempt=book.attempt, rank=why.rank,
-                        node=why.node, host=why.host,   # the title says whose failure it was
-                        cause=f"attempt {book.attempt} relaunched{after if why.kind else ''}; " + "; ".join(notes),
-                        remedy="check the checkpoint directory and what the job resumed from")
-            incident = Incident(0.0, v, f"restart {book.restarts}/{book.spec.max_restarts}")
-        return [Decision(book.spec.job_id, "relaunch", ready, incident, alert=incident is not None,
-                         alert_urls=book.spec.alert_urls, attempt=book.attempt,
-                         resume_from=path, resume_step=step)]
-
-    def _decide(self, book: JobBook, verdict: Verdict, now: float) -> Decision:
-        if verdict.advisory:       # a warning: the job runs on whatever its policy
-            return Decision(book.spec.job_id, "none", (), Incident(0.0, verdict, "none"),
-                            alert=True, alert_urls=book.spec.alert_urls)
-        book.no_progress = 0 if book.last_step else book.no_progress + 1
-        action = policy.decide(verdict.kind, book.spec, book.restarts, book.no_progress)
-        if action == "gave_up" and policy.crash_looping(book.spec, book.no_progress):
-            verdict = replace(verdict, cause=f"{verdict.cause}; gave up: {book.no_progress} attempts "
-                                             f"in a row ended before their first step (crash loop)")
-        book.verdict, book.action = verdict, action
-        verb = "none"
-        if policy.stops_job(action):
-            book.status = "stopping"
-            verb = "restart" if action.startswith("restart") else "teardown"
-            if verb == "restart":
-                book.restarts += 1
-                book.restart_asked_at = now
-        incident = Incident(ts=0.0, verdict=verdict, action=action)
-        step, path = book.offer
-        return Decision(book.spec.job_id, verb, tuple(sorted(book.nodes)), incident,
-                        alert=policy.wants_alert(verdict.kind), alert_urls=book.spec.alert_urls,
-                        resume_from=path, resume_step=step)
-
-    def _close(self, book: JobBook, now: float) -> list[Decision]:
-        """Every node reported the job over: record how it ended."""
-        stopping = book.status == "stopping"
-        book.status, book.ended_at = "ended", now
-        parts = [n.part for n in book.nodes.values()]
-        if book.outcome == "stopped":
-            return []
-        if stopping or book.verdict is not None:
-            book.outcome = "torn_down" if stopping else "failed"
-            return []
-        if any(p.state == "stopped" for p in parts):
-            book.outcome = "stopped"
-            return []
-        if all(p.exit_code == 0 for p in parts):
-            book.outcome = "succeeded"
-            v = Verdict(job=book.spec.job_id, kind="job_succeeded", attempt=book.attempt,
-                        cause="every node's launcher exited 0")
-            return [Decision(book.spec.job_id, "none", (), Incident(0.0, v, "none"))]
-        book.outcome = "failed"
-        return []
-
