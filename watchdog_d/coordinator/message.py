@@ -44,6 +44,7 @@ def format_alert(incident: Incident) -> tuple[str, str]:
         ("host", v.host), ("step", step), ("action", incident.action),
         ("detected_after_s", f"{v.detected_after_s:.2f}"),
         ("cause", v.cause), ("remedy", v.remedy),
+        ("suspect", v.suspect),      # the job's nodes marked suspect before (core.suspects)
     ]
     lines = [f"{k}: {_one_line(val)}" for k, val in fields if val is not None and str(val).strip()]
     body = "\n".join(lines)

@@ -79,7 +79,13 @@ class _Picture:
                     labels = [j, node["node"], str(r["rank"])]
                     step.add_metric(labels, r["step"])
                     step_age.add_metric(labels, r["last_step_age_s"])
-        yield from (attempt, stall, heartbeat, step, step_age)
+        suspect = GaugeMetricFamily("watchdogd_node_suspect",
+                                    "1 for a node marked suspect (a failed health check, or the "
+                                    "culprit of verdicts again and again): look at it",
+                                    labels=["node"])
+        for node in sorted({n["node"] for job in snap["jobs"] for n in job["nodes"] if n.get("suspect")}):
+            suspect.add_metric([node], 1)
+        yield from (attempt, stall, heartbeat, step, step_age, suspect)
         yield from self._counted()
 
     def _counted(self):  # type: ignore[no-untyped-def]

@@ -228,7 +228,11 @@ class Coordinator:
             last = self.health.passed_at = self.clock()
 
     def _log_errors(self) -> None:
-        """A job whose evaluation raised (the others were judged): said once per error."""
+        """A job whose evaluation raised (the others were judged): said once per error.
+        And the nodes just marked suspect."""
+        for s in self.cluster.suspected:
+            log.warn("node_suspect", node=s.node, reason=s.reason)
+        self.cluster.suspected.clear()
         for job, e in self.cluster.errors:
             text = repr(e)[:300]
             if self._job_errors.get(job) != text:

@@ -79,8 +79,10 @@ def job_status(cluster: Cluster, book: JobBook, now: float) -> dict:
                 "cpu_percent": r.cpu_percent,
                 "log_offset": r.log_offset,
             })
+        marked = cluster.suspects.marked.get(node_id)
         nodes.append({"node": node_id, "host": node.host, "state": node.part.state,
-                      "heartbeat_age_s": round(now - seen, 2), "ranks": ranks})
+                      "heartbeat_age_s": round(now - seen, 2), "ranks": ranks,
+                      "suspect": marked.reason if marked else None})
     p99 = book.steps.p99()
     return {
         "job": book.spec.job_id, "attempt": book.attempt, "status": book.status,
@@ -122,6 +124,8 @@ def render(snap: dict) -> str:
         for node in job["nodes"]:
             lines.append(f"  node {node['node']} ({node['host']})  {node['state']}  "
                          f"heartbeat {_age(node['heartbeat_age_s'])} ago")
+            if node.get("suspect"):
+                lines.append(f"    SUSPECT: {node['suspect']}")
             lines.append("    rank  pid      state      step     last step  section       log offset")
             for r in node["ranks"]:
                 state = r["state"]

@@ -182,6 +182,7 @@ class Verdict:
     attempt: int = 0
     evidence: tuple[str, ...] = field(default=())
     advisory: bool = False            # a warning whatever the job's policy (nothing to act on)
+    suspect: str = ""                 # the job's nodes that were suspect already, and why
 
     @property
     def rank_label(self) -> str:

@@ -15,6 +15,7 @@ from .deadline import STACKS_REFRESH_S, Due, next_check, signature
 from .decision import Decision, Order
 from .model import Incident, JobOnNode, NodeReport, Verdict
 from .silence import Episode, Silence
+from .suspects import Suspects, Suspicion, describe
 from .stall import stall_timeout
 
 
@@ -36,6 +37,8 @@ class Cluster:
         self.episodes: list[Episode] = []                   # the coordinator's own, to say
         self.departed: list[str] = []                       # nodes forgotten (the shell prunes)
         self.errors: list[tuple[str, Exception]] = []       # (job, what its evaluation raised), to log
+        self.suspects = Suspects()                          # nodes a person should look at
+        self.suspected: list[Suspicion] = []                # new markings, for the shell to log
         # run token -> (step, path) of the newest checkpoint its run's ranks recorded; the
         # shell loads it from the state store and saves what changes (outlives the JobBook)
         self.checkpoints: dict[str, tuple[int, str]] = dict(checkpoints or {})
@@ -239,8 +242,14 @@ class Cluster:
         # to the coordinator's own operators (its --alert URLs): nothing was done to any job
         return [Decision(COORDINATOR, "none", (), Incident(0.0, v, "none"), alert=True)]
 
+    def _with_suspects(self, book: JobBook, verdict: Verdict, now: float) -> Verdict:
+        """The verdict, saying which of the job's nodes were suspect already."""
+        marked = self.suspects.of(book.nodes, now)
+        return replace(verdict, suspect=describe(marked)) if marked else verdict
+
     def _forget_job(self, job_id: str) -> None:
         book = self.jobs.pop(job_id)
+        self.suspects.forget_job(job_id)
         self.due.forget(job_id)
         for run in book.runs:                  # the store keeps them, if needed
             self.checkpoints.pop(run, None)
@@ -275,7 +284,11 @@ class Cluster:
                        found.node if found.kind in BY_NODE else found.rank)
                 if key not in book.reported:
                     book.reported.add(key)
+                    found = self._with_suspects(book, found, now)
                     decisions.append(lifecycle.decide(book, found, now))
+                    marked = self.suspects.record(found, now)
+                    if marked is not None:
+                        self.suspected.append(marked)
                 if found.kind == "long_pause" and (book.stacks_asked_at is None or
                                                    now - book.stacks_asked_at >= STACKS_REFRESH_S):
                     # the pause goes on: fresh stacks, so evidence of a hang can show up
