@@ -31,9 +31,12 @@ def _default_state_dir() -> str:
     return os.path.join(base, "watchdog-d")
 
 
+NODE_SOCKET = "/run/watchdog-d/agent.sock"   # the node's agent under systemd (its unit)
+
+
 def default_socket() -> str:
     if os.geteuid() == 0:
-        return "/run/watchdog-d/agent.sock"
+        return NODE_SOCKET
     base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/watchdog-d-{os.geteuid()}"
     return os.path.join(base, "watchdog-d", "agent.sock")
 

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import replace
 
 from .. import log
-from ..config import Config, ConfigError
+from ..config import NODE_SOCKET, Config, ConfigError
 from ..logs.redact import redact
 from ..proto import localsock, rpc
 from ..proto.local import MessageError, Refused, Register, Registered
@@ -81,13 +81,35 @@ class Embedded:
 
 
 def _live_socket(path: str) -> bool:
+    return _probe(path) is None
+
+
+def _probe(path: str) -> str | None:
+    """None when an agent answers on ``path``; else why not ('' when nothing is there)."""
     if not path or not os.path.exists(path):
-        return False
+        return ""
     try:
         localsock.connect(path, timeout=1.0).close()
-        return True
-    except OSError:
-        return False
+        return None
+    except OSError as e:
+        return e.strerror or type(e).__name__
+
+
+def pick_agent(cfg: Config) -> str | None:
+    """The agent to hand the job to: this user's own (``cfg.socket``), else the node's
+    (systemd's, ``NODE_SOCKET``, which a non-root user's default does not name); None:
+    none answers, embed one. A node agent that is there but cannot be used is said in
+    one line: the job would otherwise be watched apart from the cluster's coordinator
+    without anyone knowing."""
+    for path in dict.fromkeys((cfg.socket, NODE_SOCKET)):
+        why = _probe(path)
+        if why is None:
+            return path
+        if why and path == NODE_SOCKET:
+            print(f"watchdog-d: the node's agent at {path} cannot be used ({why}); this job is "
+                  "watched by an agent and coordinator of its own. On a cluster, ask for access "
+                  "to the agent's socket (its group)", file=sys.stderr, flush=True)
+    return None
 
 
 def register(path: str, cfg: Config, command: list[str], run: str) -> tuple[localsock.Conn, str]:
@@ -142,8 +164,8 @@ def run_job(cfg: Config, command: list[str]) -> int:
         if not _live_socket(cfg.agent_socket):
             raise WrapperError(f"no agent answers on {cfg.agent_socket}")
         path = cfg.agent_socket
-    elif _live_socket(cfg.socket):
-        path = cfg.socket                   # the node's agent (it knows its coordinator)
+    elif (node_agent := pick_agent(cfg)) is not None:
+        path = node_agent                   # the node's agent (it knows its coordinator)
     else:
         embedded = Embedded(cfg)
         path = embedded.start()
