@@ -21,7 +21,7 @@ from watchdog_d.core.model import JobSpec
 
 PKG = Path(watchdog_d.__file__).parent
 ROOT = PKG.parent
-PLACES = ("rank", "wrapper", "agent", "coordinator", "core", "logs", "proto", "demo")
+PLACES = ("rank", "wrapper", "agent", "coordinator", "core", "logs", "proto", "demo", "doctor")
 
 
 def _modules(package: str) -> list[str]:

@@ -43,6 +43,9 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node-timeout", dest="node_timeout", type=float, metavar="SECONDS")
     p.add_argument("--grace", type=float, metavar="SECONDS")
     p.add_argument("--log-dir", dest="log_dir")
+    p.add_argument("--preflight", action="store_true", default=None,
+                   help="run the doctor's checks on this node first; an error: the job is "
+                        "not started, and torn down on its other nodes (exit 75)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -105,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true")
     p.add_argument("--catalogue", metavar="FILE", help="another fingerprint catalogue (TOML)")
+
+    p = sub.add_parser("doctor", help="pre-flight report of this node: exit 0 ok, 1 warnings, 2 errors")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--coordinator", metavar="HOST:PORT")
+    p.add_argument("--checkpoint-dir", dest="checkpoint_dir")
+    p.add_argument("--log-dir", dest="log_dir")
+    _common(p)
+    _security(p)
 
     p = sub.add_parser("config", help="the effective configuration: watchdog-d config show [--json]")
     p.add_argument("action", choices=("show",))
@@ -185,6 +196,12 @@ def _dispatch(args: argparse.Namespace, cfg: Config, command: list[str]) -> int:
         return _events(args, cfg)
     if args.cmd == "diagnose":
         return _diagnose(args)
+    if args.cmd == "doctor":
+        from .doctor import report
+
+        checks = report.run(cfg)
+        print(report.render(checks, args.json, cfg.node_id))
+        return report.exit_status(checks)
     if args.cmd == "config":
         from .config import effective, load_with_sources, show
 

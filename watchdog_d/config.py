@@ -86,6 +86,7 @@ class Config:
     checkpoint_timeout: float = 1800.0   # torch.save/load, safetensors, DCP, Trainer checkpoints
     evaluation_timeout: float = 3600.0   # Trainer.evaluate, Lightning's evaluation loop
     grace: float = 10.0
+    preflight: bool = False              # run: the doctor's checks first; errors -> not started here
     log_dir: str = ""
     rank_log_max_bytes: int = 100 << 20  # each rank's log file rotates at this size (0: never)
     rank_log_backups: int = 3            # ... keeping this many old files
@@ -168,6 +169,15 @@ def _coerce(name: str, value: object) -> object:
                 return value.split()
             if isinstance(value, list) and all(isinstance(v, str) for v in value):
                 return list(value)
+            raise ValueError
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            word = str(value).strip().lower()
+            if word in ("1", "true", "yes", "on"):
+                return True
+            if word in ("0", "false", "no", "off"):
+                return False
             raise ValueError
         if kind == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
