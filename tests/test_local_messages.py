@@ -62,7 +62,7 @@ def _register(**spec: object) -> bytes:
     (b'{"op": "register", "launcher_pid": 7}', "spec is missing"),
     (b'{"op": "register", "launcher_pid": -1, "spec": {"job_id": "j"}}', "launcher_pid must be > 0"),
     (b'{"op": "register", "launcher_pid": 7, "spec": []}', "spec must be an object"),
-    (b'{"op": "ended", "state": "paused", "exit_code": 0}', "state must be exited or stopped"),
+    (b'{"op": "ended", "state": "paused", "exit_code": 0}', "state must be one of exited, stopped, preflight_failed"),
     (b'{"op": "ended", "state": "exited"}', "exit_code is missing"),
     (b'{"op": "waiting", "attempt": -1}', "attempt must be >= 0"),
     (b'{"op": "command", "verb": "rm -rf /", "attempt": 0}', "verb must be one of"),

@@ -124,6 +124,8 @@ class WrapperSide:
         elif isinstance(msg, Ended) and job is not None:
             with self.lock:
                 job.state, job.exit_code = msg.state, msg.exit_code
+                if msg.note:
+                    job.note = msg.note
             self.observe_now()
         else:
             conn.send(Refused(f"unexpected message {msg.OP!r}"

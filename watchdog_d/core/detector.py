@@ -51,6 +51,11 @@ def _verdict(book: JobBook, kind: str, node: NodeView | None, r: RankReport | No
 
 
 def detect(book: JobBook, now: float, silence: Silence) -> Verdict | str | None:
+    for node in book.nodes.values():      # a node that refused to start it: nothing else matters
+        if node.part.state == "preflight_failed":
+            return _verdict(book, "preflight_failed", node, None, 0.0,
+                            f"preflight on {node.node_id} failed: {node.part.note or 'no detail'}",
+                            f"run 'watchdog-d doctor' on {node.node_id} and fix what it reports")
     picked = rootcause.pick(book, now)
     if picked is not None:
         return _failure_verdict(book, now, *picked)

@@ -141,13 +141,18 @@ def _number(name: str, value: object, *, low: float, high: float, open_low: bool
         raise SpecError(name, f"must be a number {bound} and <= {high:g}, got {value!r}")
 
 
+# running | exited | stopped (by the user) | waiting (torn down for a restart, for the next
+# generation) | preflight_failed (the node's checks failed: never started there; why in note)
+JOB_STATES = ("running", "exited", "stopped", "waiting", "preflight_failed")
+
+
 @dataclass(frozen=True)
 class JobOnNode:
     """One job's part on one node, as of one heartbeat."""
 
     spec: JobSpec
     attempt: int = 0
-    state: str = "running"            # running | exited | stopped (by the user) | waiting
+    state: str = "running"            # one of JOB_STATES
     exit_code: int = 0                #   (waiting: torn down for a restart, for the next generation)
     ranks: tuple[RankReport, ...] = ()
     note: str = ""                    # from the wrapper, for people (e.g. a checkpoint problem)

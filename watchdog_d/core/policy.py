@@ -13,11 +13,17 @@ from .model import JobSpec
 LIFECYCLE = {"job_succeeded", "job_failed", "restart", "gave_up", "job_stopped"}
 ALERT_ONLY = {"straggler", "long_pause", "agent_lost", "coordinator_isolated"}   # warnings
 BACKOFF_CAP_S = 600.0
+# a node refused to start the job (its checks failed): whatever the policy, its other nodes
+# are stopped (they would wait in the rendezvous until it times out), and not restarted
+# (the same checks fail again until someone fixes the node)
+NOT_STARTED = {"preflight_failed"}
 
 
 def decide(kind: str, spec: JobSpec, restarts_done: int, no_progress_streak: int = 0) -> str:
     """``no_progress_streak``: attempts in a row, this one included, that ended before
     any rank completed a step (each attempt counts steps from where it resumed)."""
+    if kind in NOT_STARTED:
+        return "teardown"
     if kind in ALERT_ONLY or spec.on_failure == "alert":
         return "none"
     if kind == "job_succeeded":

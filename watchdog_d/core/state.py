@@ -130,7 +130,7 @@ class Cluster:
             self.dirty.add(job_id)     # faster steps: an earlier deadline than the one planned
         if any(r.alive and math.isfinite(r.section_remaining_s) for r in part.ranks):
             book.section_seen_at = now
-        if part.state in ("exited", "stopped") and node.ended_at is None:
+        if part.state in ("exited", "stopped", "preflight_failed") and node.ended_at is None:
             node.ended_at = now      # ("waiting": down for a restart, not over)
 
     def _note_checkpoint(self, book: JobBook, part: JobOnNode) -> None:

@@ -5,7 +5,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, replace
 
-from ..core.model import MAX_SECONDS, MAX_TEXT, JobOnNode, JobSpec, LogFinding, NodeReport, RankReport, SpecError, Verdict
+from ..core.model import JOB_STATES, MAX_SECONDS, MAX_TEXT, JobOnNode, JobSpec, LogFinding, NodeReport, RankReport, SpecError, Verdict
 from . import watchdog_pb2 as pb
 from .local import NOTE_MAX, RUN_MAX, from_plain
 
@@ -181,7 +181,7 @@ def report_from_pb(m: pb.Heartbeat, base: Base | None = None, now: float = 0.0) 
             raise MissingBase(f"no report {m.base_seq} to complete this one from")
     jobs = []
     for j in m.jobs:
-        if j.state not in ("running", "exited", "stopped", "waiting"):
+        if j.state not in JOB_STATES:
             raise WireError(f"bad job state {j.state!r}")
         prev = base.jobs.get(j.spec.job_id) if base is not None else None
         if j.same_spec:

@@ -29,6 +29,8 @@ MAX_ITEMS = 256                # any one list
 NOTE_MAX = 1000                # a wrapper's note for people
 RUN_MAX = 64                   # a run token
 VERBS = ("teardown", "restart", "relaunch", "dump_stacks", "done")
+# exited | stopped (by the user) | preflight_failed (never started: the node's checks failed)
+ENDED_STATES = ("exited", "stopped", "preflight_failed")
 
 
 class MessageError(ValueError):
@@ -83,13 +85,14 @@ class Waiting:
 @dataclass(frozen=True)
 class Ended:
     OP: ClassVar[str] = "ended"
-    state: str                          # exited | stopped (by the user)
+    state: str                          # one of ENDED_STATES
     exit_code: int
+    note: str = ""                      # preflight_failed: the checks that failed
 
     def check(self) -> "Ended":
-        if self.state not in ("exited", "stopped"):
-            raise MessageError(f"state must be exited or stopped, not {self.state!r}")
-        return self
+        if self.state not in ENDED_STATES:
+            raise MessageError(f"state must be one of {', '.join(ENDED_STATES)}, not {self.state!r}")
+        return dataclasses.replace(self, note=self.note[:NOTE_MAX])
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from ..config import NODE_SOCKET, Config, ConfigError
 from ..logs.redact import redact
 from ..proto import localsock, rpc
 from ..proto.local import MessageError, Refused, Register, Registered
-from .supervisor import Wrapper, WrapperError
+from . import preflight
+from .supervisor import EXIT_TORN_DOWN, Wrapper, WrapperError
 
 REGISTER_TIMEOUT_S = 10.0
 
@@ -158,6 +159,9 @@ def run_job(cfg: Config, command: list[str]) -> int:
         log.warn("torchrun_max_restarts_preempted", job=cfg.job_id,
                  effect=f"on_failure={cfg.on_failure} acts on the first rank failure; "
                         "torchrun's own --max-restarts will not get to restart")
+    # before anything starts: a node that fails its checks does not start the job
+    failed = preflight.check(cfg) if cfg.preflight else []
+    final_line = ""
     embedded = None
     wrapper: Wrapper | None = None
     if cfg.agent_socket:
@@ -172,6 +176,12 @@ def run_job(cfg: Config, command: list[str]) -> int:
     try:
         run = secrets.token_hex(8)
         conn, node_id = register(path, cfg, command, run)
+        if failed:
+            # registered all the same: the coordinator learns why, tears the job down on
+            # its other nodes and alerts
+            final_line = preflight.refuse(cfg, conn, node_id, failed)
+            conn.close()
+            return EXIT_TORN_DOWN
         wrapper = Wrapper(cfg, command, conn, node_id,
                           reattach=lambda: _reattach(path, cfg, command, run))
         log.log("job_guarded", job=cfg.job_id, node=wrapper.node_id, agent=path)
@@ -182,6 +192,7 @@ def run_job(cfg: Config, command: list[str]) -> int:
     finally:
         if embedded:
             embedded.stop()
-        if wrapper is not None and wrapper.final_line:
-            print(wrapper.final_line, file=sys.stderr, flush=True)
+        final_line = wrapper.final_line if wrapper is not None else final_line
+        if final_line:
+            print(final_line, file=sys.stderr, flush=True)
 
