@@ -100,6 +100,9 @@ class Config:
     poll_interval: float = 0.1           # agent: beacons and processes
     heartbeat_interval: float = 1.0      # agent: heartbeat when nothing changed
     alert_cooldown: float = 300.0
+    gpu_checks: bool = True              # agent: GPU health through NVML (false: never loads it)
+    gpu_poll_interval: float = 5.0       # agent: GPU telemetry read this often (Xid events: at once)
+    kmsg_path: str = "/dev/kmsg"         # agent: kernel log followed for OOM kills, NVRM Xids ("": off)
 
     def job_spec(self, command: str = "") -> JobSpec:
         """The spec a wrapper registers (``command``: the job's command line, redacted)."""
@@ -117,7 +120,8 @@ class Config:
         except SpecError as e:
             name = next(n for n, s in SPEC_FIELDS.items() if s == e.field)
             raise ConfigError(f"{name} {e.problem}") from None
-        for name in ("poll_interval", "heartbeat_interval", "checkpoint_timeout", "evaluation_timeout"):
+        for name in ("poll_interval", "heartbeat_interval", "checkpoint_timeout", "evaluation_timeout",
+                     "gpu_poll_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("grace", "alert_cooldown", "rank_log_max_bytes", "rank_log_backups"):

@@ -23,6 +23,7 @@ from ..proto import watchdog_pb2_grpc as pb_grpc
 from ..proto.local import Command, MessageError
 from ..sdnotify import Liveness, notify, supervise
 from .exits import ExitWatcher
+from .hardware import Hardware
 from .link import WATCH_RETRY_S, Link
 from .metrics import AgentMetrics
 from .observe import observe_job
@@ -68,11 +69,14 @@ class Agent(WrapperSide):
         self._observe_soon = threading.Event()
         # a rank's death wakes the observer at once (and dates the death exactly)
         self.exits = ExitWatcher(on_exit=lambda pid: self._observe_soon.set())
+        # GPUs (NVML) and the kernel log: findings on the ranks they concern, telemetry per GPU
+        self.hardware = Hardware(cfg.gpu_poll_interval, cfg.kmsg_path, cfg.gpu_checks)
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
         self.server = localsock.Server(self.cfg.socket, self._serve_wrapper)
         self.server.start()
+        self.hardware.start()
         # a reporter pass: one wait (heartbeat_interval, a backoff ≤ 2 s), one Report's deadline
         self.liveness.watch("observer", max(LOOP_FLOOR_S, LOOP_PASSES * self.cfg.poll_interval))
         self.liveness.watch("reporter", max(LOOP_FLOOR_S, LOOP_PASSES * (
@@ -89,6 +93,7 @@ class Agent(WrapperSide):
         self._send_now.set()
         self._observe_soon.set()
         self.exits.stop()
+        self.hardware.stop()
         if self.server:
             self.server.close()
         self._say_goodbye()
@@ -131,7 +136,7 @@ class Agent(WrapperSide):
                 parts.append(job.last)
             self._seq += 1
             self._latest = NodeReport(node_id=self.node_id, host=self.host, seq=self._seq,
-                                      jobs=tuple(parts))
+                                      jobs=tuple(parts), gpus=self.hardware.gpus)
             self.metrics.observed_at = now
             # what changes deserve a heartbeat now (or soon) rather than at the next interval
             urgent, changed = signatures(parts)
@@ -155,7 +160,7 @@ class Agent(WrapperSide):
                 log.error("log_poll_error", job=job.spec.job_id, error=repr(e)[:200])
         if job.logs is not None:
             ranks = with_logs(ranks, job.logs, job.spec.min_stall_timeout_s / 2)
-        return ranks
+        return self.hardware.with_hardware(ranks, now)
 
     def _observe_loop(self) -> None:
         while not self._stop.is_set():

@@ -160,6 +160,29 @@ class JobOnNode:
 
 
 @dataclass(frozen=True)
+class GpuState:
+    """One GPU of a node as NVML last read it. -1: not read (unsupported, off, lost)."""
+
+    index: int
+    uuid: str = ""
+    name: str = ""
+    pci_bus_id: str = ""
+    util_ratio: float = -1.0          # 0..1
+    mem_used_bytes: int = -1
+    mem_total_bytes: int = -1
+    temperature_c: float = -1.0
+    power_w: float = -1.0
+    clocks_event_reasons: int = 0     # NVML's throttle / clocks event bit mask
+    ecc_uncorrected: int = -1         # volatile, since the driver loaded
+    remapped_pending: int = -1        # rows waiting for a GPU reset
+    remap_failure: bool = False
+    recovery_action: int = -1         # NVML_GPU_RECOVERY_ACTION_* (0: none)
+    lost: bool = False                # fallen off the bus / NVML says the GPU is lost
+    last_xid: int = 0                 # the latest Xid seen (0: none)
+    xid_count: int = 0
+
+
+@dataclass(frozen=True)
 class NodeReport:
     """One node heartbeat."""
 
@@ -168,6 +191,7 @@ class NodeReport:
     seq: int = 0
     jobs: tuple[JobOnNode, ...] = ()
     leaving: bool = False             # its agent is stopping: its silence from now means nothing
+    gpus: tuple[GpuState, ...] = ()   # empty: no GPU checks on this node (or left out: unchanged)
 
 
 @dataclass(frozen=True)
