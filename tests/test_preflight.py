@@ -66,3 +66,15 @@ def test_the_state_crosses_the_wire() -> None:
 
     back = convert.report_from_pb(convert.report_to_pb(_refused("b")), now=0.0)
     assert back.jobs[0].state == "preflight_failed" and back.jobs[0].note == NOTE
+
+
+def test_preflight_comes_from_a_flag_the_environment_or_the_file(tmp_path) -> None:
+    from watchdog_d.config import ConfigError, load
+
+    assert load(env={}).preflight is False
+    assert load(env={"WATCHDOG_D_PREFLIGHT": "1"}).preflight is True
+    assert load(env={"WATCHDOG_D_PREFLIGHT": "true"}, flags={"preflight": None}).preflight is True
+    (tmp_path / "c.toml").write_text("preflight = true\n")
+    assert load(env={}, config_file=str(tmp_path / "c.toml")).preflight is True
+    with pytest.raises(ConfigError, match="preflight"):
+        load(env={"WATCHDOG_D_PREFLIGHT": "maybe"})
