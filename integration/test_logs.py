@@ -21,9 +21,9 @@ def test_live_cuda_oom_is_named_with_its_log(guarded, alert_sink, tmp_path):
     assert "cuda_oom rank 1" in last, last
     # the console is as it was: the rank's own lines still reach it
     assert "using token" in g.stdout()
-    # every rank has its own log file
+    # every rank has its own log file, and the launcher one (launcher.log)
     rank_logs = sorted(p.name for p in (log_dir / g.job_id / "attempt-0").iterdir())
-    assert rank_logs == ["rank-0.log", "rank-1.log"], rank_logs
+    assert rank_logs == ["launcher.log", "rank-0.log", "rank-1.log"], rank_logs
     assert "CUDA out of memory" in (log_dir / g.job_id / "attempt-0" / "rank-1.log").read_text()
     alert = alert_sink.wait_for(1)[0]
     assert alert["title"].endswith("cuda_oom rank 1 on " + os.uname().nodename)
@@ -158,3 +158,37 @@ def test_agent_restart_resumes_the_rank_logs(guarded, tmp_path, alert_sink):
         assert_no_leftovers(job)
     finally:
         cluster.stop()
+
+
+def test_launcher_log_captured_and_sigkill_diagnosed_as_probable_host_oom(guarded, tmp_path):
+    """torchrun's own report goes to launcher.log next to the ranks' logs (and still to the
+    console); the ranks' lines do not; diagnose on the attempt dir names the SIGKILL as a
+    probable host OOM kill, with its evidence lines (file:line)."""
+    log_dir = tmp_path / "logs"
+    # on_failure=alert: torchrun itself ends the job and reports the exit code (with a
+    # teardown, watchdog-d's SIGTERM usually reaches torchrun before its next look)
+    g = guarded([*FAST, "--on-failure", "alert", "--log-dir", str(log_dir)],
+                torchrun_cmd(extra=["--monitor-interval=0.1"]), train_env(WD_FAULT="kill"))
+    assert g.wait() not in (0, None), g.stderr()
+    attempt = log_dir / g.job_id / "attempt-0"
+    launcher = attempt / "launcher.log"
+    deadline = time.monotonic() + 15           # the tee drains once the launcher is gone
+    while "exitcode: -9" not in (launcher.read_text() if launcher.exists() else ""):
+        assert time.monotonic() < deadline, (launcher.exists() and launcher.read_text()[-3000:],
+                                             g.stderr()[-3000:])
+        time.sleep(0.1)
+    text = launcher.read_text()
+    assert "exitcode: -9" in g.stderr(), "torchrun's report no longer reaches the console"
+    # the ranks' own lines went to their logs and the console, not into launcher.log
+    assert "[rank 0] step 0" in g.stdout() and "[rank 0] step" not in text
+    assert "[rank 0] step 0" in (attempt / "rank-0.log").read_text()
+    out = _diagnose(str(attempt), "--json")
+    assert out.returncode == 1, out.stderr
+    rc = json.loads(out.stdout)["jobs"][0]["root_cause"]
+    assert rc["kind"] == "host_oom" and rc["confidence"] == "probable", rc
+    assert rc["path"].endswith("launcher.log") and rc["evidence"], rc
+    for ev in rc["evidence"]:
+        assert ev["line"] >= 1 and "-9" in ev["text"] or "SIGKILL" in ev["text"], ev
+    shown = _diagnose(str(attempt)).stdout
+    assert "root cause: host_oom (probable)" in shown, shown
+    assert f"{launcher}:{rc['line']}" in shown and "evidence:" in shown, shown

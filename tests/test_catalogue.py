@@ -54,8 +54,10 @@ def test_one_finding_per_line_in_order(cat: Catalogue) -> None:
 def test_finding_as_dict(cat: Catalogue) -> None:
     f = cat.scan_line("[rank3]: KeyError: 'input_ids'")
     d = f.as_dict()
+    # the fields added since (priority, confidence) come on top: older readers ignore them
     assert set(d) == {"kind", "severity", "role", "line", "line_no", "offset", "fields",
-                      "explanation", "remedy"}
+                      "explanation", "remedy", "priority", "confidence"}
+    assert d["priority"] == 900 and d["confidence"] == "certain"
     assert d["kind"] == "python_exception" and d["line_no"] == -1 and d["remedy"]
     json.dumps(d)
 

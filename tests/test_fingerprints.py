@@ -212,7 +212,7 @@ VARIANTS: dict[str, list[str]] = {
     ],
     "launcher_child_failed": [
         "E0325 20:57:27.620000 2606 site-packages/torch/distributed/elastic/multiprocessing/api.py:869] failed "
-        "(exitcode: -9) local_rank: 5 (pid: 2630) of binary: /root/miniconda3/bin/python",
+        "(exitcode: 1) local_rank: 5 (pid: 2630) of binary: /root/miniconda3/bin/python",
     ],
     "peer_connection_lost": [
         "[rank1]: RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:598] Connection closed by peer "

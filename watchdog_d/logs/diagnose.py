@@ -4,8 +4,11 @@ Each PATH is one job: a log file, a directory of them (ours: attempt-N/rank-R.lo
 or a torchrun ``--log-dir`` tree (attempt_N/LOCAL_RANK/{stdout,stderr}.log and
 error.json). Files are streamed in blocks (bounded memory whatever their size);
 the same catalogue and the same root-cause rule as the live watchdog decide:
-causes outrank consequences, then the earliest (by the line's own timestamp when
-it has one, else by file and line order).
+causes outrank consequences, certain causes probable ones, specific wordings generic
+ones (the entry's priority), then the earliest (by the line's own timestamp when it
+has one, else by file and line order). The launcher's own log (``launcher.log``
+next to the ranks', torchrun's exit codes and signals) is read like any other.
+Each root cause comes with its evidence: the lines (file:line) that back it.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from .redact import redact
 BLOCK = 4 << 20                  # bytes scanned at a time
 MAX_FILES = 20_000               # per PATH
 MAX_JSON = 16 << 20              # error.json larger than this is scanned as text
+MAX_EVIDENCE = 8                 # lines shown per root cause
 LOG_NAMES = re.compile(r"(\.(log|txt|out|err)(\.\d+)?|^(stdout|stderr)|^error\.json)$")
 
 # line timestamps, most specific first: glog header (E1122 05:24:32.301000), ISO 8601
@@ -62,7 +66,8 @@ class FileReport:
         usable = [f for f in self.findings if f.severity in ("fatal", "error")]
         if not usable:
             return None
-        return min(usable, key=lambda f: (f.role != "cause", SEVERITY[f.severity], f.line_no))
+        return min(usable, key=lambda f: (f.role != "cause", f.confidence != "certain",
+                                          f.priority, SEVERITY[f.severity], f.line_no))
 
 
 def rank_from_path(path: Path) -> int | None:
@@ -158,7 +163,9 @@ def job_root_cause(reports: list[FileReport]) -> tuple[FileReport, Finding] | No
             if f.severity not in ("fatal", "error"):
                 continue
             t = line_time(f.line)
-            key = (f.role != "cause", f.kind == "python_exception", t is None,
+            # generic wordings (python_exception, torchrun's summary, "Some NCCL
+            # operations have failed") carry a larger priority than specific ones
+            key = (f.role != "cause", f.confidence != "certain", f.priority, t is None,
                    t or 0.0, i, f.line_no)
             if best is None or key < best[0]:
                 best = (key, rep, f)
@@ -172,11 +179,22 @@ def _finding_json(rep: FileReport, f: Finding) -> dict:
     return d
 
 
-def _cause_json(rep: FileReport, f: Finding | None) -> dict | None:
+def _evidence(reports: list[FileReport], rep: FileReport, cause: Finding) -> list[dict]:
+    """The lines behind a root cause: its own, then every other line of the same kind
+    (torchrun's report and its table, the same failure on other ranks), file order."""
+    lines = [(rep, cause)] + [(r, f) for r in reports for f in r.findings
+                              if f.kind == cause.kind and f is not cause]
+    return [{"path": r.path, "line": f.line_no, "rank": _rank_of(r, f),
+             "text": redact(f.line)} for r, f in lines[:MAX_EVIDENCE]]
+
+
+def _cause_json(rep: FileReport, f: Finding | None,
+                reports: list[FileReport] | None = None) -> dict | None:
     if f is None:
         return None
     return {"kind": f.kind, "rank": _rank_of(rep, f), "line": f.line_no, "path": rep.path,
-            "message": redact(f.line), "remedy": f.remedy}
+            "message": redact(f.line), "remedy": f.remedy, "confidence": f.confidence,
+            "explanation": f.explanation, "evidence": _evidence(reports or [rep], rep, f)}
 
 
 def diagnose(paths: list[str], catalogue: Catalogue | None = None) -> dict:
@@ -199,7 +217,7 @@ def diagnose(paths: list[str], catalogue: Catalogue | None = None) -> dict:
                         consequences.append({"kind": f.kind, "rank": _rank_of(rep, f),
                                              "path": rep.path, "line": f.line_no})
         out["jobs"].append({"path": p, "files": len(files), "note": note,
-                            "root_cause": _cause_json(*picked) if picked else None,
+                            "root_cause": _cause_json(*picked, reports) if picked else None,
                             "consequences": consequences[:200]})
     out["root_cause"] = next((j["root_cause"] for j in out["jobs"] if j["root_cause"]), None)
     return out
@@ -216,9 +234,15 @@ def render(result: dict) -> str:
             lines.append("   no failure found")
             continue
         rank = "-" if rc["rank"] is None else rc["rank"]
-        lines.append(f"   root cause: {rc['kind']} on rank {rank}  ({rc['path']}:{rc['line']})")
+        probable = " (probable)" if rc.get("confidence") == "probable" else ""
+        lines.append(f"   root cause: {rc['kind']}{probable} on rank {rank}  ({rc['path']}:{rc['line']})")
         lines.append(f"   line:       {rc['message'][:300]}")
+        if probable:
+            lines.append(f"   why:        {rc['explanation']}")
         lines.append(f"   remedy:     {rc['remedy']}")
+        for n, ev in enumerate(rc.get("evidence", [])):
+            head = "   evidence:   " if n == 0 else " " * 15
+            lines.append(f"{head}{ev['path']}:{ev['line']}  {ev['text'][:200]}")
         if job["consequences"]:
             kinds: dict[str, set] = {}
             for c in job["consequences"]:

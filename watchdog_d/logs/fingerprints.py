@@ -20,17 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .lineshape import CONTROL, PREFIX, wrapped_rows, rank_from_text
+
+__all__ = ["Catalogue", "CatalogueError", "Finding", "Fingerprint", "rank_from_text"]
+
 DEFAULT_PATH = Path(__file__).with_name("fingerprints.toml")
 SEVERITIES = ("fatal", "error", "warning")
 ROLES = ("cause", "consequence")
+CONFIDENCES = ("certain", "probable")
 DEFAULT_PRIORITY = 100
 LINE_MAX = 500        # chars of the line kept in a Finding
 EVAL_WINDOW = 8192    # a longer line is matched on this many chars either side of the hit
 
 _REQUIRED = ("kind", "severity", "role", "keywords", "patterns", "explanation", "remedy")
-_OPTIONAL = ("priority", "exclude", "examples", "non_examples")
-# C0 and C1 control characters except tab; a log line is for people and alerts
-_CONTROL = {c: None for c in (*range(0, 9), *range(10, 32), *range(127, 160))}
+_OPTIONAL = ("priority", "confidence", "exclude", "examples", "non_examples")
 
 
 try:   # the optional C prefilter (setup.py builds it; pure Python otherwise)
@@ -52,6 +55,7 @@ class Fingerprint:
     explanation: str
     remedy: str
     priority: int = DEFAULT_PRIORITY
+    confidence: str = "certain"   # "probable": the line suggests the cause, not proves it
     exclude: tuple[re.Pattern[str], ...] = ()
     examples: tuple[str, ...] = ()
     non_examples: tuple[str, ...] = ()
@@ -81,12 +85,15 @@ class Finding:
     fields: dict[str, str] = field(default_factory=dict)
     explanation: str = ""
     remedy: str = ""
+    priority: int = DEFAULT_PRIORITY   # the entry's: generic wordings carry a larger number
+    confidence: str = "certain"
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "severity": self.severity, "role": self.role,
                 "line": self.line, "line_no": self.line_no, "offset": self.offset,
                 "fields": dict(self.fields), "explanation": self.explanation,
-                "remedy": self.remedy}
+                "remedy": self.remedy, "priority": self.priority,
+                "confidence": self.confidence}
 
 
 class Catalogue:
@@ -169,12 +176,22 @@ class Catalogue:
         else:
             first_hit, newlines = self._first_hits(data), data.count(b"\n")
         findings: list[Finding] = []
-        line_no, counted = first_line_no, 0
+        line_no, counted, done = first_line_no, 0, 0
         for start in sorted(first_hit):
+            if start < done:
+                continue                  # a row of a wrapped line already matched whole
             end = data.find(b"\n", start)
             end = len(data) if end < 0 else end
-            text = _window_bytes(data, start, end, first_hit[start])
-            found = self._classify(text)
+            joined = wrapped_rows(data, start, end)
+            found = None
+            if joined is not None:
+                text, bounds, first, done_at = joined
+                found = self._classify(text, bounds)
+                if found is not None:
+                    start, done = first, done_at
+            if found is None:
+                text = _window_bytes(data, start, end, first_hit[start])
+                found = self._classify(text)
             if found is not None:
                 # newlines are only counted up to lines that yield a finding
                 line_no += data.count(b"\n", counted, start)
@@ -197,26 +214,36 @@ class Catalogue:
                 _anchor_all(data, lit, anchor, first_hit)
         return first_hit
 
-    def _classify(self, text: str) -> tuple[Fingerprint, re.Match[str]] | None:
+    def _classify(self, text: str, bounds: tuple[int, ...] = ()
+                  ) -> tuple[Fingerprint, re.Match[str], int] | None:
+        """The first entry matching ``text`` without its launcher prefix, its match, and
+        the prefix's length. With ``bounds`` (where wrapped rows were joined) only a
+        match across one of them counts: a join must be what made the line match."""
         if any(p.search(text) for p in self._ignore):
             return None
+        cut = PREFIX.match(text)
+        shift = cut.end() if cut else 0
+        bare = text[shift:]
         for fp in self._ordered:
-            m = fp.match(text)
-            if m is not None:
-                return fp, m
+            m = fp.match(bare)
+            if m is not None and (not bounds or any(m.start() + shift < b < m.end() + shift
+                                                     for b in bounds)):
+                return fp, m, shift
         return None
 
     def _finding(self, text: str, line_no: int, offset: int) -> Finding | None:
-        text = text.translate(_CONTROL)
+        text = text.translate(CONTROL)
         found = self._classify(text)
         return None if found is None else _make(text, *found, line_no, offset)
 
 
-def _make(text: str, fp: Fingerprint, m: re.Match[str], line_no: int, offset: int) -> Finding:
+def _make(text: str, fp: Fingerprint, m: re.Match[str], shift: int, line_no: int,
+          offset: int) -> Finding:
     return Finding(kind=fp.kind, severity=fp.severity, role=fp.role,
-                   line=_clip(text, m.start()), line_no=line_no, offset=offset,
+                   line=_clip(text, m.start() + shift), line_no=line_no, offset=offset,
                    fields={k: v for k, v in m.groupdict().items() if v},
-                   explanation=fp.explanation, remedy=fp.remedy)
+                   explanation=fp.explanation, remedy=fp.remedy, priority=fp.priority,
+                   confidence=fp.confidence)
 
 
 # -- block search ----------------------------------------------------------
@@ -288,30 +315,6 @@ def _anchor_all(data: bytes, lit: bytes, anchor: tuple[bytes, int, int],
             i = find(a, i + 1)
 
 
-# -- rank attribution ------------------------------------------------------
-
-_RANK_PATTERNS = (
-    re.compile(r"^\s*\[rank(\d+)\]:"),                  # torchrun 2.x: "[rank3]:"
-    # "[Rank 3]", "[PG 0 Rank 3]", "[PG ID 0 PG GUID 0(default_pg) Rank 3]"
-    re.compile(r"\[(?:PG\b[^\]]*?\s)?Rank (\d+)\]"),
-    re.compile(r"\bglobal[_ ]rank\s*[:=]\s*(\d+)\b"),
-    # "rank: 3", "rank=3", torchrun's "rank      : 3 (local_rank: 1)"; not a
-    # local, node or group rank
-    re.compile(r"(?<![\w-])(?<!local )(?<!node )(?<!group )[Rr]ank\s*[:=]\s*(\d+)\b"),
-    re.compile(r"\bon rank (\d+)\b"),                    # "NCCL communicator was aborted on rank 2"
-    re.compile(r"\[rank(\d+)\]"),
-)
-
-
-def rank_from_text(line: str) -> int | None:
-    """The global rank a log line names in its prefix or text, or None."""
-    for pattern in _RANK_PATTERNS:
-        m = pattern.search(line)
-        if m is not None:
-            return int(m.group(1))
-    return None
-
-
 # -- helpers ---------------------------------------------------------------
 
 def _window_bytes(data: bytes, start: int, end: int, hit: int) -> str:
@@ -320,7 +323,7 @@ def _window_bytes(data: bytes, start: int, end: int, hit: int) -> str:
     # a tqdm-style line holds several \\r-separated screens: keep the hit's one
     a = data.rfind(b"\r", lo, hit) + 1 or lo
     b = data.find(b"\r", hit, hi)
-    return data[a:hi if b < 0 else b].decode("utf-8", "replace").translate(_CONTROL)
+    return data[a:hi if b < 0 else b].decode("utf-8", "replace").translate(CONTROL)
 
 
 def _window(text: str, hit: int, cr: str) -> str:
@@ -373,6 +376,9 @@ def _entry(i: int, item: Any, source: str) -> Fingerprint:
     priority = item.get("priority", DEFAULT_PRIORITY)
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise CatalogueError(f"{where}: 'priority' must be an integer")
+    confidence = item.get("confidence", "certain")
+    if confidence not in CONFIDENCES:
+        raise CatalogueError(f"{where}: unknown confidence {confidence!r} (one of {CONFIDENCES})")
     keywords = _str_list(item["keywords"], f"{where}: keywords")
     patterns = [_compile(p, f"{where}: patterns[{n}]")
                 for n, p in enumerate(_str_list(item["patterns"], f"{where}: patterns"))]
@@ -382,7 +388,7 @@ def _entry(i: int, item: Any, source: str) -> Fingerprint:
         kind=item["kind"], severity=item["severity"], role=item["role"],
         keywords=tuple(keywords), patterns=tuple(patterns),
         explanation=item["explanation"].strip(), remedy=item["remedy"].strip(),
-        priority=priority, exclude=tuple(exclude),
+        priority=priority, confidence=confidence, exclude=tuple(exclude),
         examples=tuple(_str_list(item.get("examples", []), f"{where}: examples", True)),
         non_examples=tuple(_str_list(item.get("non_examples", []), f"{where}: non_examples",
                                      True)),

@@ -158,11 +158,14 @@ class RotatingFile:
             self.fd = -1
 
 
-def run(inputs: dict[int, Console], sink: RotatingFile) -> None:
-    """Copy until every input is at EOF (the loop ends because pipes end)."""
+def run(inputs: dict[int, Console], sink: RotatingFile, server: object = None) -> None:
+    """Copy until every input is at EOF (the loop ends because pipes end). ``server``: a
+    listening unix socket that hands the consoles to the job's ranks (see start_tee)."""
     poller = select.poll()
     for fd in inputs:
         poller.register(fd, select.POLLIN)
+    if server is not None:
+        poller.register(server.fileno(), select.POLLIN)
     live = set(inputs)
     last, busy, full = 0.0, False, False
     while live:
@@ -181,6 +184,9 @@ def run(inputs: dict[int, Console], sink: RotatingFile) -> None:
             busy, last = now - last < MIN_GAP_S, now
         full = False
         for fd, _ in events:
+            if server is not None and fd == server.fileno():
+                _hand_console(server, [c.fd for c in inputs.values()])
+                continue
             try:
                 data = os.read(fd, READ_SIZE)
             except BlockingIOError:
@@ -197,7 +203,10 @@ def run(inputs: dict[int, Console], sink: RotatingFile) -> None:
 
 
 OPTIONS = {"--log": "", "--max-bytes": "", "--backups": "", "--stdout-fd": "0",
-           "--stderr-fd": "3", "--console-out-fd": "4", "--console-err-fd": "5", "--ready-fd": "-1"}
+           "--stderr-fd": "3", "--console-out-fd": "4", "--console-err-fd": "5", "--ready-fd": "-1",
+           "--console-sock": ""}
+_TEXT = ("--log", "--console-sock")
+CONSOLE_SOCK_ENV = "WATCHDOG_D_CONSOLE_SOCK"   # set by the wrapper when it tees the launcher
 USAGE = ("usage: python -m watchdog_d.rank.tee --log PATH --max-bytes N (0: never rotate) --backups K\n"
          "       [--stdout-fd 0] [--stderr-fd 3] [--console-out-fd 4] [--console-err-fd 5]\n"
          "       [--ready-fd N (one byte written there once the tee runs)]\n")
@@ -213,7 +222,7 @@ def _parse(argv: Sequence[str]) -> dict[str, str] | None:
         if name not in opts:
             return None
         opts[name] = value
-    if not opts["--log"] or not all(opts[k].lstrip("-").isdigit() for k in opts if k != "--log"):
+    if not opts["--log"] or not all(opts[k].lstrip("-").isdigit() for k in opts if k not in _TEXT):
         return None
     return opts
 
@@ -225,13 +234,73 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
-    n = {k: int(v) for k, v in o.items() if k != "--log"}
+    n = {k: int(v) for k, v in o.items() if k not in _TEXT}
+    server = _listen(o["--console-sock"]) if o["--console-sock"] else None
     sink = RotatingFile(o["--log"], n["--max-bytes"], max(0, n["--backups"]), warn_fd=n["--console-err-fd"])
     if n["--ready-fd"] >= 0:
         _say_ready(n["--ready-fd"])
-    run({n["--stdout-fd"]: Console(n["--console-out-fd"]), n["--stderr-fd"]: Console(n["--console-err-fd"])}, sink)
+    run({n["--stdout-fd"]: Console(n["--console-out-fd"]), n["--stderr-fd"]: Console(n["--console-err-fd"])},
+        sink, server)
     sink.close()
     return 0
+
+
+# -- the launcher's tee ---------------------------------------------------------------
+# The wrapper tees the launcher (torchrun) into launcher.log. Its ranks inherit the
+# launcher's stdout/stderr, i.e. that tee's pipes; their own tee must write to the real
+# console instead, or every rank line would land in launcher.log too. torchrun closes
+# every other fd before it starts a worker, so the launcher's tee hands the consoles
+# over a unix socket (abstract name, this user only: SO_PEERCRED) to each rank's
+# start_tee. A rank that cannot get them writes where it would have (launcher.log).
+
+def _listen(name: str):   # -> socket.socket | None
+    import socket
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        s.bind("\0" + name)
+        s.listen(64)
+        return s
+    except OSError:
+        return None
+
+
+def _hand_console(server, fds: list[int]) -> None:
+    import socket
+    import struct
+    try:
+        conn, _ = server.accept()
+    except OSError:
+        return
+    try:
+        conn.settimeout(1.0)
+        _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        if uid == os.getuid():
+            socket.send_fds(conn, [b"+"], fds)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def _console_from(name: str) -> tuple[int, int] | None:
+    """The real console (stdout, stderr) from the launcher's tee, or None."""
+    import fcntl
+    import socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+            s.settimeout(2.0)
+            s.connect("\0" + name)
+            _, fds, _, _ = socket.recv_fds(s, 1, 2)
+    except (OSError, ValueError):
+        return None
+    if len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
+        return None
+    high = tuple(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in fds)
+    for fd in fds:
+        os.close(fd)
+    return high[0], high[1]
 
 
 def _say_ready(fd: int) -> None:
@@ -278,7 +347,8 @@ def start_tee(log_path: str | os.PathLike[str], max_bytes: int, backups: int,
             opened += [_dup_high(r), _dup_high(w)]
             os.close(r)
             os.close(w)
-        opened += [_dup_high(1), _dup_high(2)]
+        handed = _console_from(os.environ[CONSOLE_SOCK_ENV]) if os.environ.get(CONSOLE_SOCK_ENV) else None
+        opened += list(handed) if handed else [_dup_high(1), _dup_high(2)]
         r_out, w_out, r_err, w_err, r_ready, w_ready, con_out, con_err = opened
         # -I: neither PYTHONPATH nor the job's sitecustomize nor watchdog_d/ shadows the stdlib
         # (but a PYTHONHOME the interpreter may need is kept)

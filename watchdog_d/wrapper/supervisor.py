@@ -28,8 +28,9 @@ from ..core.model import Verdict
 from ..logs.redact import redact
 from ..proto import localsock
 from ..proto.local import AttemptStarted, Command, Ended, Message, MessageError, Refused, Waiting
+from ..rank import tee
 from ..rank.api import STACK_SIGNAL
-from . import checkpoints, launch
+from . import checkpoints, launch, launchlog
 from .teardown import JobProcesses, become_subreaper
 
 EXIT_TORN_DOWN = 75
@@ -130,8 +131,9 @@ class Wrapper:
         if fr:
             Path(fr).parent.mkdir(parents=True, exist_ok=True)
         argv = launch.substitute(launch.fresh_rendezvous(self.command, self.job_id, number), resume.path)
+        streams = self._launcher_log(env)
         try:
-            proc = subprocess.Popen(argv, env=env, process_group=0)
+            proc = subprocess.Popen(argv, env=env, process_group=0, stdout=streams[0], stderr=streams[1])
         except OSError as e:
             if number == 0:
                 raise WrapperError(f"cannot start {argv[0]!r}: {e.strerror}") from None
@@ -141,12 +143,35 @@ class Wrapper:
                   file=sys.stderr, flush=True)
             log.error("relaunch_failed", job=self.job_id, attempt=number, error=e.strerror)
             proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(127)"], process_group=0)
+        finally:
+            for fd in streams:
+                if fd is not None:
+                    os.close(fd)
         processes = JobProcesses(token, pgid=proc.pid)
         processes.launcher = proc.pid
         processes.refresh()
         log.log("job_launched", job=self.job_id, attempt=number, pid=proc.pid,
                 resume_from=resume.path or None, command=redact(shlex.join(argv))[:200])
         return Attempt(number, proc, processes, beacons, Path(env["WATCHDOG_D_RANK_LOG_DIR"]))
+
+    def _launcher_log(self, env: dict[str, str]) -> tuple[int | None, int | None]:
+        """The launcher's stderr (stdout too unless a terminal) through a tee into LOG_DIR/JOB/attempt-N/launcher.log
+        (the console unchanged); (None, None) when the tee cannot start: not captured."""
+        try:
+            _, out, err, sock = launchlog.start_launcher_tee(
+                Path(env["WATCHDOG_D_RANK_LOG_DIR"]) / launchlog.LAUNCHER_LOG,
+                self.cfg.rank_log_max_bytes, self.cfg.rank_log_backups)
+        except OSError as e:
+            log.warn("launcher_log_failed", job=self.job_id, error=str(e)[:200])
+            return None, None
+        env[tee.CONSOLE_SOCK_ENV] = sock
+        if os.isatty(1):
+            # a pipe as the ranks' inherited stdout would make Python (and C stdio)
+            # block-buffer what a terminal showed line by line: stdout stays as it is
+            # (torchrun reports on stderr, which is line-buffered either way)
+            os.close(out)
+            out = None
+        return out, err
 
     def _dump_stacks(self) -> None:
         from ..rank import beacon
