@@ -111,23 +111,27 @@ class Hardware:
         self._stop = threading.Event()
         self._said_environ = False
         self.nvml = nvml
-        if gpu_checks and nvml is None:
-            try:
-                self.nvml = Nvml.open()
-            except Off as e:
-                log.log("gpu_checks_off", reason=str(e))
-        elif not gpu_checks:
-            log.log("gpu_checks_off", reason="gpu_checks=false")
-        if self.nvml is not None:
-            self.sampler = GpuSampler(self.nvml)
-            self.watcher = XidWatcher(self.nvml, self.sampler.devices, self.on_xid)
-            self._by_pci = {km.pci_key(d.pci_bus_id): d.index for d in self.sampler.devices}
-        else:
-            self._by_pci = {}
+        self.gpu_checks = gpu_checks      # NVML is opened by start(): a daemon that cannot
+        self._by_pci: dict = {}           # start for another reason says nothing about GPUs
+        if nvml is not None:
+            self._attach(nvml)
         self.kmsg = km.KmsgReader(kmsg_path) if kmsg_path else None
+
+    def _attach(self, nvml: Nvml) -> None:
+        self.nvml = nvml
+        self.sampler = GpuSampler(nvml)
+        self.watcher = XidWatcher(nvml, self.sampler.devices, self.on_xid)
+        self._by_pci = {km.pci_key(d.pci_bus_id): d.index for d in self.sampler.devices}
 
     # -- threads -----------------------------------------------------------------------
     def start(self) -> None:
+        if not self.gpu_checks:
+            log.log("gpu_checks_off", reason="gpu_checks=false")
+        elif self.nvml is None:
+            try:
+                self._attach(Nvml.open())
+            except Off as e:
+                log.log("gpu_checks_off", reason=str(e))
         if self.sampler is None:
             return
         self.sample()
