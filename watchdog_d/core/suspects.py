@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from .model import Verdict
 
 # verdicts that are a node's health, not the job's code
-HEALTH_KINDS = frozenset({"gpu_xid", "gpu_lost", "gpu_ecc", "gpu_remap", "host_oom",
+HEALTH_KINDS = frozenset({"gpu_xid", "gpu_lost", "gpu_ecc", "gpu_remap_failure", "host_oom",
                           "preflight_failed"})
 REPEAT = 2                  # the same job's last verdicts all on one node ...
 CLUSTER_K = 3               # ... or this many verdicts of any jobs on one node ...
