@@ -109,9 +109,14 @@ JOBS = st.builds(pb.JobOnNode, spec=SPECS, attempt=INT32,
                  state=st.sampled_from(["running", "exited", "stopped", "waiting", "", "bogus"]),
                  exit_code=INT32, ranks=st.lists(RANKS, max_size=3), note=TEXT, run=TEXT,
                  same_spec=st.booleans())
+GPUS = st.builds(pb.GpuState, index=INT32, uuid=TEXT, name=TEXT, pci_bus_id=TEXT, util_ratio=FLOATS,
+                 mem_used_bytes=INT64, mem_total_bytes=INT64, temperature_c=FLOATS, power_w=FLOATS,
+                 clocks_event_reasons=UINT64, ecc_uncorrected=INT64, remapped_pending=INT64,
+                 remap_failure=st.booleans(), recovery_action=INT32, lost=st.booleans(),
+                 last_xid=INT32, xid_count=INT64)
 HEARTBEATS = st.builds(pb.Heartbeat, node_id=st.just("fuzz-node") | TEXT, host=TEXT, seq=UINT64,
                        jobs=st.lists(JOBS, max_size=3), base_seq=UINT64 | st.just(0),
-                       leaving=st.booleans())
+                       leaving=st.booleans(), gpus=st.lists(GPUS, max_size=3))
 
 
 def _varint(n: int) -> bytes:
@@ -189,6 +194,11 @@ def test_what_convert_accepts_is_sane(hb: pb.Heartbeat) -> None:
 def assert_sane(report: NodeReport) -> None:
     assert 0 < len(report.node_id) <= 200 and report.node_id.isprintable()
     assert len(report.host) <= 200 and report.host.isprintable()
+    assert len(report.gpus) <= convert.MAX_GPUS
+    for g in report.gpus:
+        assert all(math.isfinite(x) and x >= -1 for x in (g.util_ratio, g.temperature_c, g.power_w))
+        assert g.util_ratio <= 1.0 and -1 <= g.mem_used_bytes <= 1 << 50
+        assert len(g.uuid) <= 96 and g.uuid.isprintable() and g.name.isprintable()
     for j in report.jobs:
         assert j.spec == j.spec.checked()
         assert j.attempt >= 0 and len(j.note) <= 1000 and len(j.run) <= 64

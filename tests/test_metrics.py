@@ -22,7 +22,7 @@ from watchdog_d.cli import main
 from watchdog_d.config import Config, ConfigError
 from watchdog_d.coordinator import health
 from watchdog_d.coordinator.server import Coordinator
-from watchdog_d.core.model import JobSpec
+from watchdog_d.core.model import GpuState, JobSpec
 from watchdog_d.proto import localsock
 from watchdog_d.proto import watchdog_pb2 as pb
 from watchdog_d.proto import watchdog_pb2_grpc as pb_grpc
@@ -87,8 +87,14 @@ def _report(stub, seq: int, exited: bool = False) -> None:
     ranks = [pb.RankState(rank=0, alive=True, step=42, last_step_age_s=0.5),
              pb.RankState(rank=1, alive=not exited, step=42, last_step_age_s=0.5,
                           exit_code=1 if exited else 0)]
+    gpus = [pb.GpuState(index=0, uuid="GPU-a", util_ratio=0.5, mem_used_bytes=1 << 30,
+                        mem_total_bytes=80 << 30, temperature_c=60, power_w=300, ecc_uncorrected=0,
+                        remapped_pending=0, recovery_action=0),
+            pb.GpuState(index=1, uuid="GPU-b", util_ratio=-1, mem_used_bytes=-1, mem_total_bytes=-1,
+                        temperature_c=-1, power_w=-1, ecc_uncorrected=-1, remapped_pending=-1,
+                        recovery_action=-1, lost=True, last_xid=79, xid_count=1)]
     stub.Report(pb.Heartbeat(node_id="n1", seq=seq, jobs=[pb.JobOnNode(
-        state="running", spec=SPEC, ranks=ranks)]), timeout=5)
+        state="running", spec=SPEC, ranks=ranks)], gpus=gpus), timeout=5)
 
 
 def test_the_coordinators_metrics_tell_the_picture_and_what_happened(coordinator) -> None:
@@ -116,6 +122,13 @@ def test_the_coordinators_metrics_tell_the_picture_and_what_happened(coordinator
     assert samples[("watchdogd_commands_sent_total",)] >= 1          # the teardown to n1
     assert samples[("watchdogd_restarts_total",)] == 0
     assert samples[("watchdogd_decision_loop_pass_age_seconds",)] < 5
+    gpu0, gpu1 = (("gpu", "0"), ("node", "n1")), (("gpu", "1"), ("node", "n1"))
+    assert samples[("watchdogd_gpu_utilization_ratio", *gpu0)] == 0.5
+    assert samples[("watchdogd_gpu_memory_total_bytes", *gpu0)] == 80 << 30
+    assert samples[("watchdogd_gpu_power_watts", *gpu0)] == 300
+    assert samples[("watchdogd_gpu_lost", *gpu0)] == 0 and samples[("watchdogd_gpu_lost", *gpu1)] == 1
+    assert samples[("watchdogd_gpu_last_xid", *gpu1)] == 79
+    assert ("watchdogd_gpu_temperature_celsius", *gpu1) not in samples      # not read: no series
 
 
 def test_the_agents_metrics_show_its_ranks_and_its_reports(coordinator, tmp_path: Path) -> None:
@@ -124,6 +137,9 @@ def test_the_agents_metrics_show_its_ranks_and_its_reports(coordinator, tmp_path
                  metrics_port=_free_port(), metrics_address="127.0.0.1")
     agent = Agent(cfg)
     agent.metrics.serve(cfg)
+    agent.hardware.gpus = (GpuState(0, uuid="GPU-a", util_ratio=0.25, mem_used_bytes=2 << 30,
+                                    mem_total_bytes=80 << 30, temperature_c=55.0, power_w=250.5,
+                                    ecc_uncorrected=3, remapped_pending=1, recovery_action=0),)
     agent.start()
     beacons = tmp_path / "beacons"
     beacons.mkdir()
@@ -152,6 +168,14 @@ def test_the_agents_metrics_show_its_ranks_and_its_reports(coordinator, tmp_path
     assert samples[("watchdogd_agent_job_attempt", ("job_id", "ja"))] == 0
     assert samples[("watchdogd_agent_heartbeat_age_seconds",)] < 5
     assert [v for k, v in samples.items() if k[:2] == ("watchdogd_agent_info", ("node", "n2"))] == [1]
+    gpu = (("gpu", "0"), ("uuid", "GPU-a"))
+    assert samples[("watchdogd_agent_gpu_utilization_ratio", *gpu)] == 0.25
+    assert samples[("watchdogd_agent_gpu_memory_used_bytes", *gpu)] == 2 << 30
+    assert samples[("watchdogd_agent_gpu_temperature_celsius", *gpu)] == 55
+    assert samples[("watchdogd_agent_gpu_power_watts", *gpu)] == 250.5
+    assert samples[("watchdogd_agent_gpu_ecc_uncorrected_total", *gpu)] == 3
+    assert samples[("watchdogd_agent_gpu_remapped_rows_pending", *gpu)] == 1
+    assert samples[("watchdogd_agent_gpu_lost", *gpu)] == 0
 
 
 def test_a_metrics_port_in_use_is_one_line_and_no_daemon(tmp_path: Path, capsys) -> None:

@@ -135,11 +135,12 @@ class Agent(WrapperSide):
                                      run=job.run)
                 parts.append(job.last)
             self._seq += 1
+            gpus = self.hardware.gpus
             self._latest = NodeReport(node_id=self.node_id, host=self.host, seq=self._seq,
-                                      jobs=tuple(parts), gpus=self.hardware.gpus)
+                                      jobs=tuple(parts), gpus=gpus)
             self.metrics.observed_at = now
             # what changes deserve a heartbeat now (or soon) rather than at the next interval
-            urgent, changed = signatures(parts)
+            urgent, changed = signatures(parts, gpus)
             if urgent != self._signature[0]:
                 self._urgent = True
             send = (urgent, changed) != self._signature

@@ -7,11 +7,13 @@ observing or reporting. Families are ``watchdogd_agent_*``: the coordinator's
 ``watchdogd_rank_*`` are the cluster's view of the same ranks, and a query must not add
 the two. Labels say ``job_id``: Prometheus keeps ``job`` for the scrape job.
 
-GPU gauges (a later issue) come as a Collector of their own, registered on ``registry``.
+GPU families, ``watchdogd_agent_gpu_*{gpu,uuid}``: this node's GPUs as last sampled
+(``proto.gpu_metrics``, the coordinator's table).
 """
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any
 
 import grpc
@@ -19,6 +21,7 @@ from prometheus_client import Counter, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 
 from .. import __version__
+from ..proto.gpu_metrics import gpu_families
 from ..proto.metrics_http import DaemonMetrics
 
 LOCK_WAIT_S = 1.0
@@ -107,3 +110,6 @@ class _Picture:
                 # as observed, plus the time since (an exited rank's age stops at its exit)
                 step_age.add_metric(labels, r.last_step_age_s + (since if r.alive else 0.0))
         yield from (attempt, alive, step, step_age)
+        gpus = () if report is None else report.gpus
+        yield from gpu_families("watchdogd_agent_gpu", ["gpu", "uuid"],
+                                (((str(g.index), g.uuid), asdict(g)) for g in gpus))

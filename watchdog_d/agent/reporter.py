@@ -11,7 +11,7 @@ agents of ``integration/bench_coordinator.py``.
 """
 from __future__ import annotations
 
-from ..core.model import JobOnNode, NodeReport
+from ..core.model import GpuState, JobOnNode, NodeReport
 from ..proto import convert
 from ..proto import watchdog_pb2 as pb
 
@@ -45,13 +45,17 @@ class Reporter:
         return False
 
 
-def signatures(parts: tuple[JobOnNode, ...] | list[JobOnNode]) -> tuple[tuple, tuple]:
+def signatures(parts: tuple[JobOnNode, ...] | list[JobOnNode],
+               gpus: tuple[GpuState, ...] = ()) -> tuple[tuple, tuple]:
     """(urgent, changed): what makes a report go now (an exit, a job's state), and what
     makes it go soon (MIN_GAP_S): a frozen process, a section, a stack, a finding, a
-    checkpoint. A process flipping between running and sleeping is neither."""
+    checkpoint, a GPU lost or a new Xid or remap failure on it. A process flipping between
+    running and sleeping is neither, nor a GPU's load, memory, heat or power (they move
+    every sample: they go with the next regular report)."""
     urgent = tuple((p.spec.job_id, p.attempt, p.state, p.exit_code,
                     tuple((r.rank, r.alive) for r in p.ranks)) for p in parts)
     changed = tuple((p.spec.job_id, tuple((r.rank, r.proc_state if r.proc_state in "TtDZ" else "",
                                            r.section, len(r.stack), r.ckpt_step, len(r.findings))
                                           for r in p.ranks)) for p in parts)
+    changed += tuple((g.index, g.lost, g.xid_count, g.remap_failure, g.recovery_action) for g in gpus)
     return urgent, changed

@@ -15,6 +15,7 @@ from prometheus_client import Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..core.state import Decision
+from ..proto.gpu_metrics import gpu_families
 from ..proto.metrics_http import DaemonMetrics
 
 if TYPE_CHECKING:
@@ -86,6 +87,11 @@ class _Picture:
         for node in sorted({n["node"] for job in snap["jobs"] for n in job["nodes"] if n.get("suspect")}):
             suspect.add_metric([node], 1)
         yield from (attempt, stall, heartbeat, step, step_age, suspect)
+        # a node in several jobs is in the snapshot once per job: its GPUs once
+        gpus = {(n["node"], g["index"]): g for job in snap["jobs"] for n in job["nodes"]
+                for g in n.get("gpus", ())}
+        yield from gpu_families("watchdogd_gpu", ["node", "gpu"],
+                                (((node, str(i)), g) for (node, i), g in sorted(gpus.items())))
         yield from self._counted()
 
     def _counted(self):  # type: ignore[no-untyped-def]

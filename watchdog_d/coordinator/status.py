@@ -9,6 +9,7 @@ import json
 import math
 import re
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from ..core.stall import stall_timeout
@@ -82,7 +83,8 @@ def job_status(cluster: Cluster, book: JobBook, now: float) -> dict:
         marked = cluster.suspects.marked.get(node_id)
         nodes.append({"node": node_id, "host": node.host, "state": node.part.state,
                       "heartbeat_age_s": round(now - seen, 2), "ranks": ranks,
-                      "suspect": marked.reason if marked else None})
+                      "suspect": marked.reason if marked else None,
+                      "gpus": [asdict(g) for g in node.gpus]})
     p99 = book.steps.p99()
     return {
         "job": book.spec.job_id, "attempt": book.attempt, "status": book.status,
@@ -111,6 +113,37 @@ def _age(value: float) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.1f}s"
 
 
+GIB = float(1 << 30)
+
+
+def gpu_flags(g: dict) -> list[str]:
+    """What is wrong with a GPU, in words (none: healthy, as far as NVML says)."""
+    flags = ["LOST"] if g.get("lost") else []
+    if g.get("last_xid"):
+        flags.append(f"Xid {g['last_xid']}" + (f" x{g['xid_count']}" if g.get("xid_count", 0) > 1 else ""))
+    if g.get("ecc_uncorrected", -1) > 0:
+        flags.append(f"ECC {g['ecc_uncorrected']}")
+    if g.get("remapped_pending", -1) > 0:
+        flags.append("remap pending")
+    if g.get("remap_failure"):
+        flags.append("remap failed")
+    if g.get("recovery_action", -1) > 0:
+        flags.append(f"recovery action {g['recovery_action']}")
+    return flags
+
+
+def gpu_line(g: dict) -> str:
+    """One compact line: index, util %, mem used/total GiB, temp, power, flags ('-': not read)."""
+    def read(key: str, fmt: str, scale: float = 1.0) -> str:
+        x = g.get(key, -1)
+        return "-" if x is None or x < 0 else fmt.format(x * scale)
+    line = (f"    gpu {g['index']:<3} util {read('util_ratio', '{:.0f}%', 100.0):>4}  "
+            f"mem {read('mem_used_bytes', '{:.1f}', 1 / GIB)}/{read('mem_total_bytes', '{:.0f}', 1 / GIB)} GiB  "
+            f"{read('temperature_c', '{:.0f}')}°C  {read('power_w', '{:.0f}')} W")
+    flags = gpu_flags(g)
+    return line + ("  " + ", ".join(flags) if flags else "")
+
+
 def render(snap: dict) -> str:
     if not snap.get("jobs"):
         return "no jobs"
@@ -126,6 +159,7 @@ def render(snap: dict) -> str:
                          f"heartbeat {_age(node['heartbeat_age_s'])} ago")
             if node.get("suspect"):
                 lines.append(f"    SUSPECT: {node['suspect']}")
+            lines.extend(gpu_line(g) for g in node.get("gpus", ()))
             lines.append("    rank  pid      state      step     last step  section       log offset")
             for r in node["ranks"]:
                 state = r["state"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .model import JobOnNode, JobSpec, Verdict
+from .model import GpuState, JobOnNode, JobSpec, Verdict
 from .stall import Durations, StepTimes
 
 BARRIER_CAP_S = 60.0                # a relaunch waits at most this long for every node's teardown
@@ -25,6 +25,7 @@ class NodeView:
     answered: bool = False              # its wrapper was told how the job ended
     attempt_seen: int = 0               # the attempt of its latest report (behind: < the job's)
     signature: tuple = ()               # of its latest part (``deadline.signature``)
+    gpus: tuple[GpuState, ...] = ()     # the node's GPUs as its latest report had them (status)
 
 
 @dataclass

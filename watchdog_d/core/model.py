@@ -191,7 +191,7 @@ class NodeReport:
     seq: int = 0
     jobs: tuple[JobOnNode, ...] = ()
     leaving: bool = False             # its agent is stopping: its silence from now means nothing
-    gpus: tuple[GpuState, ...] = ()   # empty: no GPU checks on this node (or left out: unchanged)
+    gpus: tuple[GpuState, ...] = ()   # empty: no GPU checks on this node (sent in every report)
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ class Cluster:
             if node is not None:
                 if (part.state, part.note) != (node.part.state, node.part.note):
                     self.dirty.add(job_id)
-                node.seen_at, node.attempt_seen = now, part.attempt
+                node.seen_at, node.attempt_seen, node.gpus = now, part.attempt, report.gpus
                 node.part = replace(node.part, state=part.state, note=part.note)
             return
         if part.attempt > book.attempt:
@@ -110,7 +110,7 @@ class Cluster:
             self.node_jobs.setdefault(report.node_id, set()).add(job_id)
             self.dirty.add(job_id)
         node.seen_at, node.host, node.part, node.attempt_seen = now, report.host, part, part.attempt
-        node.signature = sig
+        node.signature, node.gpus = sig, report.gpus      # (GPUs: shown, not judged here)
         self._note_checkpoint(book, part)
         sampled = False
         for r in part.ranks:

@@ -5,7 +5,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, replace
 
-from ..core.model import JOB_STATES, MAX_SECONDS, MAX_TEXT, JobOnNode, JobSpec, LogFinding, NodeReport, RankReport, SpecError, Verdict
+from ..core.model import JOB_STATES, MAX_SECONDS, MAX_TEXT, GpuState, JobOnNode, JobSpec, LogFinding, NodeReport, RankReport, SpecError, Verdict
 from . import watchdog_pb2 as pb
 from .local import NOTE_MAX, RUN_MAX, from_plain
 
@@ -73,6 +73,58 @@ def finding_from_pb(m: pb.Finding) -> LogFinding:
                       line=m.line[:500], line_no=m.line_no, age_s=_duration(m.age_s),
                       fields=tuple(sorted((k[:64], v[:200]) for k, v in m.fields.items()))[:16],
                       explanation=m.explanation[:300], remedy=m.remedy[:300])
+
+
+MAX_GPUS = 64          # per node: 8 today, 72 in a rack is one NVLink domain, not one host
+# What a GPU's numbers may be; -1 is "not read". Beyond: not a reading but a hostile or
+# broken sender, and the report is refused (a 1e300 W would poison sums and graphs).
+_GPU_FLOATS = (("util_ratio", 1.0), ("temperature_c", 1000.0), ("power_w", 100_000.0))
+_GPU_COUNTS = (("mem_used_bytes", 1 << 50), ("mem_total_bytes", 1 << 50),
+               ("ecc_uncorrected", 1 << 40), ("remapped_pending", 1 << 40),
+               ("recovery_action", 1 << 16), ("xid_count", 1 << 40))
+
+
+def gpu_to_pb(g: GpuState) -> pb.GpuState:
+    return pb.GpuState(index=g.index, uuid=g.uuid[:96], name=g.name[:96], pci_bus_id=g.pci_bus_id[:32],
+                       util_ratio=g.util_ratio, mem_used_bytes=g.mem_used_bytes,
+                       mem_total_bytes=g.mem_total_bytes, temperature_c=g.temperature_c,
+                       power_w=g.power_w, clocks_event_reasons=g.clocks_event_reasons & (2**64 - 1),
+                       ecc_uncorrected=g.ecc_uncorrected, remapped_pending=g.remapped_pending,
+                       remap_failure=g.remap_failure, recovery_action=g.recovery_action,
+                       lost=g.lost, last_xid=g.last_xid, xid_count=g.xid_count)
+
+
+def gpu_from_pb(m: pb.GpuState) -> GpuState:
+    if not 0 <= m.index < 1024:
+        raise WireError(f"gpu index {m.index}")
+    for name, top in _GPU_FLOATS:
+        x = getattr(m, name)
+        if not math.isfinite(x) or not (x == -1.0 or 0.0 <= x <= top):
+            raise WireError(f"gpu {m.index}: {name} {x!r} is not a reading")
+    for name, top in _GPU_COUNTS:
+        if not -1 <= getattr(m, name) <= top:
+            raise WireError(f"gpu {m.index}: {name} {getattr(m, name)} is not a reading")
+    if not 0 <= m.last_xid < 1 << 16:
+        raise WireError(f"gpu {m.index}: Xid {m.last_xid}")
+    return GpuState(index=m.index, uuid=_name("gpu uuid", m.uuid[:96]), name=_name("gpu name", m.name[:96]),
+                    pci_bus_id=_name("gpu pci bus id", m.pci_bus_id[:32]), util_ratio=m.util_ratio,
+                    mem_used_bytes=m.mem_used_bytes, mem_total_bytes=m.mem_total_bytes,
+                    temperature_c=m.temperature_c, power_w=m.power_w,
+                    clocks_event_reasons=m.clocks_event_reasons, ecc_uncorrected=m.ecc_uncorrected,
+                    remapped_pending=m.remapped_pending, remap_failure=m.remap_failure,
+                    recovery_action=m.recovery_action, lost=m.lost, last_xid=m.last_xid,
+                    xid_count=m.xid_count)
+
+
+def gpus_from_pb(ms) -> tuple[GpuState, ...]:
+    """A node's GPUs, by index; refused when more than MAX_GPUS or an index twice (each
+    is one series of the metrics: twice would be a broken exposition)."""
+    if len(ms) > MAX_GPUS:
+        raise WireError(f"{len(ms)} GPUs, at most {MAX_GPUS}")
+    gpus = tuple(sorted((gpu_from_pb(m) for m in ms), key=lambda g: g.index))
+    if len({g.index for g in gpus}) != len(gpus):
+        raise WireError("a GPU index twice")
+    return gpus
 
 
 def rank_to_pb(r: RankReport, same_text: bool = False) -> pb.RankState:
@@ -149,8 +201,10 @@ def report_to_pb(r: NodeReport, base: dict[str, JobOnNode] | None = None, base_s
             part.spec.CopyFrom(spec_to_pb(j.spec))
             part.note = j.note[:NOTE_MAX]
         jobs.append(part)
+    # GPUs in every report, whatever the base: small, and never a reason to ask for all
     return pb.Heartbeat(node_id=r.node_id, host=r.host, seq=r.seq, jobs=jobs,
-                        base_seq=base_seq if base is not None else 0, leaving=leaving)
+                        base_seq=base_seq if base is not None else 0, leaving=leaving,
+                        gpus=[gpu_to_pb(g) for g in r.gpus[:MAX_GPUS]])
 
 
 class MissingBase(WireError):
@@ -176,6 +230,7 @@ def report_from_pb(m: pb.Heartbeat, base: Base | None = None, now: float = 0.0) 
         raise WireError(f"{len(m.jobs)} jobs, at most {MAX_JOBS}")
     if sum(len(j.ranks) for j in m.jobs) > MAX_RANKS:
         raise WireError(f"more than {MAX_RANKS} ranks")
+    gpus = gpus_from_pb(m.gpus)
     if m.base_seq and (base is None or base.seq != m.base_seq):
         if any(j.same_spec or any(x.same_text for x in j.ranks) for j in m.jobs):
             raise MissingBase(f"no report {m.base_seq} to complete this one from")
@@ -197,7 +252,7 @@ def report_from_pb(m: pb.Heartbeat, base: Base | None = None, now: float = 0.0) 
                               ranks=tuple(rank_from_pb(x, before.get(x.rank), aged) for x in j.ranks),
                               note=note, run=j.run[:RUN_MAX]))
     return NodeReport(node_id=node_id, host=host, seq=m.seq, jobs=tuple(jobs),
-                      leaving=m.leaving)
+                      leaving=m.leaving, gpus=gpus)
 
 
 def verdict_to_json(v: Verdict) -> str:
