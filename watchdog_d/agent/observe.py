@@ -1,4 +1,4 @@
-"""What the agent sees of a job's ranks: beacons plus the processes (psutil).
+"""What the agent sees of a job's ranks: beacons plus the processes (/proc/PID/stat).
 
 The agent is not the parent of the rank processes (torchrun is), so it cannot
 wait() for them. It learns how a rank ended from, in order of trust:
@@ -13,12 +13,10 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import psutil
 
 from ..core.model import MAX_TEXT, RankReport
 from ..rank import beacon
+from . import procstat
 from .exits import ExitWatcher, zombie_status
 
 
@@ -28,7 +26,8 @@ class RankTrack:
     """Memory the agent keeps about one rank between polls."""
 
     pid: int
-    proc: psutil.Process | None = None
+    start: int | None = None            # the process's start time: a reused pid is not it
+    cpu: procstat.CpuMeter = field(default_factory=procstat.CpuMeter)
     alive_at: float | None = None       # last poll that saw it alive
     dead_at: float | None = None        # best estimate of when it ended
     exit_code: int | None = None
@@ -36,13 +35,13 @@ class RankTrack:
     files: dict[str, tuple[float, int, str]] = field(default_factory=dict)
 
 
-def _tail(track: RankTrack, path: Path) -> str:
+def _tail(track: RankTrack, path: str) -> str:
     """A small text file's tail, re-read only when it changed."""
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return ""
-    key = str(path)
+    key = path
     cached = track.files.get(key)
     if cached and cached[0] == st.st_mtime and cached[1] == st.st_size:
         return cached[2]
@@ -56,17 +55,10 @@ def _tail(track: RankTrack, path: Path) -> str:
     return text
 
 
-def _state_letter(status: str) -> str:
-    return {psutil.STATUS_RUNNING: "R", psutil.STATUS_SLEEPING: "S",
-            psutil.STATUS_DISK_SLEEP: "D", psutil.STATUS_STOPPED: "T",
-            psutil.STATUS_TRACING_STOP: "t", psutil.STATUS_ZOMBIE: "Z",
-            psutil.STATUS_DEAD: "X", psutil.STATUS_IDLE: "I"}.get(status, "?")
-
-
 def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
                  now: float, exits: ExitWatcher | None = None) -> RankReport:
     """One rank, now (``now`` on time.monotonic, like the beacon)."""
-    slot = beacon.slot_path(beacon_dir, view.rank)
+    slot = os.path.join(beacon_dir, f"rank-{view.rank}.")     # (+ stack, exc)
     ended = exits.ended(view.pid) if exits is not None else None
     if track.dead_at is None and ended is not None:
         # the pidfd told us exactly when, and the zombie how
@@ -82,18 +74,15 @@ def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
         # handlers, a process group that will not destroy): judge it now
         track.dead_at = view.exit_time if 0 < view.exit_time <= now else now
     if track.dead_at is None:
-        try:
-            if track.proc is None or track.proc.pid != view.pid:
-                track.proc = psutil.Process(view.pid)
-                track.proc.cpu_percent(None)
-            status = track.proc.status()
-            state = _state_letter(status)
-            alive = status not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+        stat = procstat.read(view.pid)
+        if stat is not None and track.start is None:
+            track.start = stat.start
+        if stat is not None and stat.start == track.start:
+            state = stat.state
+            alive = state not in "ZX"
             if alive:
-                cpu = track.proc.cpu_percent(None)
+                cpu = track.cpu.update(now, stat.ticks)
                 track.alive_at = now
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            alive = False
         if not alive:
             # it ended after the last poll that saw it alive: date it there, so the
             # reported detection time is an upper bound, not a flattering zero; a rank
@@ -114,13 +103,13 @@ def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
                 code = view.exit_code
             elif view.state == beacon.EXCEPTION:
                 code = 1
-        excerpt = _tail(track, slot.with_suffix(".exc")) if view.state == beacon.EXCEPTION else ""
+        excerpt = _tail(track, slot + "exc") if view.state == beacon.EXCEPTION else ""
         return RankReport(
             rank=view.rank, local_rank=view.local_rank, pid=view.pid, alive=False,
             exit_code=code, exit_signal=sig, exit_detail=view.detail,
             exit_age_s=now - track.dead_at, proc_state="X", step=view.step,
             last_step_age_s=0.0, last_step_dt_s=view.step_dt, excerpt=excerpt,
-            stack=_tail(track, slot.with_suffix(".stack")), **_checkpoint(view))
+            stack=_tail(track, slot + "stack"), **_checkpoint(view))
     since = view.step_time if view.step >= 0 else view.start_time
     remaining, inside = math.inf, 0.0
     if view.section_deadline > 0:
@@ -131,7 +120,7 @@ def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
         proc_state=state, step=view.step, last_step_age_s=max(0.0, now - since),
         last_step_dt_s=view.step_dt, section=view.section, section_remaining_s=remaining,
         section_age_s=inside,
-        cpu_percent=cpu, stack=_tail(track, slot.with_suffix(".stack")), **_checkpoint(view))
+        cpu_percent=cpu, stack=_tail(track, slot + "stack"), **_checkpoint(view))
 
 
 def _checkpoint(view: beacon.BeaconView) -> dict:
