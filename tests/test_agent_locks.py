@@ -19,6 +19,7 @@ class SlowLogs:
 
     def __init__(self) -> None:
         self.reading, self.release = threading.Event(), threading.Event()
+        self.quiet, self.found = False, 0          # (as AttemptLogs)
 
     def poll(self) -> None:
         self.reading.set()

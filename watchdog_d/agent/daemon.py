@@ -22,12 +22,14 @@ from ..proto import watchdog_pb2 as pb
 from ..proto import watchdog_pb2_grpc as pb_grpc
 from ..proto.local import Command, MessageError
 from ..sdnotify import Liveness, notify, supervise
+from . import glance
 from .exits import ExitWatcher
 from .hardware import Hardware
 from .link import WATCH_RETRY_S, Link
 from .metrics import AgentMetrics
 from .observe import observe_job
 from .ranklogs import POLL_S as LOG_POLL_S
+from .ranklogs import QUIET_POLL_S as LOG_QUIET_POLL_S
 from .ranklogs import with_logs
 from .reporter import MIN_GAP_S, Reporter, signatures
 from .wrappers import LocalJob, WrapperSide
@@ -35,6 +37,9 @@ from .wrappers import LocalJob, WrapperSide
 # a loop silent for 5 of its longest passes, and 10 s at least (a log burst on a slow disk is
 # no wedge), is stalled: no more pings to systemd. (The watcher blocks on its Watch stream.)
 LOOP_PASSES, LOOP_FLOOR_S = 5, 10.0
+# between glances (agent/glance.py) the observer still observes in full this often: what a
+# glance does not see (a stack written, a GPU's or the kernel's finding) waits at most this
+FULL_EVERY_S = 1.0
 
 
 class Agent(WrapperSide):
@@ -67,6 +72,8 @@ class Agent(WrapperSide):
         self._threads: list[threading.Thread] = []
         self.catalogue: Catalogue | None = None
         self._observe_soon = threading.Event()
+        self._seen: tuple = ()               # what the last full observation's glance saw
+        self._glances: dict[str, glance.Glance] = {}       # by beacon directory
         # a rank's death wakes the observer at once (and dates the death exactly)
         self.exits = ExitWatcher(on_exit=lambda pid: self._observe_soon.set())
         # GPUs (NVML) and the kernel log: findings on the ranks they concern, telemetry per GPU
@@ -116,7 +123,34 @@ class Agent(WrapperSide):
         logs may take long (a big burst, a slow disk): it holds ``observing``, not
         ``lock``, which delivering a command needs."""
         with self.observing:
+            self._seen = self._glance(time.monotonic(), relist=True)
             self._observe(time.monotonic())
+
+    def _glance(self, now: float, relist: bool = False) -> tuple:
+        """(under ``observing``) What a glance sees of every job; logs that are due are read
+        (their findings so far are part of it)."""
+        with self.lock:
+            jobs = list(self.jobs.values())
+        out, dirs = [], set()
+        for job in jobs:
+            self._read_logs(job, now)
+            seen: tuple = ()
+            if job.beacon_dir:
+                dirs.add(job.beacon_dir)
+                g = self._glances.get(job.beacon_dir)
+                if g is None:
+                    g = self._glances[job.beacon_dir] = glance.Glance(job.beacon_dir)
+                seen = g.key(relist)
+            out.append((job.spec.job_id, job.attempt, job.state, seen,
+                        job.logs.found if job.logs is not None else 0))
+        for gone in set(self._glances) - dirs:        # attempts over: their files let go
+            self._glances.pop(gone).close()
+        return tuple(out)
+
+    def _moved(self) -> bool:
+        """Has anything but steps changed since the last full observation?"""
+        with self.observing:
+            return self._glance(time.monotonic()) != self._seen
 
     def _observe(self, now: float) -> None:
         with self.lock:
@@ -152,26 +186,47 @@ class Agent(WrapperSide):
         """(under ``observing``)"""
         ranks = observe_job(job.beacon_dir, job.tracks, now, self.exits) if job.beacon_dir else ()
         # logs at their own pace, but at once when a rank died (its last lines)
-        if job.logs is not None and (now - job.logs_read_at >= LOG_POLL_S
-                                     or any(not r.alive for r in ranks)):
+        self._read_logs(job, now, force=any(not r.alive for r in ranks))
+        if job.logs is not None:
+            ranks = with_logs(ranks, job.logs, job.spec.min_stall_timeout_s / 2)
+        return self.hardware.with_hardware(ranks, now)
+
+    def _read_logs(self, job: LocalJob, now: float, force: bool = False) -> None:
+        """(under ``observing``)"""
+        pace = LOG_QUIET_POLL_S if job.logs is not None and job.logs.quiet else LOG_POLL_S
+        if job.logs is not None and (force or now - job.logs_read_at >= pace):
             job.logs_read_at = now
             try:
                 job.logs.poll()
             except Exception as e:   # a log must never stop the watching
                 log.error("log_poll_error", job=job.spec.job_id, error=repr(e)[:200])
-        if job.logs is not None:
-            ranks = with_logs(ranks, job.logs, job.spec.min_stall_timeout_s / 2)
-        return self.hardware.with_hardware(ranks, now)
 
     def _observe_loop(self) -> None:
+        # a glance every poll_interval; a full observation when it saw a change, when a
+        # rank's exit woke us, and every FULL_EVERY_S
+        woken, full_at = True, float("-inf")
         while not self._stop.is_set():
             self.liveness.beat("observer")
+            try:
+                if woken or time.monotonic() - full_at >= FULL_EVERY_S or self._moved():
+                    full_at = time.monotonic()
+                    self.observe_now()
+            except Exception as e:
+                log.error("observe_error", error=repr(e))
+            woken = self._observe_soon.wait(self.cfg.poll_interval)
+            self._observe_soon.clear()
+
+    def _refresh(self) -> None:
+        """Before a heartbeat: observe afresh (between changes the observer only glances,
+        so steps and ages would be up to FULL_EVERY_S old); a change found here goes with
+        this heartbeat."""
+        at = self.metrics.observed_at
+        if at is None or time.monotonic() - at > self.cfg.poll_interval:
             try:
                 self.observe_now()
             except Exception as e:
                 log.error("observe_error", error=repr(e))
-            self._observe_soon.wait(self.cfg.poll_interval)
-            self._observe_soon.clear()
+            self._send_now.clear()
 
     def _report_loop(self) -> None:
         backoff = 0.0
@@ -182,6 +237,7 @@ class Agent(WrapperSide):
             gap = MIN_GAP_S - (time.monotonic() - self._sent_at)
             if not self._urgent and backoff == 0 and gap > 0 and self._stop.wait(gap):
                 return           # changes that come meanwhile go with this report
+            self._refresh()
             self._urgent = False
             report = self._latest
             if report is None:

@@ -31,6 +31,7 @@ _SECTION = struct.Struct("=dd64s")       # 72: deadline (0: none), timeout, name
 _CKPT = struct.Struct("=qd256s")         # 152: checkpoint step, time, path
 _DETAIL = struct.Struct("=80s")          # 424: exit detail (exception summary)
 OFF_STEP, OFF_EXIT, OFF_SECTION, OFF_CKPT, OFF_DETAIL = 32, 56, 72, 152, 424
+_PID = struct.Struct("=q")               # 8: the head's pid
 assert OFF_DETAIL + _DETAIL.size <= SLOT_SIZE and OFF_STEP == 4 * 8
 
 
@@ -112,8 +113,8 @@ class BeaconView:
     detail: str
 
 
-def read_slot(path: str | os.PathLike, attempts: int = 5) -> BeaconView | None:
-    """Read a slot file; None when it is missing, short or not yet complete.
+def read_raw(path: str | os.PathLike, attempts: int = 5) -> bytes | None:
+    """A slot's bytes, read consistently; None when missing, short or not yet complete.
     (Bare fd reads: the agent reads every slot ten times a second.)"""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -132,15 +133,35 @@ def read_slot(path: str | os.PathLike, attempts: int = 5) -> BeaconView | None:
         os.close(fd)
     if len(first) < SLOT_SIZE or first[:4] != MAGIC:
         return None
-    _, _, pid, rank, local_rank, start = _HEAD.unpack_from(first, 0)
-    step, step_time, step_dt = _STEP.unpack_from(first, OFF_STEP)
-    state, code, exit_time = _EXIT.unpack_from(first, OFF_EXIT)
-    deadline, timeout, name = _SECTION.unpack_from(first, OFF_SECTION)
-    ckpt_step, ckpt_time, ckpt_path = _CKPT.unpack_from(first, OFF_CKPT)
-    (detail,) = _DETAIL.unpack_from(first, OFF_DETAIL)
+    return first
+
+
+def decode(raw: bytes) -> BeaconView:
+    _, _, pid, rank, local_rank, start = _HEAD.unpack_from(raw, 0)
+    step, step_time, step_dt = _STEP.unpack_from(raw, OFF_STEP)
+    state, code, exit_time = _EXIT.unpack_from(raw, OFF_EXIT)
+    deadline, timeout, name = _SECTION.unpack_from(raw, OFF_SECTION)
+    ckpt_step, ckpt_time, ckpt_path = _CKPT.unpack_from(raw, OFF_CKPT)
+    (detail,) = _DETAIL.unpack_from(raw, OFF_DETAIL)
     return BeaconView(pid, rank, local_rank, start, step, step_time, step_dt, state, code,
                       exit_time, deadline, timeout, _text(name), ckpt_step, ckpt_time,
                       _text(ckpt_path), _text(detail))
+
+
+def read_slot(path: str | os.PathLike, attempts: int = 5) -> BeaconView | None:
+    """Read a slot file; None when it is missing, short or not yet complete."""
+    raw = read_raw(path, attempts)
+    return None if raw is None else decode(raw)
+
+
+def pid_of(raw: bytes) -> int:
+    return _PID.unpack_from(raw, 8)[0]
+
+
+def all_but_steps(raw: bytes) -> bytes:
+    """A slot without its step fields: what changes when a rank does something other
+    than step (exits, raises, enters a section, saves a checkpoint)."""
+    return raw[:OFF_STEP] + raw[OFF_EXIT:]
 
 
 def scan(beacon_dir: str | os.PathLike) -> dict[int, BeaconView]:
