@@ -40,6 +40,9 @@ LOOP_PASSES, LOOP_FLOOR_S = 5, 10.0
 # between glances (agent/glance.py) the observer still observes in full this often: what a
 # glance does not see (a stack written, a GPU's or the kernel's finding) waits at most this
 FULL_EVERY_S = 1.0
+# a heartbeat waits this long at most for the observer's fresh observation (a pass takes
+# ~1 ms; one held up by a big log read does not hold the heartbeat up with it)
+REFRESH_WAIT_S = 0.2
 
 
 class Agent(WrapperSide):
@@ -72,6 +75,7 @@ class Agent(WrapperSide):
         self._threads: list[threading.Thread] = []
         self.catalogue: Catalogue | None = None
         self._observe_soon = threading.Event()
+        self._fresh = threading.Event()      # the observer finished a full observation
         self._seen: tuple = ()               # what the last full observation's glance saw
         self._glances: dict[str, glance.Glance] = {}       # by beacon directory
         # a rank's death wakes the observer at once (and dates the death exactly)
@@ -211,22 +215,23 @@ class Agent(WrapperSide):
                 if woken or time.monotonic() - full_at >= FULL_EVERY_S or self._moved():
                     full_at = time.monotonic()
                     self.observe_now()
+                    self._fresh.set()
             except Exception as e:
                 log.error("observe_error", error=repr(e))
             woken = self._observe_soon.wait(self.cfg.poll_interval)
             self._observe_soon.clear()
 
     def _refresh(self) -> None:
-        """Before a heartbeat: observe afresh (between changes the observer only glances,
-        so steps and ages would be up to FULL_EVERY_S old); a change found here goes with
-        this heartbeat."""
+        """Before a heartbeat: a full observation, by the observer (between changes it only
+        glances, so steps and ages would be up to FULL_EVERY_S old; asked for, it is the
+        second's one full pass); a change found then goes with this heartbeat."""
         at = self.metrics.observed_at
-        if at is None or time.monotonic() - at > self.cfg.poll_interval:
-            try:
-                self.observe_now()
-            except Exception as e:
-                log.error("observe_error", error=repr(e))
-            self._send_now.clear()
+        if at is not None and time.monotonic() - at <= self.cfg.poll_interval:
+            return
+        self._fresh.clear()
+        self._observe_soon.set()
+        self._fresh.wait(REFRESH_WAIT_S)
+        self._send_now.clear()
 
     def _report_loop(self) -> None:
         backoff = 0.0
