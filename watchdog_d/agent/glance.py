@@ -8,8 +8,8 @@ observer glances instead ten times a second (``poll_interval``): per rank, one r
 the beacon's bytes (the step fields left out) and one of the process's stat, through
 files held open. A difference is something to act on (an exception, an exit, a freeze,
 a section, a checkpoint, a rank that appears): a full observation follows at once. Step
-progress needs none: the reporter observes afresh before each heartbeat. A death does not
-wait for a glance: the exit watcher wakes the observer.
+progress needs none: the reporter has the observer observe in full before each heartbeat.
+A death does not wait for a glance: the exit watcher wakes the observer.
 
 ``state_class`` and ``key_of`` are pure; ``Glance`` holds the files.
 """
