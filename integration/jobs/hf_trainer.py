@@ -83,6 +83,15 @@ def main() -> int:
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint or None)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"[rank 0] done at global step {trainer.state.global_step}", flush=True)
+    # what PyTorch asks of every script (the Trainer does not do it): without it, gloo's
+    # threads can outlive the interpreter and abort it at exit now and then ("terminate
+    # called without an active exception", SIGABRT: pytorch/pytorch#190489) -- a real
+    # failure that watchdog-d rightly reported as rank_exited
+    # (after a barrier: every rank leaves together, none waits in the teardown of the group
+    # for a peer still busy with the last checkpoint)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return 0
 
 
