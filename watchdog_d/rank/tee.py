@@ -323,6 +323,34 @@ def _dup_high(fd: int) -> int:
         return high
 
 
+def spawn(log_path: str, max_bytes: int, backups: int, r_out: int, r_err: int, con_out: int,
+          con_err: int, r_ready: int, w_ready: int, opened: list[int], ready_timeout: float,
+          extra: tuple[str, ...] = ()) -> "subprocess.Popen[bytes]":
+    """Start this program as a tee reading ``r_out`` / ``r_err`` and wait until it says it
+    runs; ``w_ready`` is closed (and taken out of ``opened``) here. OSError if it did not."""
+    import subprocess                    # not in the tee itself: it costs start-up time
+    # -I: neither PYTHONPATH nor the job's sitecustomize nor watchdog_d/ shadows the stdlib
+    # (but a PYTHONHOME the interpreter may need is kept)
+    flags = ["-s", "-S"] if os.environ.get("PYTHONHOME") else ["-I", "-S"]
+    cmd = [sys.executable or "python3", *flags, os.path.abspath(__file__), "--log", log_path,
+           "--max-bytes", str(max_bytes), "--backups", str(backups), "--stdout-fd", "0",
+           "--stderr-fd", str(r_err), "--console-out-fd", str(con_out), "--console-err-fd", str(con_err),
+           "--ready-fd", str(w_ready), *extra]
+    # own session: a group kill of the job or a terminal hang-up does not reach it;
+    # it ends by itself when the last writer is gone
+    proc = subprocess.Popen(cmd, stdin=r_out, stdout=subprocess.DEVNULL, stderr=con_err,
+                            pass_fds=(r_err, w_ready, con_out, con_err), close_fds=True,
+                            start_new_session=True)
+    os.close(w_ready)
+    opened.remove(w_ready)
+    ok = select.select([r_ready], [], [], ready_timeout)[0] and os.read(r_ready, 1) == b"+"
+    if not ok:
+        proc.kill()
+        proc.wait()
+        raise OSError(f"watchdog-d tee did not start (exit {proc.returncode}); output not captured")
+    return proc
+
+
 def start_tee(log_path: str | os.PathLike[str], max_bytes: int, backups: int,
               ready_timeout: float = 10.0) -> subprocess.Popen[bytes]:
     """Route this process's fds 1 and 2 through a tee into ``log_path``. Call early.
@@ -330,7 +358,6 @@ def start_tee(log_path: str | os.PathLike[str], max_bytes: int, backups: int,
     Returns once the tee runs. If it cannot start, raises OSError with fds 1 and 2 left
     as they were (the caller goes on without capture rather than write into a dead pipe).
     """
-    import subprocess                    # not in the tee itself: it costs start-up time
     log_path = os.fspath(log_path)
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     for stream in (sys.stdout, sys.stderr):
@@ -350,25 +377,8 @@ def start_tee(log_path: str | os.PathLike[str], max_bytes: int, backups: int,
         handed = _console_from(os.environ[CONSOLE_SOCK_ENV]) if os.environ.get(CONSOLE_SOCK_ENV) else None
         opened += list(handed) if handed else [_dup_high(1), _dup_high(2)]
         r_out, w_out, r_err, w_err, r_ready, w_ready, con_out, con_err = opened
-        # -I: neither PYTHONPATH nor the job's sitecustomize nor watchdog_d/ shadows the stdlib
-        # (but a PYTHONHOME the interpreter may need is kept)
-        flags = ["-s", "-S"] if os.environ.get("PYTHONHOME") else ["-I", "-S"]
-        cmd = [sys.executable or "python3", *flags, os.path.abspath(__file__), "--log", log_path,
-               "--max-bytes", str(max_bytes), "--backups", str(backups), "--stdout-fd", "0",
-               "--stderr-fd", str(r_err), "--console-out-fd", str(con_out), "--console-err-fd", str(con_err),
-               "--ready-fd", str(w_ready)]
-        # own session: a group kill of the job or a terminal hang-up does not reach it;
-        # it ends by itself when the last writer is gone
-        proc = subprocess.Popen(cmd, stdin=r_out, stdout=subprocess.DEVNULL, stderr=con_err,
-                                pass_fds=(r_err, w_ready, con_out, con_err), close_fds=True,
-                                start_new_session=True)
-        os.close(w_ready)
-        opened.remove(w_ready)
-        ok = select.select([r_ready], [], [], ready_timeout)[0] and os.read(r_ready, 1) == b"+"
-        if not ok:
-            proc.kill()
-            proc.wait()
-            raise OSError(f"watchdog-d tee did not start (exit {proc.returncode}); output not captured")
+        proc = spawn(log_path, max_bytes, backups, r_out, r_err, con_out, con_err, r_ready, w_ready,
+                     opened, ready_timeout)
         os.dup2(w_out, 1)
         os.dup2(w_err, 2)
     finally:

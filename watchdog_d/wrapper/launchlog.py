@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import select
 import subprocess
-import sys
 
 from ..rank import tee
 
@@ -31,21 +29,8 @@ def start_launcher_tee(log_path: str | os.PathLike[str], max_bytes: int, backups
         r_out, w_out, r_err, w_err, r_ready, w_ready = opened
         con_out, con_err = tee._dup_high(1), tee._dup_high(2)
         opened += [con_out, con_err]
-        flags = ["-s", "-S"] if os.environ.get("PYTHONHOME") else ["-I", "-S"]
-        cmd = [sys.executable or "python3", *flags, os.path.abspath(tee.__file__), "--log", log_path,
-               "--max-bytes", str(max_bytes), "--backups", str(backups), "--stdout-fd", "0",
-               "--stderr-fd", str(r_err), "--console-out-fd", str(con_out),
-               "--console-err-fd", str(con_err), "--ready-fd", str(w_ready), "--console-sock", name]
-        proc = subprocess.Popen(cmd, stdin=r_out, stdout=subprocess.DEVNULL, stderr=con_err,
-                                pass_fds=(r_err, w_ready, con_out, con_err), close_fds=True,
-                                start_new_session=True)
-        os.close(w_ready)
-        opened.remove(w_ready)
-        ok = select.select([r_ready], [], [], ready_timeout)[0] and os.read(r_ready, 1) == b"+"
-        if not ok:
-            proc.kill()
-            proc.wait()
-            raise OSError(f"watchdog-d tee did not start (exit {proc.returncode})")
+        proc = tee.spawn(log_path, max_bytes, backups, r_out, r_err, con_out, con_err, r_ready,
+                         w_ready, opened, ready_timeout, extra=("--console-sock", name))
         opened.remove(w_out)
         opened.remove(w_err)
         return proc, w_out, w_err, name
