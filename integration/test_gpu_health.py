@@ -8,23 +8,18 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from harness import WATCHDOG, assert_no_leftovers, torchrun_cmd, train_env
 
 FAKE_DIR = Path(__file__).resolve().parents[1] / "tests" / "fakenvml"
+sys.path.insert(0, str(FAKE_DIR.parent))
+from fakenvml_load import write as write_json  # noqa: E402   (the fake's JSON, replaced at once)
+
 FAST = ["--min-stall-timeout", "5", "--grace", "3"]
 OOM_LINE = "Out of memory: Killed process {pid} (python) total-vm:9000000kB, anon-rss:8000000kB"
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Replaced at once, with a new mtime (the fake re-reads on mtime or size)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-    st = os.stat(path)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
 
 
 def gpu(i: int, processes=(), **extra) -> dict:
