@@ -88,7 +88,8 @@ class Agent(WrapperSide):
         self.server = localsock.Server(self.cfg.socket, self._serve_wrapper)
         self.server.start()
         self.hardware.start()
-        # a reporter pass: one wait (heartbeat_interval, a backoff ≤ 2 s), one Report's deadline
+        # a reporter pass: one wait (heartbeat_interval, or link.py's backoff: ≤ 2 s unreachable,
+        # ≤ 5 s refused), one Report's deadline: at most ~7 s, well inside the 20 s allowed
         self.liveness.watch("observer", max(LOOP_FLOOR_S, LOOP_PASSES * self.cfg.poll_interval))
         self.liveness.watch("reporter", max(LOOP_FLOOR_S, LOOP_PASSES * (
             max(self.cfg.heartbeat_interval, 2.0) + rpc.REPORT_TIMEOUT_S)))
