@@ -40,6 +40,9 @@ def _job_options(p: argparse.ArgumentParser) -> None:
                    help="a rank inside a checkpoint save or load (and its peers) gets this long (default 1800)")
     p.add_argument("--evaluation-timeout", dest="evaluation_timeout", type=float, metavar="SECONDS",
                    help="... inside an evaluation (Trainer.evaluate, Lightning) (default 3600)")
+    p.add_argument("--shutdown-timeout", dest="shutdown_timeout", type=float, metavar="SECONDS",
+                   help="the end of training: a rank in destroy_process_group() or still running after "
+                        "a peer exited 0 gets this long before it is warned about (default 900)")
     p.add_argument("--node-timeout", dest="node_timeout", type=float, metavar="SECONDS")
     p.add_argument("--grace", type=float, metavar="SECONDS")
     p.add_argument("--log-dir", dest="log_dir")

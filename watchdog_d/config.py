@@ -46,7 +46,7 @@ SPEC_FIELDS = {"job_id": "job_id", "on_failure": "on_failure", "max_restarts": "
                "min_stall_timeout": "min_stall_timeout_s", "stall_factor": "stall_factor",
                "startup_timeout": "startup_timeout_s", "node_timeout": "node_timeout_s",
                "alert": "alert_urls", "restart_backoff": "restart_backoff_s",
-               "crash_loop": "crash_loop"}
+               "crash_loop": "crash_loop", "shutdown_timeout": "shutdown_timeout_s"}
 _SPEC = JobSpec(job_id="")
 
 
@@ -82,6 +82,7 @@ class Config:
     stall_factor: float = _SPEC.stall_factor
     startup_timeout: float = _SPEC.startup_timeout_s
     node_timeout: float = _SPEC.node_timeout_s
+    shutdown_timeout: float = _SPEC.shutdown_timeout_s   # the end of training (README)
     # the automatic sections a rank opens around known long pauses (rank/hooks.py)
     checkpoint_timeout: float = 1800.0   # torch.save/load, safetensors, DCP, Trainer checkpoints
     evaluation_timeout: float = 3600.0   # Trainer.evaluate, Lightning's evaluation loop

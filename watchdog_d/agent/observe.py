@@ -109,7 +109,7 @@ def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
             exit_code=code, exit_signal=sig, exit_detail=view.detail,
             exit_age_s=now - track.dead_at, proc_state="X", step=view.step,
             last_step_age_s=0.0, last_step_dt_s=view.step_dt, excerpt=excerpt,
-            stack=_tail(track, slot + "stack"), **_checkpoint(view))
+            **_stack(track, slot + "stack"), **_checkpoint(view))
     since = view.step_time if view.step >= 0 else view.start_time
     remaining, inside = math.inf, 0.0
     if view.section_deadline > 0:
@@ -120,7 +120,16 @@ def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
         proc_state=state, step=view.step, last_step_age_s=max(0.0, now - since),
         last_step_dt_s=view.step_dt, section=view.section, section_remaining_s=remaining,
         section_age_s=inside,
-        cpu_percent=cpu, stack=_tail(track, slot + "stack"), **_checkpoint(view))
+        cpu_percent=cpu, **_stack(track, slot + "stack"), **_checkpoint(view))
+
+
+def _stack(track: RankTrack, path: str) -> dict:
+    """The rank's latest stack dump, and how long ago it was written (its file's mtime:
+    the finishing rules trust only a stack dumped after the end of training began)."""
+    text = _tail(track, path)
+    if not text:
+        return {}
+    return {"stack": text, "stack_age_s": max(0.0, time.time() - track.files[path][0])}
 
 
 def _checkpoint(view: beacon.BeaconView) -> dict:

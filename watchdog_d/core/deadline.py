@@ -20,11 +20,12 @@ from .model import JobOnNode
 from .lost import CATCH_UP_S
 from .rootcause import failures
 from .silence import Silence
-from .stall import rank_timeout, stall_timeout
+from .finish import STACK_WAIT_S, began
+from .stall import STACKS_REFRESH_S, rank_timeout, stall_timeout
 
-STACKS_REFRESH_S = 30.0   # during a long pause, stacks are asked for again this often
 SOON_S = 0.25        # something unsettled (a silence, a failure settling, a long pause)
 MAX_WAIT_S = 5.0     # however quiet a job is, it is looked at this often
+STACK_LOOK_S = 0.5   # while asked-for stacks are on their way (the end of training)
 SILENT_S = 1.0       # a job with a node silent past node_timeout (its peers may stop yet)
 
 
@@ -40,6 +41,13 @@ def next_check(book: JobBook, now: float, silence: Silence) -> float:
         # changes what matters); the timeout below, or the next refresh, is the moment
         moments.append(book.stacks_asked_at + STACKS_REFRESH_S)
     learned = stall_timeout(book.spec.min_stall_timeout_s, book.spec.stall_factor, book.steps.p99())
+    ending = began(book)
+    if ending is not None:
+        # finishing (``finish``): past their limits, ranks are judged on fresh stacks and
+        # the shutdown timeout, not looked at again and again
+        moments.append(ending.since + book.spec.shutdown_timeout_s)
+        if book.stacks_asked_at is not None and now - book.stacks_asked_at < STACK_WAIT_S:
+            moments.append(now + STACK_LOOK_S)     # stacks on their way: are they fresh yet?
     for node in book.nodes.values():
         if node.ended_at is not None:
             continue
@@ -59,16 +67,25 @@ def next_check(book: JobBook, now: float, silence: Silence) -> float:
                 continue
             rule, limit = rank_timeout(r.step, r.section_remaining_s, learned,
                                        book.spec.startup_timeout_s)
+            halves, limits = [], []
             if rule == "section":
-                moments.append(fresh + r.section_remaining_s)
-                continue
-            stepped = fresh - r.last_step_age_s
+                limits.append(fresh + r.section_remaining_s)
+            if rule != "section" or ending is not None:
+                # (finishing: the step clock counts for a rank in a collective, section or not)
+                if rule == "section":
+                    limit = learned if r.step >= 0 else book.spec.startup_timeout_s
+                stepped = fresh - r.last_step_age_s
+                halves.append(stepped + limit / 2)
+                limits.append(stepped + limit)
             # (a moment that is now: the detector's limits are strict, look again next tick)
-            moments.extend(t for t in (stepped + limit / 2, stepped + limit) if t >= now)
-            if stepped + limit <= now:
-                # past its timeout: a verdict or a pause is being made; just past it (the
-                # detector's limits are strict), the very next look
-                moments.append(now if now - (stepped + limit) < SOON_S else soon)
+            moments.extend(t for t in halves + limits if t >= now)
+            past = max((t for t in limits if t <= now), default=None)
+            if past is not None and (ending is None or now - past < SOON_S):
+                # past its timeout: a verdict or a pause is being made; just past it, the
+                # very next look (finishing: only then, then the stacks' and shutdown's moments)
+                moments.append(now if now - past < SOON_S else soon)
+    if ending is not None:
+        moments = [t if t >= now else soon for t in moments if t >= now - SOON_S]
     if any(True for _ in failures(book)):
         return soon              # a consequence waits for its cause to arrive
     return max(now, min(min(moments), latest))

@@ -17,13 +17,14 @@ import re
 import signal as _signal
 from dataclasses import replace
 
-from . import lost, rootcause
+from . import finish, lost, rootcause
 from .book import JobBook, NodeView
 from .model import RankReport, Verdict
 from .silence import QUIET_S, Silence
 from .stall import rank_timeout, stall_timeout
 
 SUSPECT = "suspect"
+FRESH_STACKS = "fresh_stacks"     # a suspect whose stacks must be dumped again, now
 
 # a frame in one of these means the rank is inside (or waiting on) a collective
 _COLLECTIVE_FRAME = re.compile(r"torch/distributed/|torch/nn/parallel/distributed\.py|"
@@ -122,6 +123,9 @@ def _detect_stall(book: JobBook, now: float, silence: Silence,
              if r.alive and n.node_id not in silent]
     if not alive:
         return None
+    ending = finish.began(book)
+    if ending is not None:
+        return _finishing(book, now, ending, alive, learned)
     # a node whose last report is older than a couple of heartbeats, but not yet silent
     # for node_timeout, among fresh ones: its ranks' steps are stale, and compared with
     # its fresh peers' it would look "behind" for no reason. Its silence is judged first
@@ -160,6 +164,17 @@ def _detect_stall(book: JobBook, now: float, silence: Silence,
     return _name_culprit(book, stalled, [(n, r) for n, r, _ in alive])
 
 
+def _finishing(book: JobBook, now: float, ending: finish.Ending, alive: list,
+               learned: float) -> Verdict | str | None:
+    j = finish.judge(book, now, ending, alive, learned)
+    if j is None or j.kind == "suspect":
+        return None if j is None else SUSPECT
+    if j.kind == "fresh_stacks":
+        return FRESH_STACKS
+    return _verdict(book, j.kind, j.node, j.rank, j.after, j.cause, j.remedy,
+                    "" if j.rank is None else j.rank.stack)
+
+
 def _duration(s: float) -> str:
     return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f} min"
 
@@ -169,19 +184,6 @@ BUSY_CPU = 25.0      # % of a core: a rank this busy outside a collective is wor
 
 def _busy(r: RankReport) -> bool:
     return r.cpu_percent >= BUSY_CPU
-
-
-def _where(r: RankReport) -> str:
-    """What the rank is doing, for people: its section, else its innermost frame."""
-    if r.section:
-        return r.section
-    m = _INNERMOST.search(r.stack)
-    return f"{m.group(3)} ({m.group(1).rsplit('/', 1)[-1]}:{m.group(2)})" if m else ""
-
-
-# the main thread's innermost frame in a faulthandler dump
-_INNERMOST = re.compile(r'(?:Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\):\n'
-                        r'\s+File "([^"]+)", line (\d+) in (\S+)')
 
 
 def _name_culprit(book: JobBook, stalled: list, alive: list) -> Verdict:
@@ -231,7 +233,7 @@ def _name_culprit(book: JobBook, stalled: list, alive: list) -> Verdict:
         culprit = (n, r, stalled[0][2], "the rank's stack is below; look for a hang")
     if culprit is not None:
         n, r, why, remedy = culprit
-        where = _where(r)
+        where = rootcause.where(r)
         why += f" (it is in {where})" if where else ""
         if not _busy(r):
             return verdict(n, r, why, remedy)

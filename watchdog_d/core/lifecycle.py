@@ -73,7 +73,8 @@ def decide(book: JobBook, verdict: Verdict, now: float) -> Decision:
     if action == "gave_up" and policy.crash_looping(book.spec, book.no_progress):
         verdict = replace(verdict, cause=f"{verdict.cause}; gave up: {book.no_progress} attempts "
                                          f"in a row ended before their first step (crash loop)")
-    book.verdict, book.action = verdict, action
+    if verdict.kind not in policy.ALERT_ONLY:   # (a warning is no verdict on how the job ends)
+        book.verdict, book.action = verdict, action
     verb = "none"
     if policy.stops_job(action):
         book.status = "stopping"

@@ -58,6 +58,7 @@ class RankReport:
     findings: tuple[LogFinding, ...] = ()
     ckpt_path: str = ""              # the newest checkpoint it recorded (checkpoint_saved)
     ckpt_step: int = -1              # -1: none
+    stack_age_s: float = math.inf    # since the stack was dumped (inf: no stack, or unknown)
 
     @property
     def failed(self) -> bool:
@@ -104,6 +105,8 @@ class JobSpec:
     command: str = ""
     restart_backoff_s: float = 0.0    # wait before relaunch i: this x 2^(i-1), capped
     crash_loop: int = 3               # attempts in a row without a step -> gave_up (0: off)
+    # the end of training: destroy_process_group() to exit, ranks left after a peer exited 0
+    shutdown_timeout_s: float = 900.0
 
     def checked(self) -> "JobSpec":
         """This spec if every rule holds (the command cut to MAX_COMMAND), else SpecError.
@@ -116,7 +119,7 @@ class JobSpec:
                                       f"'.', got {self.job_id[:MAX_JOB_ID + 1]!r}")
         if self.on_failure not in ON_FAILURE:
             raise SpecError("on_failure", f"must be alert, teardown or restart, not {self.on_failure!r}")
-        for name in ("min_stall_timeout_s", "startup_timeout_s", "node_timeout_s"):
+        for name in ("min_stall_timeout_s", "startup_timeout_s", "node_timeout_s", "shutdown_timeout_s"):
             _number(name, getattr(self, name), low=0.0, open_low=True, high=MAX_SECONDS)
         _number("stall_factor", self.stall_factor, low=1.0, high=1000.0)
         _number("restart_backoff_s", self.restart_backoff_s, low=0.0, high=MAX_SECONDS)

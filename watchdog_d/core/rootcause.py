@@ -18,6 +18,7 @@ another node: naming the right rank is worth a second, a hang is not.
 """
 from __future__ import annotations
 
+import re
 import signal as _signal
 from dataclasses import dataclass
 
@@ -119,3 +120,27 @@ def describe_consequences(rest: list[Failure], limit: int = 5) -> str:
         parts.append(f"rank {f.rank.rank} {what}")
     more = f" and {len(rest) - limit} more" if len(rest) > limit else ""
     return "; then, as consequences: " + ", ".join(parts) + more
+
+
+def where(r: RankReport, frame_first: bool = False) -> str:
+    """What the rank is doing, for people: its section, else its main thread's innermost
+    frame (``frame_first``: the other way round)."""
+    frames = main_frames(r.stack)
+    frame = f"{frames[0][2]} ({frames[0][0].rsplit('/', 1)[-1]}:{frames[0][1]})" if frames else ""
+    return (frame or r.section) if frame_first else (r.section or frame)
+
+
+_THREAD = re.compile(r"^(?:Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\):$", re.M)
+_FRAME = re.compile(r'^\s+File "([^"]+)", line (\d+) in (\S+)$', re.M)
+
+
+def main_frames(stack: str) -> list[tuple[str, int, str]]:
+    """The main thread's frames in a faulthandler dump, innermost first: the thread that
+    runs ``<module>``, else the first one that threading did not start."""
+    blocks = [[(f, int(n), fn) for f, n, fn in _FRAME.findall(b)] for b in _THREAD.split(stack)[1:]]
+    for test in (lambda fr: any(fn == "<module>" for _, _, fn in fr),
+                 lambda fr: fr and not any(fn == "_bootstrap" for _, _, fn in fr)):
+        for frames in blocks:
+            if test(frames):
+                return frames
+    return []

@@ -92,6 +92,9 @@ def stall_timeout(min_stall_timeout_s: float, stall_factor: float, p99_step_s: f
     return max(min_stall_timeout_s, stall_factor * p99_step_s)
 
 
+STACKS_REFRESH_S = 30.0   # during a long pause (or a rank's lingering), stacks are asked again this often
+
+
 def rank_timeout(step: int, section_remaining_s: float, learned_s: float,
                  startup_timeout_s: float) -> tuple[str, float]:
     """Which rule applies to a rank now, and its timeout.

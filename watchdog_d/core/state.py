@@ -294,6 +294,9 @@ class Cluster:
                     # the pause goes on: fresh stacks, so evidence of a hang can show up
                     book.stacks_asked_at = now
                     decisions.append(Decision(book.spec.job_id, "dump_stacks", nodes))
+            elif found == detector.FRESH_STACKS:   # (finishing: stacks from before are stale)
+                book.stacks_asked_at = now
+                decisions.append(Decision(book.spec.job_id, "dump_stacks", nodes))
             elif found == detector.SUSPECT:
                 if book.stacks_asked_at is None:     # once per episode of suspicion
                     book.stacks_asked_at = now

@@ -19,7 +19,11 @@ def spec_to_pb(s: JobSpec) -> pb.JobSpec:
                       min_stall_timeout_s=s.min_stall_timeout_s, stall_factor=s.stall_factor,
                       startup_timeout_s=s.startup_timeout_s, node_timeout_s=s.node_timeout_s,
                       alert_urls=list(s.alert_urls), command=s.command,
-                      restart_backoff_s=s.restart_backoff_s, crash_loop=s.crash_loop)
+                      restart_backoff_s=s.restart_backoff_s, crash_loop=s.crash_loop,
+                      shutdown_timeout_s=s.shutdown_timeout_s)
+
+
+_SHUTDOWN_DEFAULT = JobSpec(job_id="-").shutdown_timeout_s   # (a field older agents do not send)
 
 
 def spec_from_pb(m: pb.JobSpec) -> JobSpec:
@@ -29,7 +33,8 @@ def spec_from_pb(m: pb.JobSpec) -> JobSpec:
                        min_stall_timeout_s=m.min_stall_timeout_s, stall_factor=m.stall_factor,
                        startup_timeout_s=m.startup_timeout_s, node_timeout_s=m.node_timeout_s,
                        alert_urls=tuple(m.alert_urls), command=m.command,
-                       restart_backoff_s=m.restart_backoff_s, crash_loop=m.crash_loop).checked()
+                       restart_backoff_s=m.restart_backoff_s, crash_loop=m.crash_loop,
+                       shutdown_timeout_s=m.shutdown_timeout_s or _SHUTDOWN_DEFAULT).checked()
     except SpecError as e:
         raise WireError(f"job spec: {e}") from None
 
@@ -136,7 +141,8 @@ def rank_to_pb(r: RankReport, same_text: bool = False) -> pb.RankState:
         last_step_dt_s=r.last_step_dt_s, section=r.section,
         section_remaining_s=r.section_remaining_s, section_age_s=r.section_age_s,
         cpu_percent=r.cpu_percent, log_offset=r.log_offset, ckpt_step=r.ckpt_step,
-        same_text=same_text)
+        same_text=same_text,
+        stack_age_s=max(r.stack_age_s, 1e-6) if math.isfinite(r.stack_age_s) and r.stack else 0.0)
     if not same_text:
         m.exit_detail, m.stack, m.excerpt = r.exit_detail, r.stack[-MAX_TEXT:], r.excerpt[-MAX_TEXT:]
         m.findings.extend(finding_to_pb(f) for f in r.findings[:MAX_FINDINGS])
@@ -148,8 +154,9 @@ def rank_from_pb(m: pb.RankState, before: RankReport | None = None, aged_s: floa
     """``before``: the rank as in the base report (needed when the texts were left out),
     ``aged_s`` after it: its findings' ages grow by that much."""
     if not math.isfinite(m.exit_age_s + m.last_step_age_s + m.last_step_dt_s + m.cpu_percent
-                         + m.section_age_s):          # (one test for five: NaN and inf carry)
-        for name in ("exit_age_s", "last_step_age_s", "last_step_dt_s", "cpu_percent", "section_age_s"):
+                         + m.section_age_s + m.stack_age_s):   # (one test for six: NaN and inf carry)
+        for name in ("exit_age_s", "last_step_age_s", "last_step_dt_s", "cpu_percent", "section_age_s",
+                     "stack_age_s"):
             if not math.isfinite(getattr(m, name)):
                 raise WireError(f"rank {m.rank}: {name} is not a finite number")
         raise WireError(f"rank {m.rank}: its times add up to more than a number can hold")
@@ -173,7 +180,8 @@ def rank_from_pb(m: pb.RankState, before: RankReport | None = None, aged_s: floa
         m.exit_signal or None, detail, _duration(m.exit_age_s), m.proc_state[:2], m.step,
         _duration(m.last_step_age_s), _duration(m.last_step_dt_s), m.section[:64],
         remaining, _duration(m.section_age_s), m.cpu_percent,
-        m.log_offset, stack, excerpt, findings, path, m.ckpt_step if path else -1)
+        m.log_offset, stack, excerpt, findings, path, m.ckpt_step if path else -1,
+        _duration(m.stack_age_s) if m.stack_age_s > 0 and stack else math.inf)
 
 
 def _text(r: RankReport) -> tuple:

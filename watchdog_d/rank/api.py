@@ -26,7 +26,8 @@ ENV_OWNER = "WATCHDOG_D_BEACON_PID"
 ENV_LOG_MAX_BYTES, ENV_LOG_BACKUPS = "WATCHDOG_D_RANK_LOG_MAX_BYTES", "WATCHDOG_D_RANK_LOG_BACKUPS"
 # the automatic sections' timeouts, set by the wrapper from the config
 ENV_SECTION_TIMEOUTS = {"checkpoint": "WATCHDOG_D_CHECKPOINT_TIMEOUT",
-                        "evaluation": "WATCHDOG_D_EVALUATION_TIMEOUT"}
+                        "evaluation": "WATCHDOG_D_EVALUATION_TIMEOUT",
+                        "shutdown": "WATCHDOG_D_SHUTDOWN_TIMEOUT"}
 # real-time signal that makes a rank dump its Python stacks (faulthandler, async-safe,
 # works while the main thread sits in a C++ collective)
 STACK_SIGNAL = signal.SIGRTMIN + 3 if hasattr(signal, "SIGRTMIN") else signal.SIGUSR2
@@ -152,15 +153,40 @@ def open_section(name: str, timeout: float) -> None:
 
 
 def close_section() -> None:
+    """Close the innermost section (the end of training's stays open)."""
     w = _writer
     if w is not None and _sections:
-        try:
-            _sections.pop()
-            name, deadline, timeout = _sections[-1] if _sections else ("", 0.0, 0.0)
-            w.write_section(name, deadline, timeout)
-            w.rebase(_mono())
-        except Exception:
-            pass
+        for i in range(len(_sections) - 1, -1, -1):
+            if _sections[i][0] != SHUTDOWN:
+                del _sections[i]
+                _write_top(w)
+                return
+
+
+def _write_top(w: BeaconWriter) -> None:
+    try:
+        name, deadline, timeout = _sections[-1] if _sections else ("", 0.0, 0.0)
+        w.write_section(name, deadline, timeout)
+        w.rebase(_mono())
+    except Exception:
+        pass
+
+
+# the end of training: from destroy_process_group() of the default group until the process
+# exits, a section of its own (a script in phases that makes a new process group ends it)
+SHUTDOWN = "shutdown: destroy_process_group"
+
+
+def begin_shutdown() -> None:
+    if _writer is not None and not any(s[0] == SHUTDOWN for s in _sections):
+        open_section(SHUTDOWN, section_timeout("shutdown"))
+
+
+def end_shutdown() -> None:
+    w = _writer
+    if w is not None and any(s[0] == SHUTDOWN for s in _sections):
+        _sections[:] = [s for s in _sections if s[0] != SHUTDOWN]
+        _write_top(w)
 
 
 class section:

@@ -13,6 +13,8 @@ Automatic sections (DESIGN §2, "pauses are not stalls"), opened on the main thr
                  transformers' Trainer._save_checkpoint and _load_from_checkpoint,
                  Lightning's Trainer.save_checkpoint
     evaluation   transformers' Trainer.evaluate, Lightning's evaluation loop
+    shutdown     torch.distributed.destroy_process_group() of the default group: the end of
+                 training, open until the process exits (init_process_group() closes it)
 A hook that cannot be installed (another version of the library) leaves the job
 unguarded in that respect and says so once in the rank's log; it never raises.
 """
@@ -44,13 +46,15 @@ GUARDED: dict[str, list[tuple[str, str, str]]] = {
        for pkg in ("lightning.pytorch", "pytorch_lightning")},
 }
 STEP_MODULE = "torch.optim.optimizer"
+PG_MODULE = "torch.distributed.distributed_c10d"
 _MARK = "__watchdog_d_guarded__"
 _warned: set[str] = set()
 
 
 def install() -> None:
     """Hook what is imported already; wait for the rest."""
-    pending: dict[str, Callable[[Any], None]] = {STEP_MODULE: _attach_step_hook}
+    pending: dict[str, Callable[[Any], None]] = {STEP_MODULE: _attach_step_hook,
+                                                 PG_MODULE: _hook_process_groups}
     pending.update({name: functools.partial(_guard_module, targets=targets)
                     for name, targets in GUARDED.items()})
     for name in [n for n in pending if n in sys.modules]:
@@ -100,6 +104,39 @@ def _reexports(name: str, attr: str, original: Any, wrapped: Any) -> None:
         package = sys.modules.get(name)
         if package is not None and getattr(package, attr, None) is original:
             setattr(package, attr, wrapped)
+
+
+def _hook_process_groups(module: Any) -> None:
+    """destroy_process_group() of the default group begins the end of training;
+    init_process_group() (a script in phases) ends it."""
+    main = threading.main_thread().ident
+
+    def around(fn: Callable, before: Callable[[tuple, dict], None]) -> Callable:
+        if getattr(fn, _MARK, False):
+            return fn
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if api._writer is not None and threading.get_ident() == main:
+                try:
+                    before(args, kwargs)
+                except Exception:
+                    pass
+            return fn(*args, **kwargs)
+
+        setattr(call, _MARK, True)
+        return call
+
+    def ending(args: tuple, kwargs: dict) -> None:
+        if (args[0] if args else kwargs.get("group")) is None:   # the default group: all of it
+            api.begin_shutdown()
+
+    for attr, before in (("destroy_process_group", ending),
+                         ("init_process_group", lambda args, kwargs: api.end_shutdown())):
+        original = getattr(module, attr)
+        wrapped = around(original, before)
+        setattr(module, attr, wrapped)
+        _reexports(module.__name__, attr, original, wrapped)
 
 
 step_hook: Any = None      # torch's handle of the step hook (benchmarks take it off and on)
