@@ -202,9 +202,11 @@ class Coordinator:
                 recorded = self.cluster.take_new_checkpoints()
                 self._prune(self.cluster.forget_departed())
                 for episode in self.cluster.episodes:
-                    log.warn("coordinator_isolated" if episode.began else "coordinator_recovered",
-                             cause=episode.cause, quiet_nodes=episode.quiet,
-                             nodes=episode.active)
+                    # (embedded: its own process was busy, torch starting or a job ending;
+                    # nothing an operator acts on: INFO, which `run` does not print)
+                    log.log("coordinator_isolated" if episode.began else "coordinator_recovered",
+                            "WARN" if self.announce_isolation else "INFO", cause=episode.cause,
+                            quiet_nodes=episode.quiet, nodes=episode.active)
                 self.cluster.episodes.clear()
                 for d in decisions:
                     if self.announce_isolation or d.job_id != COORDINATOR:
