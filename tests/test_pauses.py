@@ -140,3 +140,48 @@ def test_every_rank_outside_any_collective_is_a_long_pause() -> None:
     decisions = _tick(c, t + 140, dict(step=41, last_step_age_s=70, stack=STACK_OUTSIDE),
                       dict(step=41, last_step_age_s=70, stack=STACK_OUTSIDE))
     assert [v.kind for v in (x.incident.verdict for x in verdict_decisions(decisions))] == ["long_pause"]
+
+
+# a DataLoader's pin-memory thread: always waiting on a queue (threading's ``wait``)
+PIN_THREAD = (
+    'Thread 0x00007f00000000aa (most recent call first):\n'
+    '  File "/usr/lib/python3.11/threading.py", line 331 in wait\n'
+    '  File "/usr/lib/python3.11/queue.py", line 180 in get\n'
+    '  File "/venv/lib/python3.11/site-packages/torch/utils/data/_utils/pin_memory.py", line 41 in do_one_step\n'
+    '  File "/usr/lib/python3.11/threading.py", line 1002 in _bootstrap\n\n')
+MAIN_EVALUATING = (
+    'Current thread 0x00007f0000000001 (most recent call first):\n'
+    '  File "/job/eval.py", line 12 in score\n'
+    '  File "/job/train.py", line 80 in main\n'
+    '  File "/job/train.py", line 90 in <module>\n')
+MAIN_IN_ALL_REDUCE = (
+    'Current thread 0x00007f0000000001 (most recent call first):\n'
+    '  File "/venv/lib/python3.11/site-packages/torch/distributed/distributed_c10d.py", line 2050 in all_reduce\n'
+    '  File "/job/train.py", line 88 in main\n'
+    '  File "/job/train.py", line 90 in <module>\n')
+
+
+def test_a_helper_thread_waiting_is_not_the_rank_waiting_in_a_collective() -> None:
+    """Every rank busy in an undeclared evaluation, each with a DataLoader pin-memory thread
+    in threading's ``wait``: a long pause. (Before: any thread's ``wait`` counted as the rank
+    inside a collective, and this healthy job was torn down as collective_timeout.)"""
+    c = Cluster()
+    t = _steady(c)
+    busy = dict(step=40, last_step_age_s=61, cpu_percent=95.0, stack=PIN_THREAD + MAIN_EVALUATING)
+    d, v = only_verdict(_tick(c, t + 61, busy, busy))
+    assert (v.kind, d.verb) == ("long_pause", "none"), v.cause
+    assert "it is in" not in v.cause or "score (eval.py:12)" in v.cause
+
+
+def test_twin_the_main_thread_in_a_collective_with_a_helper_thread_is_a_hang() -> None:
+    c = Cluster()
+    t = _steady(c)
+    stuck = dict(step=40, last_step_age_s=61, stack=PIN_THREAD + MAIN_IN_ALL_REDUCE)
+    d, v = only_verdict(_tick(c, t + 61, stuck, stuck))
+    assert (v.kind, d.verb) == ("collective_timeout", "teardown")
+    # and one rank's main thread outside, idle, while the other waits in all_reduce: the culprit
+    c = Cluster()
+    t = _steady(c)
+    idle = dict(step=40, last_step_age_s=61, stack=PIN_THREAD + MAIN_EVALUATING)
+    d, v = only_verdict(_tick(c, t + 61, idle, stuck))
+    assert (v.kind, v.rank) == ("rank_stalled", 0) and "score (eval.py:12)" in v.cause

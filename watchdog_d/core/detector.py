@@ -26,10 +26,19 @@ from .stall import rank_timeout, stall_timeout
 SUSPECT = "suspect"
 FRESH_STACKS = "fresh_stacks"     # a suspect whose stacks must be dumped again, now
 
-# a frame in one of these means the rank is inside (or waiting on) a collective
-_COLLECTIVE_FRAME = re.compile(r"torch/distributed/|torch/nn/parallel/distributed\.py|"
-                               r"torch/autograd/|in (all_reduce|barrier|all_gather|broadcast|"
-                               r"reduce_scatter|wait)\b")
+# a frame of the main thread in one of these files, or of one of these names, means the
+# rank is inside (or waiting on) a collective. Only the main thread: a DataLoader's
+# pin-memory thread and any other helper always wait on something (threading's ``wait``)
+_COLLECTIVE_FILE = re.compile(r"torch/distributed/|torch/nn/parallel/distributed\.py|torch/autograd/")
+_COLLECTIVE_NAME = re.compile(r"(all_reduce|barrier|all_gather|broadcast|reduce_scatter)$")
+
+
+def _in_collective(r: RankReport) -> bool | None:
+    """None: no main thread found in the rank's stack (nothing to go by)."""
+    frames = rootcause.main_frames(r.stack)
+    if not frames:
+        return None
+    return any(_COLLECTIVE_FILE.search(path) or _COLLECTIVE_NAME.match(fn) for path, _, fn in frames)
 
 
 def exit_cause(r: RankReport) -> str:
@@ -220,8 +229,8 @@ def _name_culprit(book: JobBook, stalled: list, alive: list) -> Verdict:
         culprit = (n, r, f"rank is behind at step {low} while peers reached {max(steps)}",
                    "the rank is stuck outside the collective: its stack is below; "
                    "look for a hang in data loading or rank-specific code")
-    stacks = {rank: bool(_COLLECTIVE_FRAME.search(r.stack)) for rank, (_, r) in by_rank.items()
-              if r.stack}
+    stacks = {rank: inside for rank, (_, r) in by_rank.items()
+              if (inside := _in_collective(r)) is not None}
     outside = [rank for rank, inside in stacks.items() if not inside]
     if culprit is None and len(stacks) == len(by_rank) > 1 and len(outside) == 1:
         n, r = by_rank[outside[0]]
