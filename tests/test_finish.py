@@ -201,3 +201,14 @@ def test_a_stack_age_crosses_the_wire_and_an_older_agent_means_unknown() -> None
     with pytest.raises(convert.WireError):
         convert.rank_from_pb(m)
     assert convert.rank_to_pb(rank(0)).stack_age_s == 0.0     # no stack: nothing to date
+
+
+def test_the_main_thread_of_the_latest_dump_is_read() -> None:
+    """A rank's stack file holds its dumps one after another: the newest main thread counts."""
+    from watchdog_d.core import rootcause
+    older = STACK_IN_DESTROY.replace("line 2301 in destroy_process_group", "line 9 in barrier")
+    r = rank(0, stack=older + "\n" + STACK_UPLOAD)
+    assert rootcause.main_frames(r.stack)[0] == ("/venv/lib/python3.11/site-packages/requests/adapters.py",
+                                                  486, "send")
+    assert rootcause.where(r) == "send (adapters.py:486)"
+    assert rootcause.main_frames("garbage\n  File nothing") == []

@@ -136,11 +136,12 @@ _FRAME = re.compile(r'^\s+File "([^"]+)", line (\d+) in (\S+)$', re.M)
 
 def main_frames(stack: str) -> list[tuple[str, int, str]]:
     """The main thread's frames in a faulthandler dump, innermost first: the thread that
-    runs ``<module>``, else the first one that threading did not start."""
+    runs ``<module>``, else one that threading did not start. The latest such: a rank's
+    stack file holds its dumps one after another (the main thread comes last in each)."""
     blocks = [[(f, int(n), fn) for f, n, fn in _FRAME.findall(b)] for b in _THREAD.split(stack)[1:]]
     for test in (lambda fr: any(fn == "<module>" for _, _, fn in fr),
                  lambda fr: fr and not any(fn == "_bootstrap" for _, _, fn in fr)):
-        for frames in blocks:
+        for frames in reversed(blocks):
             if test(frames):
                 return frames
     return []
