@@ -120,9 +120,10 @@ def judge(book: JobBook, now: float, ending: Ending, alive: list, learned: float
             lingering.append((node, r, idle, fresh))
     if left:
         node, r, age = min(left, key=lambda x: x[1].rank)
+        where = rootcause.where(r) or "unknown code"
         return Judgement("rank_stalled", node, r, age,
                          f"rank {r.rank} waits in a collective that cannot complete: "
-                         f"{ending.who} {now - ending.since:.0f}s ago (it is in {rootcause.where(r) or 'unknown code'})",
+                         f"{ending.who} {now - ending.since:.0f}s ago (it is in {where})",
                          "a rank ended training before its peers: give every rank the same "
                          "number of batches (DistributedSampler(drop_last=True), torch's Join) "
                          "and the same collectives; read the finished rank's log")
