@@ -2,6 +2,8 @@
 again and again marks a node; status, /metrics and the next alerts say so."""
 from __future__ import annotations
 
+import pytest
+
 from watchdog_d.coordinator.message import format_alert
 from watchdog_d.coordinator.status import job_status, render, snapshot
 from watchdog_d.core import suspects as S
@@ -86,3 +88,32 @@ def test_metrics_show_the_suspect_node(tmp_path) -> None:  # type: ignore[no-unt
     co.cluster.suspects.record(v("one", "host_oom", "b"), co.clock())
     text = generate_latest(co.metrics.registry).decode()
     assert 'watchdogd_node_suspect{node="b"} 1.0' in text
+
+
+def test_a_restarted_coordinator_remembers_its_suspect_nodes(tmp_path) -> None:
+    """Markings are stored (SQLite, beside the incidents) and restored on start, with their
+    age: a node marked an hour before a restart is still suspect after it, and ages out on
+    time; a marking already older than KEEP_S is not brought back."""
+    import time
+
+    from watchdog_d.config import Config
+    from watchdog_d.coordinator.server import Coordinator
+    from watchdog_d.core.suspects import KEEP_S, Suspicion
+
+    c = Coordinator(Config(state_dir=str(tmp_path)))
+    c.cluster.suspected.append(Suspicion("node-7", "gpu_xid rank 3: Xid 79", c.clock() - 3600))
+    c._log_errors()
+    c._io.shutdown(wait=True)
+    c._status_io.shutdown(wait=True)
+    c.store.save_suspect("node-old", "host_oom rank 1", time.time() - KEEP_S - 60, forget_before=0.0)
+
+    again = Coordinator(Config(state_dir=str(tmp_path)))
+    try:
+        now = again.clock()
+        found = again.cluster.suspects.of(["node-7", "node-old", "node-8"], now)
+        assert [(s.node, s.reason) for s in found] == [("node-7", "gpu_xid rank 3: Xid 79")]
+        assert now - found[0].since == pytest.approx(3600, abs=5)
+        assert again.cluster.suspects.of(["node-7"], now + KEEP_S - 3500) == []   # aged out on time
+    finally:
+        again._io.shutdown(wait=True)
+        again._status_io.shutdown(wait=True)

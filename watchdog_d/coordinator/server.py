@@ -32,6 +32,7 @@ from ..sdnotify import Liveness, notify, supervise
 from .alerts import AlertSender
 from .health import LoopHealth
 from .metrics import CoordinatorMetrics
+from .records import Records
 from .service import BadRequest, Outbox, handlers
 from .status import STATUS_FILE, job_status, snapshot, status_text, to_json
 from .store import IncidentStore
@@ -49,13 +50,14 @@ GC_EVERY_S = 30.0         # the daemon collects cyclic garbage itself, this ofte
 DECIDE_ALLOWANCE_S = 10.0
 
 
-class Coordinator:
+class Coordinator(Records):
     def __init__(self, cfg: Config, *, clock=time.monotonic, sender: AlertSender | None = None):
         self.cfg = cfg
         self.clock = clock
         self.store = IncidentStore(Path(cfg.state_dir) / "incidents.sqlite")
         # a restarted coordinator still knows each job's recorded checkpoint
         self.cluster = Cluster(checkpoints=self.store.checkpoints())
+        self._restore_suspects()                   # ... and the nodes it marked suspect
         self.sender = sender or AlertSender(tuple(cfg.alert), cooldown_s=cfg.alert_cooldown,
                                             spool_dir=Path(cfg.state_dir) / "alerts")
         self.outboxes: dict[str, Outbox] = {}
@@ -234,6 +236,8 @@ class Coordinator:
         And the nodes just marked suspect."""
         for s in self.cluster.suspected:
             log.warn("node_suspect", node=s.node, reason=s.reason)
+        if self.cluster.suspected:
+            self._io.submit(self._store_suspects, list(self.cluster.suspected))
         self.cluster.suspected.clear()
         for job, e in self.cluster.errors:
             text = repr(e)[:300]
@@ -283,25 +287,6 @@ class Coordinator:
                 self.sender.submit(incident, d.alert_urls)
 
     # -- I/O off the loop --------------------------------------------------------------
-    def _record(self, incident) -> None:  # type: ignore[no-untyped-def]
-        v = incident.verdict
-        try:
-            self.store.record(incident)
-        except Exception as e:   # a full or read-only disk: detection and alerts go on
-            log.error("incident_not_stored", job=v.job, kind=v.kind, rank=v.rank_label,
-                      error=str(e)[:200], effect="acted on and alerted; missing from 'events'")
-
-    def _store_checkpoints(self, recorded: dict[tuple[str, str], tuple[int, str]]) -> None:
-        logged = set()
-        for (job, run), (step, path) in recorded.items():
-            try:
-                self.store.save_checkpoint(job, run, step, path, time.time())
-            except Exception as e:
-                log.error("store_failed", error=repr(e))
-            if (job, step) not in logged:
-                logged.add((job, step))
-                log.log("checkpoint_recorded", job=job, step=step, path=path)
-
     def _write_status(self, snap_json: tuple[dict, str] | None) -> None:
         path = self.status_path
         tmp = path.with_suffix(f".tmp{os.getpid()}")

@@ -43,6 +43,11 @@ CREATE TABLE IF NOT EXISTS run_checkpoints (   -- the newest checkpoint a run's 
     path  TEXT NOT NULL,
     ts    REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS suspects (          -- nodes marked suspect (core/suspects.py)
+    node   TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    ts     REAL NOT NULL                        -- wall time of the marking
+);
 """
 
 
@@ -125,6 +130,21 @@ class IncidentStore:
             rows = conn.execute("SELECT run, step, path FROM run_checkpoints ORDER BY ts DESC LIMIT ?",
                                 (limit,)).fetchall()
         return {run: (int(step), path) for run, step, path in rows}
+
+    def save_suspect(self, node: str, reason: str, ts: float, forget_before: float) -> None:
+        """Mark ``node`` (the latest reason wins); markings older than ``forget_before`` go."""
+        with self._connect() as conn:
+            conn.execute("INSERT INTO suspects (node, reason, ts) VALUES (?, ?, ?)"
+                         " ON CONFLICT(node) DO UPDATE SET reason = excluded.reason, ts = excluded.ts",
+                         (node, reason, ts))
+            conn.execute("DELETE FROM suspects WHERE ts < ?", (forget_before,))
+
+    def suspects(self, after: float, limit: int = 10_000) -> list[tuple[str, str, float]]:
+        """(node, reason, wall time) of the markings made after ``after``, oldest first."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT node, reason, ts FROM suspects WHERE ts >= ? ORDER BY ts"
+                                " LIMIT ?", (after, limit)).fetchall()
+        return [(node, reason, float(ts)) for node, reason, ts in rows]
 
     def put_meta(self, key: str, value: str) -> None:
         with self._connect() as conn:

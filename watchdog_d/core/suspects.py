@@ -62,6 +62,11 @@ class Suspects:
                               now)
         return None
 
+    def restore(self, node: str, reason: str, since: float) -> None:
+        """A marking a coordinator before this one made (``since`` on this one's clock)."""
+        if node not in self.marked or self.marked[node].since < since:
+            self._mark(node, reason, since)
+
     def of(self, nodes: object, now: float) -> list[Suspicion]:
         """The suspect ones among ``nodes`` (an iterable of node ids), oldest marking first."""
         self._expire(now)
