@@ -29,7 +29,6 @@ SHUTDOWN = "shutdown:"        # the section a rank holds from destroy_process_gr
 STACK_WAIT_S = 5.0            # stacks asked for arrive within this (dump + report): looked for
 
 
-
 def waits_on_peers(r: RankReport) -> bool:
     """Is the rank's main thread blocked in torch.distributed (a collective, a store-based
     barrier, a send/recv)? Not in destroy_process_group(), its own way out, and not in a
@@ -73,19 +72,21 @@ def in_shutdown(r: RankReport) -> bool:
 
 def began(book: JobBook) -> Ending | None:
     """When the job began to finish, or None while it trains."""
-    first: Ending | None = None
+    first: tuple[float, RankReport] | None = None
     for node, r in book.ranks():
         if not r.alive and not r.failed:
-            at, who = node.exit_at.get(r.rank, node.seen_at - r.exit_age_s), \
-                f"rank {r.rank} exited with status 0"
+            at = node.exit_at.get(r.rank, node.seen_at - r.exit_age_s)
         elif r.alive and in_shutdown(r):
-            at, who = node.seen_at - r.section_age_s, \
-                f"rank {r.rank} destroyed its process group"
+            at = node.seen_at - r.section_age_s
         else:
             continue
-        if first is None or at < first.since:
-            first = Ending(at, who)
-    return first
+        if first is None or at < first[0]:
+            first = (at, r)
+    if first is None:
+        return None
+    at, r = first
+    return Ending(at, f"rank {r.rank} " + ("destroyed its process group" if r.alive
+                                           else "exited with status 0"))
 
 
 def _fresh(node: NodeView, r: RankReport, ending: Ending) -> bool:
