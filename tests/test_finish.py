@@ -212,3 +212,25 @@ def test_the_main_thread_of_the_latest_dump_is_read() -> None:
                                                   486, "send")
     assert rootcause.where(r) == "send (adapters.py:486)"
     assert rootcause.main_frames("garbage\n  File nothing") == []
+
+
+def test_a_rank_that_uploads_then_waits_for_a_peer_that_left_is_seen_by_the_next_dump() -> None:
+    """Rank 0 uploads (its dumps say so), then at 100 s enters a barrier that rank 1, gone,
+    never joins: stacks are asked for again every 30 s while it lingers, and the next dump
+    is the evidence."""
+    c = Cluster()
+    t = _steady(c)
+    dump: dict = {"at": None, "stack": ""}          # what the rank's last dump showed, and when
+    decisions: list = []
+    for dt in range(1, 200):
+        r0 = rank(0, step=40, last_step_age_s=dt, stack=dump["stack"],
+                  stack_age_s=math.inf if dump["at"] is None else dt - dump["at"])
+        out = _tick(c, t + dt, r0, dead(1, code=0, age=dt, step=40))
+        if any(d.verb == "dump_stacks" for d in out):   # the rank dumps where it is now
+            dump = {"at": dt, "stack": STACK_UPLOAD if dt < 100 else STACK_IN_COLLECTIVE}
+        decisions += out
+        if verdict_decisions(out):
+            break
+    d, v = only_verdict(decisions)
+    assert (v.kind, v.rank, d.verb) == ("rank_stalled", 0, "teardown")
+    assert 100 < dt <= 100 + 30 + 6, dt           # within a refresh of entering the barrier

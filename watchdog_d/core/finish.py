@@ -89,9 +89,10 @@ def began(book: JobBook) -> Ending | None:
                                            else "exited with status 0"))
 
 
-def _fresh(node: NodeView, r: RankReport, ending: Ending) -> bool:
-    """Was the rank's stack dumped after the finishing began?"""
-    return node.seen_at - r.stack_age_s >= ending.since
+def _fresh(node: NodeView, r: RankReport, ending: Ending, now: float) -> bool:
+    """Was the rank's stack dumped after the finishing began, and lately? (A rank that
+    uploads, then waits in a barrier for a peer that left, is seen there by the next dump.)"""
+    return node.seen_at - r.stack_age_s >= max(ending.since, now - STACKS_REFRESH_S - STACK_WAIT_S)
 
 
 def judge(book: JobBook, now: float, ending: Ending, alive: list, learned: float) -> Judgement | None:
@@ -99,7 +100,7 @@ def judge(book: JobBook, now: float, ending: Ending, alive: list, learned: float
     timeout = book.spec.shutdown_timeout_s
     left, hung, lingering, stale = [], [], [], False
     for node, r, since in alive:
-        fresh = _fresh(node, r, ending)
+        fresh = _fresh(node, r, ending, now)
         if in_shutdown(r):
             inside = r.section_age_s + since
             if inside > timeout / 2 and not fresh:
@@ -149,8 +150,6 @@ def judge(book: JobBook, now: float, ending: Ending, alive: list, learned: float
         due = asked is None or asked < ending.since or now - asked >= STACKS_REFRESH_S
         return Judgement("fresh_stacks" if due else "suspect")
     return None
-
-
 
 
 def _duration(s: float) -> str:
