@@ -103,6 +103,13 @@ class Coordinator(Records):
                 failed.append(e)
             finally:
                 ready.set()
+                # no task left pending: one destroyed later says so on stderr, where the
+                # wrapper's verdict must be the last line
+                left = asyncio.all_tasks(loop)
+                for task in left:
+                    task.cancel()
+                if left:
+                    loop.run_until_complete(asyncio.wait(left, timeout=2.0))
                 loop.close()
 
         self._thread = threading.Thread(target=run, name="coordinator", daemon=True)
@@ -126,6 +133,7 @@ class Coordinator(Records):
         self._deciding = self.health.task(self._decide_loop)   # SERVING while it runs
         await self._done.wait()
         self._deciding.cancel()
+        await asyncio.gather(self._deciding, return_exceptions=True)
         for box in self.outboxes.values():       # end every Watch stream
             if box.stream is not None:
                 box.stream.put_nowait(None)
@@ -186,8 +194,9 @@ class Coordinator(Records):
         while True:
             self.liveness.beat("decide")
             try:
-                await asyncio.wait_for(self._wake.wait(), TICK_S)   # type: ignore[union-attr]
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(TICK_S):               # (no task of its own)
+                    await self._wake.wait()                      # type: ignore[union-attr]
+            except TimeoutError:
                 pass
             self._wake.clear()                                       # type: ignore[union-attr]
             now = self.clock()
