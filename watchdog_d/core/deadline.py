@@ -73,7 +73,7 @@ def next_check(book: JobBook, now: float, silence: Silence) -> float:
             if rule != "section" or ending is not None:
                 # (finishing: the step clock counts for a rank in a collective, section or not)
                 if rule == "section":
-                    limit = learned if r.step >= 0 else book.spec.startup_timeout_s
+                    _, limit = rank_timeout(r.step, math.inf, learned, book.spec.startup_timeout_s)
                 stepped = fresh - r.last_step_age_s
                 halves.append(stepped + limit / 2)
                 limits.append(stepped + limit)

@@ -18,12 +18,13 @@ healthy. What is still judged:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from . import rootcause
 from .book import JobBook, NodeView
 from .model import RankReport
-from .stall import STACKS_REFRESH_S
+from .stall import STACKS_REFRESH_S, rank_timeout
 
 SHUTDOWN = "shutdown:"        # the section a rank holds from destroy_process_group() to its exit
 STACK_WAIT_S = 5.0            # stacks asked for arrive within this (dump + report): looked for
@@ -110,7 +111,7 @@ def judge(book: JobBook, now: float, ending: Ending, alive: list, learned: float
             elif inside > timeout:
                 lingering.append((node, r, inside, fresh))
             continue
-        limit = learned if r.step >= 0 else book.spec.startup_timeout_s
+        _, limit = rank_timeout(r.step, math.inf, learned, book.spec.startup_timeout_s)   # (no section)
         age = r.last_step_age_s + since
         if age > limit / 2 and not fresh:
             stale = True       # (asked for at half the limit: fresh by the time it is reached)
