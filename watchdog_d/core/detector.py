@@ -153,8 +153,8 @@ def _detect_stall(book: JobBook, now: float, silence: Silence,
             over = since - r.section_remaining_s
             if over > 0:
                 inside, timeout = r.section_age_s + since, r.section_age_s + r.section_remaining_s
-                stalled.append((node, r, f"rank {r.rank} in {r.section} for {_duration(inside)} "
-                                f"(its timeout {_duration(timeout)})", inside))
+                stalled.append((node, r, f"rank {r.rank} in {r.section} for {rootcause.duration(inside)} "
+                                f"(its timeout {rootcause.duration(timeout)})", inside))
             continue
         if held:
             continue
@@ -182,10 +182,6 @@ def _finishing(book: JobBook, now: float, ending: finish.Ending, alive: list,
         return FRESH_STACKS
     return _verdict(book, j.kind, j.node, j.rank, j.after, j.cause, j.remedy,
                     "" if j.rank is None else j.rank.stack)
-
-
-def _duration(s: float) -> str:
-    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f} min"
 
 
 BUSY_CPU = 25.0      # % of a core: a rank this busy outside a collective is working, not hung

@@ -133,15 +133,15 @@ def judge(book: JobBook, now: float, ending: Ending, alive: list, learned: float
     if hung:
         node, r, age = min(hung, key=lambda x: x[1].rank)
         return Judgement("rank_stalled", node, r, age,
-                         f"rank {r.rank} hangs in destroy_process_group() for {_duration(age)} "
-                         f"after the end of training (timeout {_duration(timeout)})",
+                         f"rank {r.rank} hangs in destroy_process_group() for {rootcause.duration(age)} "
+                         f"after the end of training (timeout {rootcause.duration(timeout)})",
                          "training is over; the process hangs on its way out (a communicator "
                          "that does not close) and held its GPUs: check the final checkpoint")
     if lingering:
         node, r, idle, fresh = min(lingering, key=lambda x: x[1].rank)
         where = rootcause.where(r, frame_first=fresh)
         return Judgement("long_pause", node, r, idle,
-                         f"rank {r.rank} has not exited {_duration(idle)} after the end of "
+                         f"rank {r.rank} has not exited {rootcause.duration(idle)} after the end of "
                          f"training ({ending.who})" + (f"; it is in {where}" if where else "") +
                          ": not torn down, still watched",
                          "nothing to do if it is busy on purpose (uploading the final model, a "
@@ -151,7 +151,3 @@ def judge(book: JobBook, now: float, ending: Ending, alive: list, learned: float
         due = asked is None or asked < ending.since or now - asked >= STACKS_REFRESH_S
         return Judgement("fresh_stacks" if due else "suspect")
     return None
-
-
-def _duration(s: float) -> str:
-    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f} min"

@@ -122,6 +122,11 @@ def describe_consequences(rest: list[Failure], limit: int = 5) -> str:
     return "; then, as consequences: " + ", ".join(parts) + more
 
 
+def duration(s: float) -> str:
+    """Seconds for people: "31s", "31 min"."""
+    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f} min"
+
+
 def where(r: RankReport, frame_first: bool = False) -> str:
     """What the rank is doing, for people: its section, else its main thread's innermost
     frame (``frame_first``: the other way round)."""
