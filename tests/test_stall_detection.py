@@ -198,11 +198,34 @@ def test_culprit_process_in_state_T() -> None:
     assert d.verb == "teardown"
 
 
-def test_culprit_process_in_state_D() -> None:
-    c = _stuck_job({1: dict(proc_state="D")})
+def test_culprit_process_held_in_state_D_without_io() -> None:
+    c = _stuck_job({1: dict(proc_state="D", d_held_s=20.0, io_still_s=20.0)})
     _, v = only_verdict(c.evaluate(1000.0))
     assert (v.kind, v.rank) == ("rank_stalled", 1)
-    assert "state D" in v.cause
+    assert "state D" in v.cause and "no I/O progress" in v.cause
+
+
+def test_one_D_sample_is_ordinary_io() -> None:
+    # a rank that writes a scratch file is in D now and then: seen once, it is nobody's culprit
+    c = _stuck_job({1: dict(proc_state="D", d_held_s=0.5, io_still_s=0.0, cpu_percent=60.0)})
+    _, v = only_verdict(c.evaluate(1000.0))
+    assert v.kind == "long_pause"
+
+
+def test_D_with_io_moving_is_a_slow_filesystem() -> None:
+    # reading from a slow network filesystem: D all the time, bytes moving
+    c = _stuck_job({1: dict(proc_state="D", d_held_s=50.0, io_still_s=0.4, cpu_percent=3.0)})
+    _, v = only_verdict(c.evaluate(1000.0))
+    assert not (v.kind == "rank_stalled" and "state D" in v.cause)
+
+
+def test_D_held_with_io_unreadable_needs_longer() -> None:
+    short = _stuck_job({1: dict(proc_state="D", d_held_s=10.0, io_still_s=-1.0, cpu_percent=50.0)})
+    _, v = only_verdict(short.evaluate(1000.0))
+    assert v.kind == "long_pause"
+    held = _stuck_job({1: dict(proc_state="D", d_held_s=40.0, io_still_s=-1.0, cpu_percent=50.0)})
+    _, v = only_verdict(held.evaluate(1000.0))
+    assert (v.kind, v.rank) == ("rank_stalled", 1)
 
 
 def test_frozen_beats_behind() -> None:

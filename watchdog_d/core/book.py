@@ -53,6 +53,7 @@ class JobBook:
     attempt_started_at: float | None = None  # this attempt was relaunched then (None: the first)
     torn_down_at: float | None = None       # ... and every node had done it by then
     judged_limit: float = float("inf")      # the stall timeout when it was last judged
+    fr_note_said: bool = False              # a verdict said why the flight recorder was not there
 
     @property
     def steps(self) -> StepTimes:

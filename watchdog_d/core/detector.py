@@ -17,13 +17,14 @@ import re
 import signal as _signal
 from dataclasses import replace
 
-from . import finish, lost, rootcause
+from . import finish, flight, lost, rootcause
 from .book import JobBook, NodeView
 from .model import RankReport, Verdict
 from .silence import QUIET_S, Silence
 from .stall import rank_timeout, stall_timeout
 
 SUSPECT = "suspect"
+FR_UNAVAILABLE = "flight recorder not available"   # said in one verdict per job
 FRESH_STACKS = "fresh_stacks"     # a suspect whose stacks must be dumped again, now
 
 # a frame of the main thread in one of these files, or of one of these names, means the
@@ -170,7 +171,8 @@ def _detect_stall(book: JobBook, now: float, silence: Silence,
         return SUSPECT if suspect else None
     if waiting_on_report:
         return SUSPECT
-    return _name_culprit(book, stalled, [(n, r) for n, r, _ in alive])
+    limit = learned if all(r.step >= 0 for _, r, _ in alive) else book.spec.startup_timeout_s
+    return _name_culprit(book, stalled, alive, limit, now)
 
 
 def _finishing(book: JobBook, now: float, ending: finish.Ending, alive: list,
@@ -184,18 +186,20 @@ def _finishing(book: JobBook, now: float, ending: finish.Ending, alive: list,
                     "" if j.rank is None else j.rank.stack)
 
 
-BUSY_CPU = 25.0      # % of a core: a rank this busy outside a collective is working, not hung
-
-
 def _busy(r: RankReport) -> bool:
-    return r.cpu_percent >= BUSY_CPU
+    """A rank this busy outside a collective is working (or spinning), not idle-hung."""
+    return r.cpu_percent >= flight.BUSY_CPU
 
 
-def _name_culprit(book: JobBook, stalled: list, alive: list) -> Verdict:
-    """Positive evidence of a hang makes a verdict: a rank frozen (T/D), a section past
-    its timeout, a rank that left its peers waiting (behind, or outside the collective
+def _name_culprit(book: JobBook, stalled: list, alive_since: list, limit: float,
+                  now: float) -> Verdict | str:
+    """Positive evidence of a hang makes a verdict: a rank frozen (T, or D held with no
+    I/O), a section past its timeout, the flight recorders (a collective pending on every
+    member, ops that disagree, a rank that never enqueued what its peers wait in and is
+    itself stuck), a rank that left its peers waiting (behind, or outside the collective
     they wait in) and is not busy, every rank waiting inside a collective. Anything else
     is a long pause, not a hang: a warning (policy: no action), and the watch goes on."""
+    alive = [(n, r) for n, r, _ in alive_since]
     age_of = {r.rank: age for _, r, _, age in stalled}
     by_rank = {r.rank: (n, r) for n, r in alive}
     detected_after = max(age_of.values())
@@ -205,18 +209,27 @@ def _name_culprit(book: JobBook, stalled: list, alive: list) -> Verdict:
         return _verdict(book, "rank_stalled", n, r, age_of.get(r.rank, detected_after),
                         cause, remedy, r.stack)
 
-    frozen = [(n, r) for n, r in alive if r.proc_state in ("T", "t", "D")]
+    frozen = [(n, r) for n, r in alive if r.proc_state in ("T", "t") or flight.held_in_d(r)]
     if frozen:
         n, r = min(frozen, key=lambda nr: nr[1].rank)
-        state = "stopped (state T: SIGSTOP or a debugger)" if r.proc_state in "Tt" else \
-            "in uninterruptible sleep (state D: stuck in the kernel, often I/O or a GPU driver)"
-        return verdict(n, r, f"rank process is {state}; peers wait for it",
+        state = flight.stuck(r) or "it is frozen"
+        return verdict(n, r, f"rank process is frozen: {state.removeprefix('it is ')}; peers wait for it",
                        "look at the node (dmesg, storage, GPU); the rank cannot make progress")
     overran = [(n, r, why) for n, r, why, _ in stalled if r.section]
     if overran:
         n, r, why = min(overran, key=lambda x: x[1].rank)
         return verdict(n, r, why, f"the rank is stuck in {r.section} (its stack is below); "
                        f"if the work is just slow, give it a longer timeout")
+    asked = math.inf if book.stacks_asked_at is None else now - book.stacks_asked_at
+    fl = flight.judge([flight.Member(r, r.fr_age_s + since) for _, r, since in alive_since],
+                      limit, asked, finish.STACK_WAIT_S)
+    if fl.kind == "wait":
+        return SUSPECT                 # the summaries asked for are on their way
+    if fl.kind == "stale":
+        return FRESH_STACKS
+    if fl.kind in ("timeout", "mismatch", "behind"):
+        return _flight_verdict(book, fl, by_rank, detected_after)
+    note = _no_flight(book, fl, by_rank)
     culprit: tuple[NodeView, RankReport, str, str] | None = None
     if len(steps) > 1:
         low = min(steps)
@@ -241,21 +254,71 @@ def _name_culprit(book: JobBook, stalled: list, alive: list) -> Verdict:
         where = rootcause.where(r)
         why += f" (it is in {where})" if where else ""
         if not _busy(r):
-            return verdict(n, r, why, remedy)
+            return verdict(n, r, why + note, remedy)
         return _long_pause(book, n, r, detected_after,
-                           f"{why}, but busy (CPU {r.cpu_percent:.0f}%): working, not hung")
+                           f"{why}, but busy (CPU {r.cpu_percent:.0f}%): working, not hung{note}")
     if len(stacks) == len(by_rank) > 1 and not outside:
         step = next(iter(steps))
         return _verdict(book, "collective_timeout", None, None, detected_after,
                         f"all {len(by_rank)} ranks wait inside a collective at step {step} and "
-                        f"none made progress for {detected_after:.1f}s (a hang inside the collective)",
+                        f"none made progress for {detected_after:.1f}s (a hang inside the collective){note}",
                         "check the network fabric and NCCL logs (NCCL_DEBUG=INFO); dump the "
                         "Flight Recorder of each rank", "")
     what = "no stacks yet" if not stacks else \
         f"{len(outside)} of {len(by_rank)} ranks are outside any collective"
     return _long_pause(book, None, None, detected_after,
                        f"all {len(by_rank)} ranks made no step for {detected_after:.1f}s, none "
-                       f"frozen, {what}")
+                       f"frozen, {what}{note}")
+
+
+FR_REMEDY = {
+    "timeout": "a collective that every rank entered and none completed: check the network "
+               "fabric (links, switches, NCCL_DEBUG=INFO) and the GPUs of the ranks named; "
+               "the flight-recorder dumps kept in the job's log directory show the last collectives",
+    "mismatch": "the ranks called different collectives at the same point (rank-dependent "
+                "control flow, a skipped or extra collective, uneven data): NCCL waits forever "
+                "on these; fix the code path the ranks diverge on",
+}
+
+
+def _flight_verdict(book: JobBook, fl: flight.Finding, by_rank: dict, after: float) -> Verdict:
+    """A verdict the flight recorders decided (``flight``)."""
+    if fl.kind == "behind":
+        n, r = by_rank[fl.culprits[0]]
+        why = flight.stuck(r)
+        where = rootcause.where(r)
+        at = f" (it is in {where})" if where else ""
+        if why is None:
+            return _long_pause(book, n, r, after,
+                               f"flight recorder: {fl.text}; but rank {r.rank} is busy (CPU "
+                               f"{r.cpu_percent:.0f}%, its stack or I/O moving){at}: working, not hung")
+        return _verdict(book, "rank_stalled", n, r, after,
+                        f"flight recorder: {fl.text}; rank {r.rank} is hung: {why.removeprefix('it ')}{at}",
+                        "the rank is stuck outside the collective its peers wait in: its stack is "
+                        "below; look for a hang in data loading or rank-specific code", r.stack)
+    single = fl.culprits[0] if len(fl.culprits) == 1 else \
+        fl.waiters[0] if fl.kind == "timeout" and len(by_rank) == 1 else None
+    n, r = by_rank[single] if single is not None else (None, None)
+    return _verdict(book, "collective_timeout" if fl.kind == "timeout" else "collective_mismatch",
+                    n, r, after, f"flight recorder: {fl.text}", FR_REMEDY[fl.kind],
+                    "" if r is None else r.stack)
+
+
+def _no_flight(book: JobBook, fl: flight.Finding, by_rank: dict) -> str:
+    """Why the flight recorders did not decide, for the cause (once per job): "" when they
+    were there and just saw nothing pending long enough."""
+    if fl.silent:
+        who = ", ".join(f"rank {r}" for r in fl.silent[:8])
+        why = (f"{who} did not answer the request for its flight recorder (its main thread "
+               f"may hold the GIL in native code)")
+    elif any(r.collectives for _, r in by_rank.values()):
+        return ""
+    else:
+        notes = sorted({r.fr_note for _, r in by_rank.values() if r.fr_note})
+        why = "; ".join(notes[:3]) or "no rank sent a summary (a rank side or agent that predates it)"
+    if book.fr_note_said:
+        return ""
+    return f"; {FR_UNAVAILABLE}: {why} (the stack rules decided)"
 
 
 def _long_pause(book: JobBook, n: NodeView | None, r: RankReport | None, after: float,

@@ -28,6 +28,33 @@ class LogFinding:
     remedy: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class PendingCollective:
+    """The oldest collective of a process group that a rank enqueued and has not seen
+    complete, as its flight recorder had it when dumped."""
+
+    seq: int                          # the group's collective sequence id
+    op: str                           # as torch names it: "nccl:all_reduce", "gloo:broadcast"
+    sizes: str = ""                   # input shapes, "[4096]" ("[8,128],[8]" for several)
+    nbytes: int = 0                   # input bytes (0: unknown dtype)
+    age_s: float = 0.0                # enqueued this long before the dump
+    state: str = "scheduled"          # scheduled | started (NCCL with timing only)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRecord:
+    """One process group of one rank, from its flight recorder (``core.frsummary``)."""
+
+    name: str                         # the group's name ("0" is the default group)
+    desc: str = ""                    # what torch calls it: "default_pg", "tp", "undefined"
+    size: int = 0                     # members (0: unknown)
+    ranks: str = ""                   # members' global ranks, "0-7" / "0-56:8" ("": unknown)
+    last_enqueued: int = -1           # collective sequence ids (-1: none yet)
+    last_started: int = -1            # -1 also when the backend records no start (gloo; NCCL without timing)
+    last_completed: int = -1
+    pending: PendingCollective | None = None
+
+
 @dataclass(slots=True)
 class RankReport:
     """What an agent saw of one rank process. Not changed once made (not frozen: a
@@ -59,6 +86,14 @@ class RankReport:
     ckpt_path: str = ""              # the newest checkpoint it recorded (checkpoint_saved)
     ckpt_step: int = -1              # -1: none
     stack_age_s: float = math.inf    # since the stack was dumped (inf: no stack, or unknown)
+    # the flight recorder, read on request like the stack (``core.frsummary``)
+    collectives: tuple[GroupRecord, ...] = ()
+    fr_age_s: float = math.inf       # since the rank summarised it (inf: never)
+    fr_note: str = ""                # why there is no summary (recorder off, old torch, ...)
+    # the rank's own evidence of being stuck or working, as the agent followed it
+    io_still_s: float = -1.0         # since its I/O counters (/proc/PID/io) last moved (-1: unknown)
+    d_held_s: float = 0.0            # in state D in every observation for this long
+    stack_still_s: float = 0.0       # its main thread's stack the same in every dump for this long
 
     @property
     def failed(self) -> bool:

@@ -284,6 +284,7 @@ class Cluster:
                        found.node if found.kind in BY_NODE else found.rank)
                 if key not in book.reported:
                     book.reported.add(key)
+                    book.fr_note_said |= detector.FR_UNAVAILABLE in found.cause
                     found = self._with_suspects(book, found, now)
                     decisions.append(lifecycle.decide(book, found, now))
                     marked = self.suspects.record(found, now)
