@@ -299,7 +299,7 @@ def test_rank_child_process_does_not_take_over_the_slot(runs: dict[str, Run]) ->
     assert v.pid == out["pid"]
     assert v.step == 7 and v.ckpt_step == -1 and v.ckpt_path == "" and v.section == ""
     assert (v.state, v.exit_code, v.detail) == (EXITED, 0, "")
-    assert sorted(x.name for x in p.dir.iterdir()) == ["rank-0.beacon", "rank-0.stack"]
+    assert sorted(x.name for x in p.dir.iterdir()) == ["rank-0.beacon", "rank-0.frreq", "rank-0.stack"]
 
 
 FORK = scenario("fork", """

@@ -9,15 +9,22 @@ wait() for them. It learns how a rank ended from, in order of trust:
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
 from dataclasses import dataclass, field
 
+from ..core import frsummary, rootcause
 from ..core.model import MAX_TEXT, RankReport
 from ..rank import beacon
 from . import procstat
 from .exits import ExitWatcher, zombie_status
+
+MAX_SUMMARY = 256 << 10     # a flight-recorder summary file larger than this is not read
+# the rank's own I/O when it answers a request (the stack dump, the summary, the dump it
+# keeps, the request's byte) is not progress: allowed on top of the files' sizes
+OWN_IO_SLACK = 64 << 10
 
 
 
@@ -33,6 +40,14 @@ class RankTrack:
     exit_code: int | None = None
     exit_signal: int | None = None
     files: dict[str, tuple[float, int, str]] = field(default_factory=dict)
+    io: int | None = None               # its I/O counters' sum, last read
+    io_moved_at: float = 0.0            # when they last grew (by more than its own answers)
+    answered: tuple = ()                # (mtime of stack, summary) last seen: a request was answered
+    d_since: float | None = None        # first of the observations in a row that saw state D
+    stack_key: tuple = ()               # the latest dump's main-thread frames
+    stack_same_since: float = 0.0       # mtime of the first dump of the run with that key
+    stack_latest: float = 0.0           # mtime of the latest dump
+    flight: tuple = ((), "", math.inf)  # (groups, note, mtime) of the summary, re-read when changed
 
 
 def _tail(track: RankTrack, path: str) -> str:
@@ -115,21 +130,93 @@ def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
     if view.section_deadline > 0:
         remaining = view.section_deadline - now
         inside = max(0.0, view.section_timeout - remaining)
+    stack = _stack(track, slot + "stack")
+    fr = _flight(track, slot + "fr")
+    io_still = _io_still(track, view.pid, now, slot)
+    if state == "D":
+        track.d_since = now if track.d_since is None else track.d_since
+    else:
+        track.d_since = None
     return RankReport(
         rank=view.rank, local_rank=view.local_rank, pid=view.pid, alive=True,
         proc_state=state, step=view.step, last_step_age_s=max(0.0, now - since),
         last_step_dt_s=view.step_dt, section=view.section, section_remaining_s=remaining,
         section_age_s=inside,
-        cpu_percent=cpu, **_stack(track, slot + "stack"), **_checkpoint(view))
+        cpu_percent=cpu, **stack, **_checkpoint(view), **fr, io_still_s=io_still,
+        d_held_s=0.0 if track.d_since is None else now - track.d_since,
+        stack_still_s=track.stack_latest - track.stack_same_since if stack else 0.0)
 
 
 def _stack(track: RankTrack, path: str) -> dict:
     """The rank's latest stack dump, and how long ago it was written (its file's mtime:
-    the finishing rules trust only a stack dumped after the end of training began)."""
+    the finishing rules trust only a stack dumped after the end of training began).
+    Across dumps, whether its main thread moved (``stack_same_since``)."""
     text = _tail(track, path)
     if not text:
         return {}
-    return {"stack": text, "stack_age_s": max(0.0, time.time() - track.files[path][0])}
+    mtime = track.files[path][0]
+    if mtime != track.stack_latest:
+        key = tuple(rootcause.main_frames(text))
+        if not key or key != track.stack_key:
+            track.stack_key, track.stack_same_since = key, mtime
+        track.stack_latest = mtime
+    return {"stack": text, "stack_age_s": max(0.0, time.time() - mtime)}
+
+
+def _flight(track: RankTrack, path: str) -> dict:
+    """The rank's flight-recorder summary (``rank.flight``): parsed only when it changed,
+    never trusted (``frsummary.from_doc``)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    groups, note, mtime = track.flight
+    if st.st_mtime != mtime:
+        try:
+            if st.st_size > MAX_SUMMARY:
+                raise ValueError("too large")
+            with open(path, "rb") as f:
+                doc = json.loads(f.read(MAX_SUMMARY))
+            groups, note = frsummary.from_doc(doc)
+        except (OSError, ValueError, RecursionError):
+            groups, note = (), "unreadable flight-recorder summary"
+        track.flight = (groups, note, st.st_mtime)
+    return {"collectives": groups, "fr_note": note,
+            "fr_age_s": max(0.0, time.time() - st.st_mtime)}
+
+
+def _io_still(track: RankTrack, pid: int, now: float, slot: str) -> float:
+    """Since the rank's I/O last grew (-1: unreadable). Its answers to our own requests
+    (a stack dump, a summary and the dump it keeps) do not count."""
+    io = procstat.read_io(pid)
+    if io is None:
+        return -1.0
+    if track.io is None:
+        track.io, track.io_moved_at = io, now      # (first look: moving, as far as we know)
+    elif io != track.io:
+        answered = tuple(_mtime(slot + s) for s in ("stack", "fr"))
+        own = 0
+        if answered != track.answered:
+            track.answered = answered
+            own = OWN_IO_SLACK + sum(max(0, _size(slot + s)) for s in ("fr", "fr.pkl"))
+        if io - track.io > own:
+            track.io_moved_at = now
+        track.io = io
+    return now - track.io_moved_at
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def _checkpoint(view: beacon.BeaconView) -> dict:

@@ -25,7 +25,7 @@ from .stall import STACKS_REFRESH_S, rank_timeout, stall_timeout
 
 SOON_S = 0.25        # something unsettled (a silence, a failure settling, a long pause)
 MAX_WAIT_S = 5.0     # however quiet a job is, it is looked at this often
-STACK_LOOK_S = 0.5   # while asked-for stacks are on their way (the end of training)
+STACK_LOOK_S = 0.5   # while asked-for stacks are on their way
 SILENT_S = 1.0       # a job with a node silent past node_timeout (its peers may stop yet)
 
 
@@ -46,8 +46,10 @@ def next_check(book: JobBook, now: float, silence: Silence) -> float:
         # finishing (``finish``): past their limits, ranks are judged on fresh stacks and
         # the shutdown timeout, not looked at again and again
         moments.append(ending.since + book.spec.shutdown_timeout_s)
-        if book.stacks_asked_at is not None and now - book.stacks_asked_at < STACK_WAIT_S:
-            moments.append(now + STACK_LOOK_S)     # stacks on their way: are they fresh yet?
+    if book.stacks_asked_at is not None and now - book.stacks_asked_at < STACK_WAIT_S:
+        # stacks and flight-recorder summaries on their way: are they fresh yet? (and if
+        # they never come, the rules go on without them once the wait is over)
+        moments.append(min(now + STACK_LOOK_S, book.stacks_asked_at + STACK_WAIT_S))
     for node in book.nodes.values():
         if node.ended_at is not None:
             continue
@@ -101,7 +103,7 @@ def signature(part: JobOnNode) -> tuple:
     return (part.state, part.exit_code, part.note, part.run,
             tuple((r.rank, r.alive, r.proc_state in _FROZEN, r.section,
                    math.isfinite(r.section_remaining_s), len(r.stack), len(r.findings),
-                   r.ckpt_step, r.step < 0) for r in part.ranks))
+                   r.ckpt_step, r.step < 0, r.collectives) for r in part.ranks))
 
 
 def _relaunch_moment(book: JobBook, now: float, silence: Silence) -> float:

@@ -116,7 +116,10 @@ def _group(name: str, by_rank: dict[int, Member], have: dict[int, Member], limit
     # how long the waiters have waited, now: each waiter's entry age at its dump + since
     waited = min(g.pending.age_s + have[r].fr_age_s for r, g in waiters.items())
     if waited < limit:
-        return None
+        # enqueued after the last step, it reaches the timeout a little after the step
+        # clock does: wait for it rather than call the stall a pause (and its dumps are
+        # asked again once it is old enough); younger than half: nothing to say
+        return Finding("wait", sample, seq) if waited >= limit / 2 else None
     if any(r not in by_rank for r in members):
         return None                     # a member this job's picture lacks (a silent node)
     for r in members:                   # answered, but never used the group: nothing enqueued
@@ -138,9 +141,10 @@ def _group(name: str, by_rank: dict[int, Member], have: dict[int, Member], limit
     confirmed = min(g.pending.age_s for g in waiters.values())
     sides = _mismatch(waiters)
     if sides:
-        (ra, opa, sa), (rb, opb, sb) = sides
-        text = (f"rank {ra} {op_name(opa)} [{sa}] vs rank {rb} {op_name(opb)} [{sb}] at #{seq} "
-                f"on {describe(g0)}")
+        (ra, opa, sa), (rb, opb, sb), at = sides
+        text = (f"rank {ra} {op_name(opa)} {sa} vs rank {rb} {op_name(opb)} {sb} at #{at} "
+                f"on {describe(g0)}: pending on every rank for {confirmed:.0f}s")
+        sides = sides[:2]
         return Finding("mismatch", g0, seq, (rb,), tuple(sorted(waiters)), confirmed, text,
                        sides=sides)
     behind = tuple(sorted(r for r in members if r not in waiters
@@ -177,13 +181,15 @@ def _members(records: dict[int, GroupRecord]) -> tuple[int, ...] | None:
 
 
 def _mismatch(waiters: dict[int, GroupRecord]) -> tuple | None:
-    items = sorted(waiters.items())
-    r0, g0 = items[0]
-    for r, g in items[1:]:
-        a, b = g0.pending, g.pending
-        if op_name(a.op) != op_name(b.op) or \
-                (op_name(a.op) in SAME_SIZES and a.sizes and b.sizes and a.sizes != b.sizes):
-            return (r0, a.op, a.sizes), (r, b.op, b.sizes)
+    """The first sequence id pending on two members as different collectives."""
+    seen: dict[int, tuple[int, object]] = {}
+    for r, g in sorted(waiters.items()):
+        for b in (g.pending, *g.later):
+            first = seen.setdefault(b.seq, (r, b))
+            r0, a = first
+            if r0 != r and (op_name(a.op) != op_name(b.op) or (
+                    op_name(a.op) in SAME_SIZES and a.sizes and b.sizes and a.sizes != b.sizes)):
+                return (r0, a.op, a.sizes), (r, b.op, b.sizes), b.seq
     return None
 
 

@@ -23,6 +23,7 @@ MAX_ENTRIES = 100_000    # entries looked at in one dump (torch's default ring h
 MAX_SEQ = 1 << 62        # a sequence id beyond this is not one
 MAX_SIZES_TEXT = 64
 MAX_RANKS_TEXT = 512
+MAX_LATER = 7            # pending entries kept after the oldest (a mismatch may be among them)
 
 # bytes of one element of the dtypes torch writes in a dump (others: unknown, 0)
 _DTYPE_BYTES = {"Float": 4, "Half": 2, "BFloat16": 2, "Double": 8, "Long": 8, "Int": 4,
@@ -139,7 +140,7 @@ def summarise(dump: object, now_ns: int, members: dict[str, list[int]] | None = 
             groups[name] = {"enq": _int(st.get("last_enqueued_collective")),
                             "start": _int(st.get("last_started_collective")),
                             "done": _int(st.get("last_completed_collective")),
-                            "desc": "", "pending": None, "latest": -1}
+                            "desc": "", "open": {}, "latest": -1}
     for e in entries[-MAX_ENTRIES:]:
         if not isinstance(e, dict) or e.get("is_p2p"):
             continue     # send/recv pair two ranks, not a group: not judged here
@@ -149,7 +150,7 @@ def summarise(dump: object, now_ns: int, members: dict[str, list[int]] | None = 
         if name is None or seq < 0:
             continue
         g = groups.setdefault(name, {"enq": -1, "start": -1, "done": -1, "desc": "",
-                                     "pending": None, "latest": -1})
+                                     "open": {}, "latest": -1})
         if len(pg) > 1 and isinstance(pg[1], str):
             g["desc"] = _text(pg[1])
         g["latest"] = max(g["latest"], seq)
@@ -160,31 +161,34 @@ def summarise(dump: object, now_ns: int, members: dict[str, list[int]] | None = 
             done = state == "completed" or e.get("retired") is True
         if done or state == "completed":
             continue
-        if g["pending"] is None or seq < g["pending"][0]:
-            g["pending"] = (seq, e)
+        g["open"][seq] = e
+        if len(g["open"]) > 4 * (MAX_LATER + 1):      # (the oldest few are what counts)
+            del g["open"][max(g["open"])]
     out = []
     for name, g in groups.items():
-        pending = None
-        if g["pending"] is not None:
-            seq, e = g["pending"]
-            shapes = _shapes(e.get("input_sizes"))
-            created = e.get("time_created_ns")
-            age = (now_ns - created) / 1e9 if isinstance(created, int) and not isinstance(created, bool) \
-                and 0 < created <= now_ns else 0.0
-            pending = PendingCollective(
-                seq=seq, op=_text(e.get("profiling_name")) or "unknown",
-                sizes=_sizes_text(shapes), nbytes=_nbytes(shapes, e.get("input_dtypes")),
-                age_s=min(age, 30 * 86400.0),
-                state="started" if e.get("state") == "started" else "scheduled")
+        pending = [_pending(seq, g["open"][seq], now_ns) for seq in sorted(g["open"])[:MAX_LATER + 1]]
         ranks = members.get(name, [])
         out.append(GroupRecord(
             name=_text(name), desc=g["desc"], size=len(set(ranks)), ranks=ranges(ranks),
             last_enqueued=max(g["enq"], g["latest"]), last_started=g["start"],
-            last_completed=g["done"], pending=pending))
+            last_completed=g["done"], pending=pending[0] if pending else None,
+            later=tuple(pending[1:])))
     # the groups that matter first (something pending, oldest first), then the latest
     out.sort(key=lambda g: (g.pending is None, -(g.pending.age_s if g.pending else 0.0),
                             -g.last_enqueued))
     return tuple(out[:MAX_GROUPS])
+
+
+def _pending(seq: int, e: dict, now_ns: int) -> PendingCollective:
+    shapes = _shapes(e.get("input_sizes"))
+    created = e.get("time_created_ns")
+    age = (now_ns - created) / 1e9 if isinstance(created, int) and not isinstance(created, bool) \
+        and 0 < created <= now_ns else 0.0
+    return PendingCollective(
+        seq=seq, op=_text(e.get("profiling_name")) or "unknown",
+        sizes=_sizes_text(shapes), nbytes=_nbytes(shapes, e.get("input_dtypes")),
+        age_s=min(age, 30 * 86400.0),
+        state="started" if e.get("state") == "started" else "scheduled")
 
 
 def _config_ranks(text: object) -> list[int]:
@@ -212,3 +216,46 @@ def human_bytes(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{n} B"
+
+
+def from_doc(doc: object) -> tuple[tuple[GroupRecord, ...], str]:
+    """A rank's summary file (``rank.flight``), read back by the agent: (groups, note).
+    Anything that is not what ``rank.flight`` writes is no evidence, with a note saying so."""
+    try:
+        if not isinstance(doc, dict) or doc.get("v") != 1:
+            raise TypeError("not a summary")
+        groups = doc.get("groups", [])
+        if not isinstance(groups, list):
+            raise TypeError("groups")
+        out = tuple(_record(g) for g in groups[:MAX_GROUPS])
+        return out, _text(doc.get("note", ""), 300)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return (), "unreadable flight-recorder summary"
+
+
+def _record(g: dict) -> GroupRecord:
+    p = g.get("pending")
+    pending = None if p is None else _pending_doc(p)
+    later = g.get("later", [])
+    if not isinstance(later, list) or len(later) > MAX_LATER:
+        raise ValueError("later")
+    ranks = g["ranks"]
+    if not isinstance(ranks, str) or len(ranks) > MAX_RANKS_TEXT:
+        raise ValueError("ranks")
+    size = g["size"]
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= 1 << 24:
+        raise ValueError("size")
+    return GroupRecord(name=_text(g["name"]), desc=_text(g["desc"]), size=size, ranks=ranks,
+                       last_enqueued=_int(g["last_enqueued"]), last_started=_int(g["last_started"]),
+                       last_completed=_int(g["last_completed"]), pending=pending,
+                       later=tuple(_pending_doc(x) for x in later))
+
+
+def _pending_doc(p: dict) -> PendingCollective:
+    seq, nbytes, age = p["seq"], p["nbytes"], p["age_s"]
+    if not (_int(seq) >= 0 and _int(nbytes, -2) >= 0 and isinstance(age, (int, float))
+            and not isinstance(age, bool) and math.isfinite(age) and 0 <= age <= 30 * 86400.0
+            and p["state"] in ("scheduled", "started")):
+        raise ValueError("pending")
+    return PendingCollective(seq=seq, op=_text(p["op"]), sizes=_text(p["sizes"], MAX_SIZES_TEXT),
+                             nbytes=nbytes, age_s=float(age), state=p["state"])

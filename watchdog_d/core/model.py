@@ -53,6 +53,7 @@ class GroupRecord:
     last_started: int = -1            # -1 also when the backend records no start (gloo; NCCL without timing)
     last_completed: int = -1
     pending: PendingCollective | None = None
+    later: tuple[PendingCollective, ...] = ()   # the next pending ones, by sequence id (a few)
 
 
 @dataclass(slots=True)

@@ -5,7 +5,9 @@ import json
 import math
 from dataclasses import asdict, dataclass, replace
 
-from ..core.model import JOB_STATES, MAX_SECONDS, MAX_TEXT, GpuState, JobOnNode, JobSpec, LogFinding, NodeReport, RankReport, SpecError, Verdict
+from ..core import frsummary
+from ..core.model import (JOB_STATES, MAX_SECONDS, MAX_TEXT, GpuState, GroupRecord, JobOnNode, JobSpec,
+                          LogFinding, NodeReport, PendingCollective, RankReport, SpecError, Verdict)
 from . import watchdog_pb2 as pb
 from .local import NOTE_MAX, RUN_MAX, from_plain
 
@@ -132,6 +134,54 @@ def gpus_from_pb(ms) -> tuple[GpuState, ...]:
     return gpus
 
 
+_RANGES_CHARS = frozenset("0123456789,-:")
+
+
+def group_to_pb(g: GroupRecord) -> pb.CollectiveGroup:
+    m = pb.CollectiveGroup(name=g.name, desc=g.desc, size=g.size, ranks=g.ranks,
+                           last_enqueued=g.last_enqueued, last_started=g.last_started,
+                           last_completed=g.last_completed)
+    if g.pending is not None:
+        m.pending.CopyFrom(_pending_to_pb(g.pending))
+        m.later.extend(_pending_to_pb(p) for p in g.later[:frsummary.MAX_LATER])
+    return m
+
+
+def _pending_to_pb(p: PendingCollective) -> pb.PendingCollective:
+    return pb.PendingCollective(seq=p.seq, op=p.op, sizes=p.sizes, nbytes=p.nbytes, age_s=p.age_s,
+                                state=p.state)
+
+
+def _pending_from_pb(p: pb.PendingCollective) -> PendingCollective:
+    if not 0 <= p.seq <= frsummary.MAX_SEQ or not 0 <= p.nbytes <= frsummary.MAX_SEQ:
+        raise WireError(f"pending collective: seq {p.seq}, {p.nbytes} bytes")
+    if not (math.isfinite(p.age_s) and 0.0 <= p.age_s <= MAX_SECONDS):
+        raise WireError("pending collective: its age is not a duration")
+    if p.state not in ("scheduled", "started"):
+        raise WireError(f"pending collective: state {p.state[:16]!r}")
+    return PendingCollective(seq=p.seq, op=_name("op", p.op[:64]), sizes=_name("sizes", p.sizes[:64]),
+                             nbytes=p.nbytes, age_s=p.age_s, state=p.state)
+
+
+def group_from_pb(m: pb.CollectiveGroup) -> GroupRecord:
+    """One group of a rank's flight-recorder summary; WireError when no recorder could
+    have written it (absurd sequence ids, sizes or ages, control characters)."""
+    for name in ("last_enqueued", "last_started", "last_completed"):
+        if not -1 <= getattr(m, name) <= frsummary.MAX_SEQ:
+            raise WireError(f"collective group: {name} {getattr(m, name)}")
+    if not 0 <= m.size <= 1 << 24:
+        raise WireError(f"collective group: size {m.size}")
+    if len(m.ranks) > frsummary.MAX_RANKS_TEXT or not _RANGES_CHARS.issuperset(m.ranks):
+        raise WireError("collective group: ranks is not a rank range")
+    pending = _pending_from_pb(m.pending) if m.HasField("pending") else None
+    if len(m.later) > frsummary.MAX_LATER:
+        raise WireError(f"collective group: {len(m.later)} later pending collectives")
+    return GroupRecord(name=_name("group name", m.name[:64]), desc=_name("group desc", m.desc[:64]),
+                       size=m.size, ranks=m.ranks, last_enqueued=m.last_enqueued,
+                       last_started=m.last_started, last_completed=m.last_completed, pending=pending,
+                       later=tuple(_pending_from_pb(p) for p in m.later) if pending else ())
+
+
 def rank_to_pb(r: RankReport, same_text: bool = False) -> pb.RankState:
     m = pb.RankState(
         rank=r.rank, local_rank=r.local_rank, pid=r.pid, alive=r.alive,
@@ -142,8 +192,12 @@ def rank_to_pb(r: RankReport, same_text: bool = False) -> pb.RankState:
         section_remaining_s=r.section_remaining_s, section_age_s=r.section_age_s,
         cpu_percent=r.cpu_percent, log_offset=r.log_offset, ckpt_step=r.ckpt_step,
         same_text=same_text,
-        stack_age_s=max(r.stack_age_s, 1e-6) if math.isfinite(r.stack_age_s) and r.stack else 0.0)
+        stack_age_s=max(r.stack_age_s, 1e-6) if math.isfinite(r.stack_age_s) and r.stack else 0.0,
+        fr_age_s=max(r.fr_age_s, 1e-6) if math.isfinite(r.fr_age_s) else 0.0,
+        io_still_s=r.io_still_s, d_held_s=r.d_held_s, stack_still_s=r.stack_still_s)
     if not same_text:
+        m.collectives.extend(group_to_pb(g) for g in r.collectives[:frsummary.MAX_GROUPS])
+        m.fr_note = r.fr_note[:300]
         m.exit_detail, m.stack, m.excerpt = r.exit_detail, r.stack[-MAX_TEXT:], r.excerpt[-MAX_TEXT:]
         m.findings.extend(finding_to_pb(f) for f in r.findings[:MAX_FINDINGS])
         m.ckpt_path = r.ckpt_path[:4096]
@@ -154,9 +208,10 @@ def rank_from_pb(m: pb.RankState, before: RankReport | None = None, aged_s: floa
     """``before``: the rank as in the base report (needed when the texts were left out),
     ``aged_s`` after it: its findings' ages grow by that much."""
     if not math.isfinite(m.exit_age_s + m.last_step_age_s + m.last_step_dt_s + m.cpu_percent
-                         + m.section_age_s + m.stack_age_s):   # (one test for six: NaN and inf carry)
+                         + m.section_age_s + m.stack_age_s + m.fr_age_s + m.io_still_s + m.d_held_s
+                         + m.stack_still_s):   # (one test for ten: NaN and inf carry)
         for name in ("exit_age_s", "last_step_age_s", "last_step_dt_s", "cpu_percent", "section_age_s",
-                     "stack_age_s"):
+                     "stack_age_s", "fr_age_s", "io_still_s", "d_held_s", "stack_still_s"):
             if not math.isfinite(getattr(m, name)):
                 raise WireError(f"rank {m.rank}: {name} is not a finite number")
         raise WireError(f"rank {m.rank}: its times add up to more than a number can hold")
@@ -168,10 +223,18 @@ def rank_from_pb(m: pb.RankState, before: RankReport | None = None, aged_s: floa
         detail, stack, excerpt, path = before.exit_detail, before.stack, before.excerpt, before.ckpt_path
         findings = tuple(replace(f, age_s=f.age_s + aged_s) for f in before.findings) \
             if before.findings and aged_s > 0 else before.findings
+        groups, note = before.collectives, before.fr_note
     else:
         detail, stack, excerpt = m.exit_detail[:500], m.stack[-MAX_TEXT:], m.excerpt[-MAX_TEXT:]
         findings = tuple(finding_from_pb(f) for f in m.findings[:MAX_FINDINGS])
         path = m.ckpt_path[:4096]
+        if len(m.collectives) > frsummary.MAX_GROUPS:
+            raise WireError(f"rank {m.rank}: {len(m.collectives)} process groups, at most "
+                            f"{frsummary.MAX_GROUPS}")
+        groups = tuple(group_from_pb(g) for g in m.collectives)
+        if len({g.name for g in groups}) != len(groups):
+            raise WireError(f"rank {m.rank}: a process group twice")
+        note = _name("fr_note", m.fr_note[:300])
     remaining = m.section_remaining_s    # +-inf: no deadline (the core tests isfinite)
     remaining = max(-MAX_SECONDS, min(MAX_SECONDS, remaining)) if math.isfinite(remaining) else math.inf
     # positional, in RankReport's field order (a coordinator makes thousands a second)
@@ -181,13 +244,16 @@ def rank_from_pb(m: pb.RankState, before: RankReport | None = None, aged_s: floa
         _duration(m.last_step_age_s), _duration(m.last_step_dt_s), m.section[:64],
         remaining, _duration(m.section_age_s), m.cpu_percent,
         m.log_offset, stack, excerpt, findings, path, m.ckpt_step if path else -1,
-        _duration(m.stack_age_s) if m.stack_age_s > 0 and stack else math.inf)
+        _duration(m.stack_age_s) if m.stack_age_s > 0 and stack else math.inf,
+        groups, _duration(m.fr_age_s) if m.fr_age_s > 0 and groups else math.inf, note,
+        -1.0 if m.io_still_s < 0 else _duration(m.io_still_s), _duration(m.d_held_s),
+        _duration(m.stack_still_s))
 
 
 def _text(r: RankReport) -> tuple:
     """What a rank's report may leave out when unchanged (findings without their age)."""
     return (r.stack, r.excerpt, r.exit_detail, r.ckpt_path,
-            tuple((f.kind, f.line_no, f.line) for f in r.findings))
+            tuple((f.kind, f.line_no, f.line) for f in r.findings), r.collectives, r.fr_note)
 
 
 def report_to_pb(r: NodeReport, base: dict[str, JobOnNode] | None = None, base_seq: int = 0,

@@ -83,6 +83,9 @@ def _boot(env: os._Environ | dict) -> None:
     except ValueError:                                # (not the main thread: a lazy boot)
         pass
     faulthandler.register(STACK_SIGNAL, file=_stack_file, all_threads=True, chain=False)
+    from . import flight
+
+    flight.start(str(path.with_suffix("")), env)
     _writer = BeaconWriter(path, pid, int(rank), int(env.get("LOCAL_RANK", -1)), _mono())
     resume_step = env.get("WATCHDOG_D_RESUME_STEP", "")
     _resumed_at = max(0, int(resume_step)) if resume_step.lstrip("-").isdigit() else 0

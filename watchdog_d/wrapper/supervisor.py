@@ -29,8 +29,7 @@ from ..logs.redact import redact
 from ..proto import localsock
 from ..proto.local import AttemptStarted, Command, Ended, Message, MessageError, Refused, Waiting
 from ..rank import tee
-from ..rank.api import STACK_SIGNAL
-from . import checkpoints, launch, launchlog
+from . import checkpoints, evidence, launch, launchlog
 from .teardown import JobProcesses, become_subreaper
 
 EXIT_TORN_DOWN = 75
@@ -174,20 +173,17 @@ class Wrapper:
         return out, err
 
     def _dump_stacks(self) -> None:
-        from ..rank import beacon
-
         att = self.attempt
-        if att is None:
+        if att is not None:
+            evidence.ask(att.beacons, {p.pid for p in att.processes.living()})
+
+    def _keep_dumps(self, verdict: Verdict | None) -> None:
+        att = self.attempt
+        if att is None or verdict is None or verdict.kind not in evidence.HANG_KINDS:
             return
-        ours = {p.pid for p in att.processes.living()}
-        for rank, view in beacon.scan(att.beacons).items():
-            if view.pid not in ours:
-                continue   # only processes of this job, whatever a file says
-            try:
-                open(beacon.slot_path(att.beacons, rank).with_suffix(".stack"), "w").close()
-                os.kill(view.pid, STACK_SIGNAL)
-            except OSError:
-                pass
+        kept = evidence.keep(att.beacons, att.log_dir)
+        if kept:
+            log.log("flight_recorder_kept", job=self.job_id, dir=kept[0].parent, ranks=len(kept))
 
     def _stop_job(self, grace: float) -> None:
         att = self.attempt
@@ -287,6 +283,7 @@ class Wrapper:
                  action=action)
         mine = launch.recorded_checkpoint(att.beacons)
         self.recorded = [ck for ck in (offered, mine, *self.recorded) if ck and ck[1]]
+        self._keep_dumps(verdict)
         self._stop_job(self.cfg.grace)
         log.log("attempt_stopped", job=self.job_id, attempt=att.number)
         launch.remove_attempt_beacons(att.beacons)
@@ -344,6 +341,7 @@ class Wrapper:
         what = verdict.one_line() if verdict else "coordinator asked for teardown"
         log.warn("teardown", job=self.job_id, reason=verdict.kind if verdict else "command",
                  grace_s=self.cfg.grace)
+        self._keep_dumps(verdict)
         self._stop_job(self.cfg.grace)
         self._send(Ended(state="exited", exit_code=EXIT_TORN_DOWN))
         # printed by the caller as the very last line on stderr

@@ -1,0 +1,151 @@
+"""The rank's flight recorder, read on request (inside the training process).
+
+The wrapper asks by writing a byte to the rank's request pipe (``rank-N.frreq``, a FIFO
+beside its beacon), as it asks for stacks. A helper thread that sleeps in ``read()`` on
+that pipe (no GIL held, no CPU) wakes, dumps the flight recorder without stack traces
+(capturing them needs the GIL inside the dump and has deadlocked for others), summarises
+it per process group (``core.frsummary``) and writes two files beside the beacon:
+
+- ``rank-N.fr``: the summary, JSON, replaced atomically; the agent ships it;
+- ``rank-N.fr.pkl``: the dump itself, in the form torch's analyzer reads, which the
+  wrapper keeps in the job's log directory on a hang verdict.
+
+Never from a signal handler, never importing torch: a rank that has not imported
+torch.distributed has nothing to record. A rank whose main thread holds the GIL in native
+code cannot answer; the coordinator notices (no fresh summary) and says so.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+import threading
+import time
+
+BUFFER_VARS = ("TORCH_FR_BUFFER_SIZE", "TORCH_NCCL_TRACE_BUFFER_SIZE")
+SUFFIX_REQUEST, SUFFIX_SUMMARY, SUFFIX_DUMP = ".frreq", ".fr", ".fr.pkl"
+MAX_DUMP_BYTES = 64 << 20    # a dump larger than this is summarised but not kept
+
+
+def start(slot: str, env) -> None:
+    """Open the request pipe of the rank whose beacon is ``slot`` (a path without its
+    suffix) and start the helper thread. Any failure: no flight recorder, training goes on."""
+    path = slot + SUFFIX_REQUEST
+    try:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        os.mkfifo(path, 0o600)
+        fd = os.open(path, os.O_RDWR)      # (read-write: open never waits for a writer)
+    except OSError:
+        return
+    t = threading.Thread(target=_serve, args=(fd, slot, dict(env)), name="watchdog-d-flight-recorder",
+                         daemon=True)
+    t.start()
+
+
+def ask(slot: str) -> bool:
+    """The wrapper's side: ask the rank at ``slot`` for a summary (never blocks; False
+    when nobody listens: no pipe, or the rank is gone)."""
+    try:
+        fd = os.open(slot + SUFFIX_REQUEST, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        os.write(fd, b"?")
+        return True
+    except OSError:          # (a full pipe: requests are already waiting, one answer serves all)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _serve(fd: int, slot: str, env: dict) -> None:
+    while True:
+        try:
+            if not os.read(fd, 64):
+                return
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+        try:
+            answer(slot, env)
+        except Exception:
+            pass     # a broken dump is no evidence, never a broken rank
+
+
+def off_reason(env: dict) -> str:
+    for name in BUFFER_VARS:
+        value = env.get(name, "").strip()
+        if value and value.lstrip("-").isdigit() and int(value) <= 0:
+            return f"{name}={value} set for the job: the flight recorder is off"
+    return ""
+
+
+def read_dump() -> tuple[bytes | None, str]:
+    """(the pickled dump, "") or (None, why not)."""
+    dist = sys.modules.get("torch.distributed")
+    c10d = sys.modules.get("torch._C._distributed_c10d")
+    if dist is None or c10d is None:
+        return None, "torch.distributed is not in use in this rank"
+    try:
+        if not dist.is_initialized():
+            return None, "no process group yet"
+    except Exception:
+        return None, "no process group yet"
+    dump = getattr(c10d, "_dump_fr_trace", None) or getattr(c10d, "_dump_nccl_trace", None)
+    if dump is None:
+        import torch
+
+        return None, f"torch {getattr(torch, '__version__', '?')} has no flight-recorder dump"
+    # includeCollectives, includeStackTraces (off: it needs the GIL inside the dump), onlyActive
+    return dump(True, False, False), ""
+
+
+def members() -> dict[str, list[int]]:
+    """Process group name -> its members' global ranks (gloo's dump does not say)."""
+    try:
+        from torch.distributed import distributed_c10d as c10d
+
+        world = c10d._world
+        names = dict(world.pg_names)
+        ranks = dict(world.pg_group_ranks)
+        return {name: sorted(ranks.get(pg, {}).keys()) for pg, name in names.items()}
+    except Exception:
+        return {}
+
+
+def answer(slot: str, env: dict) -> None:
+    from ..core import frsummary
+
+    note, groups, raw = off_reason(env), (), None
+    if not note:
+        raw, note = read_dump()
+    if raw is not None:
+        try:
+            dump = pickle.loads(raw)
+            groups = frsummary.summarise(dump, time.time_ns(), members())
+            if not groups:
+                note = "nothing recorded yet" if not dump.get("entries") else ""
+        except (pickle.UnpicklingError, frsummary.BrokenDump, ValueError, TypeError, EOFError) as e:
+            note, raw = f"unreadable dump: {type(e).__name__}", None
+    doc = {"v": 1, "note": note, "groups": [_plain(g) for g in groups]}
+    if raw is not None and len(raw) <= MAX_DUMP_BYTES:
+        _replace(slot + SUFFIX_DUMP, raw)
+    _replace(slot + SUFFIX_SUMMARY, json.dumps(doc, separators=(",", ":")).encode())
+
+
+def _plain(g) -> dict:
+    from dataclasses import asdict
+
+    return asdict(g)
+
+
+def _replace(path: str, data: bytes) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
