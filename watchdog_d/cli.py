@@ -256,9 +256,16 @@ def _diagnose(args: argparse.Namespace) -> int:
     except CatalogueError as e:
         print(f"watchdog-d: {e}", file=sys.stderr)
         return EXIT_USAGE
+    from .logs import frdumps
+
     result = diagnose(args.paths, catalogue)
-    print(json.dumps(result, indent=1) if args.json else render(result))
-    return exit_status(result)
+    fr = frdumps.diagnose(args.paths)
+    if fr is not None:
+        result["flight_recorder"] = fr
+    text = render(result) + ("\n" + frdumps.render(fr) if fr is not None else "")
+    print(json.dumps(result, indent=1) if args.json else text)
+    hung = fr is not None and fr["kind"] in ("timeout", "mismatch", "behind")
+    return max(exit_status(result), 1 if hung else 0)
 
 
 def _events(args: argparse.Namespace, cfg: Config) -> int:

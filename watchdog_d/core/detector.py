@@ -221,7 +221,8 @@ def _name_culprit(book: JobBook, stalled: list, alive_since: list, limit: float,
         return verdict(n, r, why, f"the rank is stuck in {r.section} (its stack is below); "
                        f"if the work is just slow, give it a longer timeout")
     asked = math.inf if book.stacks_asked_at is None else now - book.stacks_asked_at
-    fl = flight.judge([flight.Member(r, r.fr_age_s + since) for _, r, since in alive_since],
+    fl = flight.judge([flight.Member(r, r.fr_age_s + since, r.last_step_age_s + since
+                                     if r.step >= 0 else math.inf) for _, r, since in alive_since],
                       limit, asked, finish.STACK_WAIT_S)
     if fl.kind == "wait":
         return SUSPECT                 # the summaries asked for are on their way

@@ -23,7 +23,7 @@ answer within the wait is named, and the stack rules decide instead.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .frsummary import describe, human_bytes, parse_ranges
 from .model import GroupRecord, RankReport
@@ -60,6 +60,7 @@ class Finding:
 class Member:
     rank: RankReport
     fr_age_s: float                     # since its summary was made, on the coordinator's clock
+    step_age_s: float = math.inf        # since its last step, on the same clock
 
 
 def op_name(op: str) -> str:
@@ -91,12 +92,20 @@ def judge(members: list[Member], limit: float, asked_age_s: float, wait_s: float
     return min(found, key=lambda f: (order.index(f.kind), -f.age_s))
 
 
+STEP_SLACK_S = 1.0
+
+
 def _records(name: str, have: dict[int, Member]) -> dict[int, GroupRecord]:
+    """Each member's record of the group, with only the pending entries it can be waiting
+    in: one enqueued before its latest step is not (the step came after it), whatever
+    the record says (gloo retires some entries late: they look pending for minutes)."""
     out = {}
     for r, m in have.items():
         for g in m.rank.collectives:
             if g.name == name:
-                out[r] = g
+                live = [p for p in (g.pending, *g.later) if p is not None
+                        and p.age_s + m.fr_age_s <= m.step_age_s + STEP_SLACK_S]
+                out[r] = replace(g, pending=live[0] if live else None, later=tuple(live[1:]))
                 break
     return out
 
@@ -104,7 +113,12 @@ def _records(name: str, have: dict[int, Member]) -> dict[int, GroupRecord]:
 def _group(name: str, by_rank: dict[int, Member], have: dict[int, Member], limit: float,
            asked_age_s: float, wait_s: float) -> Finding | None:
     records = _records(name, have)
-    pending = {r: g for r, g in records.items() if g.pending is not None}
+    done = max(g.last_completed for g in records.values())
+    pending = {}
+    for r, g in records.items():        # (what a member completed, every member entered)
+        live = [p for p in (g.pending, *g.later) if p is not None and p.seq > done]
+        if live:
+            pending[r] = replace(g, pending=live[0], later=tuple(live[1:]))
     if not pending:
         return None
     sample = next(iter(pending.values()))

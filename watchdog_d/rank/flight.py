@@ -127,7 +127,10 @@ def answer(slot: str, env: dict) -> None:
     if raw is not None:
         try:
             dump = pickle.loads(raw)
-            groups = frsummary.summarise(dump, time.time_ns(), members())
+            known = members()
+            if _fill_config(dump, known):     # (gloo's dump leaves the groups' ranks out)
+                raw = pickle.dumps(dump, protocol=pickle.HIGHEST_PROTOCOL)
+            groups = frsummary.summarise(dump, time.time_ns(), known)
             if not groups:
                 note = "nothing recorded yet" if not dump.get("entries") else ""
         except (pickle.UnpicklingError, frsummary.BrokenDump, ValueError, TypeError, EOFError) as e:
@@ -136,6 +139,24 @@ def answer(slot: str, env: dict) -> None:
     if raw is not None and len(raw) <= MAX_DUMP_BYTES:
         _replace(slot + SUFFIX_DUMP, raw)
     _replace(slot + SUFFIX_SUMMARY, json.dumps(doc, separators=(",", ":")).encode())
+
+
+def _fill_config(dump: object, known: dict[str, list[int]]) -> bool:
+    """Write the groups' members into the dump's ``pg_config`` where it lacks them, so the
+    kept dump says who belongs (torch's analyzer and ``diagnose`` read them there)."""
+    if not isinstance(dump, dict) or not known:
+        return False
+    config = dump.get("pg_config")
+    if not isinstance(config, dict):
+        config = dump["pg_config"] = {}
+    changed = False
+    for name, ranks in known.items():
+        have = config.get(name)
+        if not isinstance(have, dict) or have.get("ranks") in (None, "", "[]"):
+            desc = have.get("desc", "") if isinstance(have, dict) else ""
+            config[name] = {"name": name, "desc": desc, "ranks": str(list(ranks))}
+            changed = True
+    return changed
 
 
 def _plain(g) -> dict:
