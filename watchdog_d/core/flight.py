@@ -92,7 +92,7 @@ def judge(members: list[Member], limit: float, asked_age_s: float, wait_s: float
     return min(found, key=lambda f: (order.index(f.kind), -f.age_s))
 
 
-STEP_SLACK_S = 1.0
+STEP_SLACK_S = 0.25    # the rank's clocks (beacon, dump, file) agree to within this
 
 
 def _records(name: str, have: dict[int, Member]) -> dict[int, GroupRecord]:

@@ -154,12 +154,9 @@ def summarise(dump: object, now_ns: int, members: dict[str, list[int]] | None = 
         if len(pg) > 1 and isinstance(pg[1], str):
             g["desc"] = _text(pg[1])
         g["latest"] = max(g["latest"], seq)
-        state = e.get("state")
-        if g["done"] >= 0 or name in status:
-            done = seq <= g["done"]
-        else:    # no pg_status for the group (an older dump): the entry says
-            done = state == "completed" or e.get("retired") is True
-        if done or state == "completed":
+        # done: as pg_status says, or as the entry says (gloo marks an entry retired a
+        # moment before its pg_status counts it: the last of a step looked pending forever)
+        if seq <= g["done"] or e.get("state") == "completed" or e.get("retired") is True:
             continue
         g["open"][seq] = e
         if len(g["open"]) > 4 * (MAX_LATER + 1):      # (the oldest few are what counts)
