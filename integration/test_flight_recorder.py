@@ -84,7 +84,7 @@ def test_recorder_off_by_the_user_falls_back_and_says_so(guarded) -> None:
     cannot tell from work), and the reason is said once."""
     g = guarded(FAST, *_job("none", TORCH_FR_BUFFER_SIZE=0))
     assert g.wait(120) == 0, g.stderr()
-    g2 = guarded(FAST, *_job("stop_issuing", TORCH_FR_BUFFER_SIZE=0, WD_STEPS=40))
+    g2 = guarded(FAST, *_job("stop_issuing", TORCH_FR_BUFFER_SIZE=0))
     import time
 
     deadline = time.monotonic() + 60

@@ -21,6 +21,7 @@ from ..rank import beacon
 from . import procstat
 from .exits import ExitWatcher, zombie_status
 
+STACK_SETTLE_S = 0.3       # a stack file unchanged this long holds a whole dump
 MAX_SUMMARY = 256 << 10     # a flight-recorder summary file larger than this is not read
 # the rank's own I/O when it answers a request (the stack dump, the summary, the dump it
 # keeps, the request's byte) is not progress: allowed on top of the files' sizes
@@ -155,7 +156,8 @@ def _stack(track: RankTrack, path: str) -> dict:
     if not text:
         return {}
     mtime = track.files[path][0]
-    if mtime != track.stack_latest:
+    # (a dump still being written reads as another stack: compared once it has settled)
+    if mtime != track.stack_latest and time.time() - mtime >= STACK_SETTLE_S:
         key = tuple(rootcause.main_frames(text))
         if not key or key != track.stack_key:
             track.stack_key, track.stack_same_since = key, mtime
