@@ -189,14 +189,16 @@ def _flight(track: RankTrack, path: str) -> dict:
 
 def _io_still(track: RankTrack, pid: int, now: float, slot: str) -> float:
     """Since the rank's I/O last grew (-1: unreadable). Its answers to our own requests
-    (a stack dump, a summary and the dump it keeps) do not count."""
+    (a stack dump, a summary and the dump it keeps) do not count. Called after ``_stack``
+    and ``_flight`` of the same observation."""
     io = procstat.read_io(pid)
     if io is None:
         return -1.0
     if track.io is None:
         track.io, track.io_moved_at = io, now      # (first look: moving, as far as we know)
     elif io != track.io:
-        answered = tuple(_mtime(slot + s) for s in ("stack", "fr"))
+        # (the stack's and the summary's mtimes as _stack and _flight just read them)
+        answered = (track.files.get(slot + "stack", (0.0,))[0], track.flight[2])
         own = 0
         if answered != track.answered:
             track.answered = answered
@@ -205,13 +207,6 @@ def _io_still(track: RankTrack, pid: int, now: float, slot: str) -> float:
             track.io_moved_at = now
         track.io = io
     return now - track.io_moved_at
-
-
-def _mtime(path: str) -> float:
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return 0.0
 
 
 def _size(path: str) -> int:

@@ -96,29 +96,35 @@ STEP_SLACK_S = 0.25    # the rank's clocks (beacon, dump, file) agree to within 
 
 
 def _records(name: str, have: dict[int, Member]) -> dict[int, GroupRecord]:
-    """Each member's record of the group, with only the pending entries it can be waiting
-    in: one enqueued before its latest step is not (the step came after it), whatever
-    the record says (gloo retires some entries late: they look pending for minutes)."""
     out = {}
     for r, m in have.items():
         for g in m.rank.collectives:
             if g.name == name:
-                live = [p for p in (g.pending, *g.later) if p is not None
-                        and p.age_s + m.fr_age_s <= m.step_age_s + STEP_SLACK_S]
-                out[r] = replace(g, pending=live[0] if live else None, later=tuple(live[1:]))
+                out[r] = g
                 break
+    return out
+
+
+def _waiting(records: dict[int, GroupRecord], have: dict[int, Member]) -> dict[int, GroupRecord]:
+    """Each member's record with only the pending entries it can be waiting in (members
+    without one left out): not one another member completed (every member entered
+    that), nor one enqueued before its latest step (the step came after it), whatever
+    the record says (gloo retires some entries late: they look pending for minutes)."""
+    done = max(g.last_completed for g in records.values())
+    out = {}
+    for r, g in records.items():
+        m = have[r]
+        live = [p for p in (g.pending, *g.later) if p is not None and p.seq > done
+                and p.age_s + m.fr_age_s <= m.step_age_s + STEP_SLACK_S]
+        if live:
+            out[r] = replace(g, pending=live[0], later=tuple(live[1:]))
     return out
 
 
 def _group(name: str, by_rank: dict[int, Member], have: dict[int, Member], limit: float,
            asked_age_s: float, wait_s: float) -> Finding | None:
     records = _records(name, have)
-    done = max(g.last_completed for g in records.values())
-    pending = {}
-    for r, g in records.items():        # (what a member completed, every member entered)
-        live = [p for p in (g.pending, *g.later) if p is not None and p.seq > done]
-        if live:
-            pending[r] = replace(g, pending=live[0], later=tuple(live[1:]))
+    pending = _waiting(records, have)
     if not pending:
         return None
     sample = next(iter(pending.values()))

@@ -232,27 +232,51 @@ def from_doc(doc: object) -> tuple[tuple[GroupRecord, ...], str]:
 
 def _record(g: dict) -> GroupRecord:
     p = g.get("pending")
-    pending = None if p is None else _pending_doc(p)
     later = g.get("later", [])
-    if not isinstance(later, list) or len(later) > MAX_LATER:
+    if not isinstance(later, list):
         raise ValueError("later")
-    ranks = g["ranks"]
-    if not isinstance(ranks, str) or len(ranks) > MAX_RANKS_TEXT:
-        raise ValueError("ranks")
-    size = g["size"]
-    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= 1 << 24:
-        raise ValueError("size")
-    return GroupRecord(name=_text(g["name"]), desc=_text(g["desc"]), size=size, ranks=ranks,
-                       last_enqueued=_int(g["last_enqueued"]), last_started=_int(g["last_started"]),
-                       last_completed=_int(g["last_completed"]), pending=pending,
-                       later=tuple(_pending_doc(x) for x in later))
+    return checked(GroupRecord(
+        name=_text(g["name"]), desc=_text(g["desc"]), size=g["size"], ranks=g["ranks"],
+        last_enqueued=_int(g["last_enqueued"]), last_started=_int(g["last_started"]),
+        last_completed=_int(g["last_completed"]), pending=None if p is None else _pending_doc(p),
+        later=tuple(_pending_doc(x) for x in later[:MAX_LATER + 1])))
 
 
 def _pending_doc(p: dict) -> PendingCollective:
-    seq, nbytes, age = p["seq"], p["nbytes"], p["age_s"]
-    if not (_int(seq) >= 0 and _int(nbytes, -2) >= 0 and isinstance(age, (int, float))
-            and not isinstance(age, bool) and math.isfinite(age) and 0 <= age <= 30 * 86400.0
-            and p["state"] in ("scheduled", "started")):
-        raise ValueError("pending")
-    return PendingCollective(seq=seq, op=_text(p["op"]), sizes=_text(p["sizes"], MAX_SIZES_TEXT),
-                             nbytes=nbytes, age_s=float(age), state=p["state"])
+    return PendingCollective(seq=p["seq"], op=_text(p["op"]), sizes=_text(p["sizes"], MAX_SIZES_TEXT),
+                             nbytes=p["nbytes"], age_s=p["age_s"], state=p["state"])
+
+
+_RANGES_CHARS = frozenset("0123456789,-:")
+MAX_AGE_S = 30 * 86400.0
+
+
+def checked(g: GroupRecord) -> GroupRecord:
+    """``g`` if a flight recorder could have written it, else ValueError saying why: the one
+    set of rules, whoever reads a summary (the agent from a rank's file, the coordinator
+    from the wire)."""
+    for name in ("last_enqueued", "last_started", "last_completed"):
+        if not _is_int(getattr(g, name)) or not -1 <= getattr(g, name) <= MAX_SEQ:
+            raise ValueError(f"collective group: {name} {getattr(g, name)!r}")
+    if not _is_int(g.size) or not 0 <= g.size <= 1 << 24:
+        raise ValueError(f"collective group: size {g.size!r}")
+    if not isinstance(g.ranks, str) or len(g.ranks) > MAX_RANKS_TEXT \
+            or not _RANGES_CHARS.issuperset(g.ranks):
+        raise ValueError("collective group: ranks is not a rank range")
+    if len(g.later) > MAX_LATER or (g.later and g.pending is None):
+        raise ValueError(f"collective group: {len(g.later)} later pending collectives")
+    for p in (g.pending, *g.later):
+        if p is None:
+            continue
+        if not (_is_int(p.seq) and 0 <= p.seq <= MAX_SEQ and _is_int(p.nbytes) and 0 <= p.nbytes <= MAX_SEQ):
+            raise ValueError(f"pending collective: seq {p.seq!r}, {p.nbytes!r} bytes")
+        if not (isinstance(p.age_s, (int, float)) and not isinstance(p.age_s, bool)
+                and math.isfinite(p.age_s) and 0.0 <= p.age_s <= MAX_AGE_S):
+            raise ValueError("pending collective: its age is not a duration")
+        if p.state not in ("scheduled", "started"):
+            raise ValueError(f"pending collective: state {str(p.state)[:16]!r}")
+    return g
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)

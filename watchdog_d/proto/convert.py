@@ -134,9 +134,6 @@ def gpus_from_pb(ms) -> tuple[GpuState, ...]:
     return gpus
 
 
-_RANGES_CHARS = frozenset("0123456789,-:")
-
-
 def group_to_pb(g: GroupRecord) -> pb.CollectiveGroup:
     m = pb.CollectiveGroup(name=g.name, desc=g.desc, size=g.size, ranks=g.ranks,
                            last_enqueued=g.last_enqueued, last_started=g.last_started,
@@ -153,33 +150,25 @@ def _pending_to_pb(p: PendingCollective) -> pb.PendingCollective:
 
 
 def _pending_from_pb(p: pb.PendingCollective) -> PendingCollective:
-    if not 0 <= p.seq <= frsummary.MAX_SEQ or not 0 <= p.nbytes <= frsummary.MAX_SEQ:
-        raise WireError(f"pending collective: seq {p.seq}, {p.nbytes} bytes")
-    if not (math.isfinite(p.age_s) and 0.0 <= p.age_s <= MAX_SECONDS):
-        raise WireError("pending collective: its age is not a duration")
-    if p.state not in ("scheduled", "started"):
-        raise WireError(f"pending collective: state {p.state[:16]!r}")
     return PendingCollective(seq=p.seq, op=_name("op", p.op[:64]), sizes=_name("sizes", p.sizes[:64]),
-                             nbytes=p.nbytes, age_s=p.age_s, state=p.state)
+                             nbytes=p.nbytes, age_s=p.age_s, state=p.state[:16])
 
 
 def group_from_pb(m: pb.CollectiveGroup) -> GroupRecord:
     """One group of a rank's flight-recorder summary; WireError when no recorder could
-    have written it (absurd sequence ids, sizes or ages, control characters)."""
-    for name in ("last_enqueued", "last_started", "last_completed"):
-        if not -1 <= getattr(m, name) <= frsummary.MAX_SEQ:
-            raise WireError(f"collective group: {name} {getattr(m, name)}")
-    if not 0 <= m.size <= 1 << 24:
-        raise WireError(f"collective group: size {m.size}")
-    if len(m.ranks) > frsummary.MAX_RANKS_TEXT or not _RANGES_CHARS.issuperset(m.ranks):
-        raise WireError("collective group: ranks is not a rank range")
-    pending = _pending_from_pb(m.pending) if m.HasField("pending") else None
+    have written it (``frsummary.checked``: absurd sequence ids, sizes or ages), or it
+    holds control characters."""
     if len(m.later) > frsummary.MAX_LATER:
         raise WireError(f"collective group: {len(m.later)} later pending collectives")
-    return GroupRecord(name=_name("group name", m.name[:64]), desc=_name("group desc", m.desc[:64]),
-                       size=m.size, ranks=m.ranks, last_enqueued=m.last_enqueued,
-                       last_started=m.last_started, last_completed=m.last_completed, pending=pending,
-                       later=tuple(_pending_from_pb(p) for p in m.later) if pending else ())
+    pending = _pending_from_pb(m.pending) if m.HasField("pending") else None
+    try:
+        return frsummary.checked(GroupRecord(
+            name=_name("group name", m.name[:64]), desc=_name("group desc", m.desc[:64]),
+            size=m.size, ranks=m.ranks[:frsummary.MAX_RANKS_TEXT + 1], last_enqueued=m.last_enqueued,
+            last_started=m.last_started, last_completed=m.last_completed, pending=pending,
+            later=tuple(_pending_from_pb(p) for p in m.later) if pending else ()))
+    except ValueError as e:
+        raise WireError(str(e)) from None
 
 
 def rank_to_pb(r: RankReport, same_text: bool = False) -> pb.RankState:
