@@ -56,7 +56,9 @@ def test_rank_hanging_before_collective_is_named(guarded):
     g = guarded(FAST, torchrun_cmd(), train_env(WD_FAULT="hang"))
     assert g.wait() == 75, g.stderr()
     last = g.last_stderr_line()
-    assert "rank_stalled rank 1" in last and "not in a collective" in last, last
+    # the flight recorders decide: rank 0 waits in the all_reduce rank 1 never enqueued
+    assert "rank_stalled rank 1" in last and "flight recorder: all_reduce #" in last and \
+        "never enqueued by rank 1" in last and "rank 1 is hung: is idle" in last, last
     ev = g.events()[-1]
     assert ev["kind"] == "rank_stalled" and ev["rank"] == 1
     assert ev["detected_after_s"] >= 3

@@ -181,13 +181,18 @@ SHUTDOWN = "shutdown: destroy_process_group"
 
 
 def begin_shutdown() -> None:
-    if _writer is not None and not any(s[0] == SHUTDOWN for s in _sections):
+    if _writer is not None and not shutting_down():
         open_section(SHUTDOWN, section_timeout("shutdown"))
+
+
+def shutting_down() -> bool:
+    """Is the rank inside (or past) destroy_process_group() of its default group?"""
+    return any(s[0] == SHUTDOWN for s in _sections)
 
 
 def end_shutdown() -> None:
     w = _writer
-    if w is not None and any(s[0] == SHUTDOWN for s in _sections):
+    if w is not None and shutting_down():
         _sections[:] = [s for s in _sections if s[0] != SHUTDOWN]
         _write_top(w)
 

@@ -87,10 +87,15 @@ def off_reason(env: dict) -> str:
 
 def read_dump() -> tuple[bytes | None, str]:
     """(the pickled dump, "") or (None, why not)."""
+    from . import api
+
     dist = sys.modules.get("torch.distributed")
     c10d = sys.modules.get("torch._C._distributed_c10d")
     if dist is None or c10d is None:
         return None, "torch.distributed is not in use in this rank"
+    if api.shutting_down():
+        # a dump of a process group torch is tearing down crashed the rank (SIGSEGV)
+        return None, "the rank is destroying its process group"
     try:
         if not dist.is_initialized():
             return None, "no process group yet"
