@@ -60,6 +60,7 @@ class Wrapper:
         self.reattach = reattach
         self.next_reattach = 0.0
         self.node_id = node_id
+        self.asker = evidence.Asker()       # stacks and flight recorders, one round at a time
         self.job_id = cfg.job_id
         # Commands from the agent, None when its connection ended, USER_SIGNAL. A
         # SimpleQueue: its put() is reentrant, so the signal handler may call it while
@@ -175,7 +176,7 @@ class Wrapper:
     def _dump_stacks(self) -> None:
         att = self.attempt
         if att is not None:
-            evidence.ask(att.beacons, {p.pid for p in att.processes.living()})
+            self.asker.ask(att.beacons, {p.pid for p in att.processes.living()})
 
     def _keep_dumps(self, verdict: Verdict | None) -> None:
         att = self.attempt
