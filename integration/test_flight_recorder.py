@@ -96,3 +96,18 @@ def test_recorder_off_by_the_user_falls_back_and_says_so(guarded) -> None:
     assert ev and ev[0]["kind"] == "long_pause", ev
     said = [e for e in ev if "flight recorder not available: TORCH_FR_BUFFER_SIZE=0" in e["cause"]]
     assert len(said) == 1, ev
+
+
+def test_a_rank_stuck_in_d_with_no_io_progress_is_named(guarded) -> None:
+    ev = _verdict(guarded(FAST, *_job("d_stuck")))
+    assert (ev["kind"], ev["rank"]) == ("rank_stalled", 1), ev
+    assert "uninterruptible sleep (state D)" in ev["cause"] and "no I/O progress" in ev["cause"], ev
+
+
+def test_twin_a_rank_reading_from_a_slow_filesystem_is_not_torn_down(guarded) -> None:
+    # state D in nearly every sample for 2.5x the floor, bytes arriving all the while
+    g = guarded(FAST, *_job("slow_fs", WD_WORK_S=2.5 * FLOOR))
+    assert g.wait(120) == 0, g.stderr()
+    kinds = [e["kind"] for e in g.events()]
+    assert set(kinds) <= {"long_pause", "job_succeeded"} and kinds[-1] == "job_succeeded", kinds
+    assert_no_leftovers(g.job_id)

@@ -203,6 +203,10 @@ def test_stuck_or_busy_by_its_own_evidence() -> None:
     assert flight.stuck(RankReport(0, cpu_percent=99.0, stack_still_s=30.0, io_still_s=1.0)) is None
     assert flight.stuck(RankReport(0, cpu_percent=99.0, stack_still_s=0.0, io_still_s=60.0)) is None
     assert flight.stuck(RankReport(0, cpu_percent=99.0, stack_still_s=30.0, io_still_s=-1.0)) is None
+    # a slow filesystem: D nearly always, no CPU, bytes arriving
+    assert flight.stuck(RankReport(0, proc_state="D", d_held_s=40.0, io_still_s=0.5)) is None
+    assert flight.stuck(RankReport(0, cpu_percent=0.0, io_still_s=2.0)) is None
+    assert "idle" in flight.stuck(RankReport(0, cpu_percent=0.0, io_still_s=3.0))
 
 
 # -- the detector on it ------------------------------------------------------------------------

@@ -217,6 +217,15 @@ def test_D_with_io_moving_is_a_slow_filesystem() -> None:
     c = _stuck_job({1: dict(proc_state="D", d_held_s=50.0, io_still_s=0.4, cpu_percent=3.0)})
     _, v = only_verdict(c.evaluate(1000.0))
     assert not (v.kind == "rank_stalled" and "state D" in v.cause)
+    # ... even when it is the one behind: at no CPU, its I/O says it works
+    behind = _stuck_job({1: dict(step=9, proc_state="D", d_held_s=50.0, io_still_s=0.4,
+                                 cpu_percent=0.0)})
+    _, v = only_verdict(behind.evaluate(1000.0))
+    assert (v.kind, v.rank) == ("long_pause", 1) and "I/O moving" in v.cause, v.cause
+    # its twin: behind, no CPU, no I/O for long: hung
+    idle = _stuck_job({1: dict(step=9, proc_state="S", io_still_s=60.0, cpu_percent=0.0)})
+    _, v = only_verdict(idle.evaluate(1000.0))
+    assert (v.kind, v.rank) == ("rank_stalled", 1), v.cause
 
 
 def test_D_held_with_io_unreadable_needs_longer() -> None:

@@ -187,8 +187,13 @@ def _finishing(book: JobBook, now: float, ending: finish.Ending, alive: list,
 
 
 def _busy(r: RankReport) -> bool:
-    """A rank this busy outside a collective is working (or spinning), not idle-hung."""
-    return r.cpu_percent >= flight.BUSY_CPU
+    """A rank this busy outside a collective is working (or spinning), not idle-hung;
+    so is one whose I/O moves at no CPU (reading from a slow filesystem)."""
+    return r.cpu_percent >= flight.BUSY_CPU or flight.io_moving(r)
+
+
+def _io_said(r: RankReport) -> str:
+    return f", I/O moving {r.io_still_s:.0f}s ago" if flight.io_moving(r) else ""
 
 
 def _name_culprit(book: JobBook, stalled: list, alive_since: list, limit: float,
@@ -257,7 +262,7 @@ def _name_culprit(book: JobBook, stalled: list, alive_since: list, limit: float,
         if not _busy(r):
             return verdict(n, r, why + note, remedy)
         return _long_pause(book, n, r, detected_after,
-                           f"{why}, but busy (CPU {r.cpu_percent:.0f}%): working, not hung{note}")
+                           f"{why}, but busy (CPU {r.cpu_percent:.0f}%{_io_said(r)}): working, not hung{note}")
     if len(stacks) == len(by_rank) > 1 and not outside:
         step = next(iter(steps))
         return _verdict(book, "collective_timeout", None, None, detected_after,
@@ -292,7 +297,8 @@ def _flight_verdict(book: JobBook, fl: flight.Finding, by_rank: dict, after: flo
         if why is None:
             return _long_pause(book, n, r, after,
                                f"flight recorder: {fl.text}; but rank {r.rank} is busy (CPU "
-                               f"{r.cpu_percent:.0f}%, its stack or I/O moving){at}: working, not hung")
+                               f"{r.cpu_percent:.0f}%{_io_said(r) or ', its stack moving'}){at}: "
+                               f"working, not hung")
         return _verdict(book, "rank_stalled", n, r, after,
                         f"flight recorder: {fl.text}; rank {r.rank} is hung: {why.removeprefix('it ')}{at}",
                         "the rank is stuck outside the collective its peers wait in: its stack is "

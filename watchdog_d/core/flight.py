@@ -36,6 +36,7 @@ SAME_SIZES = ("all_reduce", "broadcast", "reduce", "allreduce_coalesced", "_allg
 D_HOLD_S = 3.0        # in D in every observation this long with no I/O: stuck in the kernel
 D_HOLD_BLIND_S = 30.0  # ... this long when its I/O counters cannot be read
 BUSY_CPU = 25.0       # % of a core: a rank this busy is working, or spinning
+IO_MOVING_S = 3.0     # its I/O grew this recently: working on data (a slow filesystem), at 0% CPU
 
 
 @dataclass(frozen=True)
@@ -221,12 +222,20 @@ def stuck(r: RankReport) -> str | None:
     held = held_in_d(r)
     if held:
         return held
+    if io_moving(r):
+        return None
     if r.cpu_percent < BUSY_CPU:
         return f"it is idle (CPU {r.cpu_percent:.0f}%)"
     if r.stack_still_s > 0 and r.io_still_s >= r.stack_still_s:
         return (f"it spins (CPU {r.cpu_percent:.0f}%) with a stack that did not move across dumps "
                 f"{r.stack_still_s:.0f}s apart and no I/O for {r.io_still_s:.0f}s")
     return None
+
+
+def io_moving(r: RankReport) -> bool:
+    """Bytes still flow (a read from a slow network filesystem sits in D at no CPU); a
+    chatty thread of a hung rank reads as working too: the cautious side."""
+    return 0.0 <= r.io_still_s < IO_MOVING_S
 
 
 def held_in_d(r: RankReport) -> str | None:
