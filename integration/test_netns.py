@@ -5,16 +5,20 @@ Addresses are on our own veth pair only (10.213.N.0/30), torn down at the end.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from cluster import Cluster
 from harness import TORCHRUN, WATCHDOG, Guarded, free_port, kill_job, train_env
+
+ASYNC_JOB = str(Path(__file__).parent / "jobs" / "async_job.py")
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
@@ -54,7 +58,8 @@ def host_b():
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def _job_on_two_hosts(tmp_path, host_b, cluster, job: str, run_args: list[str], **env_extra):
+def _job_on_two_hosts(tmp_path, host_b, cluster, job: str, run_args: list[str],
+                      script: list[str] = ("-m", "watchdog_d.demo.train"), **env_extra):
     """Node B's agent inside the namespace; one wrapper per host (B's inside it too).
     Returns (agent_b, [wrapper_a, wrapper_b])."""
     sock_b = str(tmp_path / "node-b.sock")
@@ -75,11 +80,17 @@ def _job_on_two_hosts(tmp_path, host_b, cluster, job: str, run_args: list[str], 
         env = train_env(WD_PG_TIMEOUT=600, GLOO_SOCKET_IFNAME=ifname, **env_extra)
         cmd = [*TORCHRUN, "--nnodes=2", f"--node-rank={node_rank}", "--nproc-per-node=1",
                f"--master-addr={host_b['a_ip']}", f"--master-port={master}",
-               "-m", "watchdog_d.demo.train"]
+               *script]
         # on host B the whole wrapper (and so the job) runs inside the namespace
         wrappers.append(Guarded(tmp_path, job, ["--agent-socket", sock, "--grace", "3", *run_args],
                                 cmd, env, prefix=prefix))
     return agent_b, wrappers
+
+
+def _events(cluster: Cluster, job: str) -> list[dict]:
+    out = subprocess.run([*WATCHDOG, "events", "--json", "--job", job, "--state-dir",
+                          str(cluster.state_dir)], capture_output=True, text=True, timeout=30)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
 def _wait_for_steps(a: Guarded, b: Guarded, marker: str = "step 10 ") -> None:
@@ -142,6 +153,78 @@ def test_cut_link_under_restart_node_b_catches_up_with_the_relaunch(tmp_path, ho
         assert "relaunching as attempt 1 from" in b.stderr(), b.stderr()
         resumed = [re.findall(r"resumed from (\S+) at step (\d+)", w.stdout()) for w in (a, b)]
         assert resumed[0] == resumed[1] and len(resumed[0]) == 1, resumed   # the same checkpoint
+    finally:
+        _cleanup(wrappers, job, agent_b, cluster)
+
+
+@pytest.fixture
+def iptables():
+    """iptables, installed from the package registry when missing (we are root)."""
+    if not shutil.which("iptables"):
+        subprocess.run(["apt-get", "install", "-y", "-q", "iptables"], capture_output=True,
+                       timeout=300, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    if not shutil.which("iptables"):
+        pytest.skip("iptables is not installed and apt-get could not install it")
+    return shutil.which("iptables")
+
+
+def test_link_cut_between_two_live_spinning_ranks_is_a_collective_timeout(
+        tmp_path, host_b, iptables, alert_sink):
+    # NCCL's host-side shape (async all_reduce, hosts spinning on is_completed()); the
+    # ranks' own gloo connections are cut, while the agents, the coordinator and torchrun's
+    # store still talk: every rank alive, busy, outside any collective frame. The flight
+    # recorders show the all_reduce pending on both.
+    port = free_port()
+    cluster = Cluster(tmp_path, ["node-a"], alert_url=alert_sink.url, listen=f"0.0.0.0:{port}")
+    agent_b = None
+    job = f"netns-cut-{port}"
+    wrappers: list[Guarded] = []
+    floor = 4.0
+    try:
+        agent_b, wrappers = _job_on_two_hosts(
+            tmp_path, host_b, cluster, job, ["--min-stall-timeout", str(floor)],
+            script=[ASYNC_JOB], WD_FAULT="none", WD_STEPS=100000)
+        a, b = wrappers
+        _wait_for_steps(a, b, "step 40")
+        master = re.search(r"--master-port=(\d+)", " ".join(a.argv)).group(1)
+        keep = f"{port},{master}"            # the coordinator and torchrun's store stay up
+        ns = ["ip", "netns", "exec", host_b["ns"], iptables]
+        for rule in (["INPUT", "-s", host_b["a_ip"], "-p", "tcp", "-m", "multiport", "!",
+                      "--sports", keep, "-j", "DROP"],
+                     ["OUTPUT", "-d", host_b["a_ip"], "-p", "tcp", "-m", "multiport", "!",
+                      "--dports", keep, "-j", "DROP"]):
+            subprocess.run([*ns, "-A", *rule], check=True, capture_output=True, timeout=10)
+        assert a.wait(timeout=90) == 75, a.stderr()
+        assert b.wait(timeout=60) == 75, b.stderr()
+        ev = [e for e in _events(cluster, job) if e["action"] == "teardown"]
+        assert len(ev) == 1 and ev[0]["kind"] == "collective_timeout", ev
+        assert ev[0]["detected_after_s"] <= floor + 5.0, ev[0]
+        assert ev[0]["cause"].startswith("flight recorder: all_reduce #"), ev[0]["cause"]
+        assert "on default_pg [2 ranks]" in ev[0]["cause"], ev[0]["cause"]
+        assert "pending on every rank" in ev[0]["cause"], ev[0]["cause"]
+        assert "flight recorder: all_reduce" in alert_sink.wait_for(1)[0]["message"]
+    finally:
+        _cleanup(wrappers, job, agent_b, cluster)
+
+
+def test_twin_the_same_job_uncut_under_the_same_rules_ends_well(tmp_path, host_b, iptables):
+    # the rules in place but matching nothing the job uses: no verdict
+    port = free_port()
+    cluster = Cluster(tmp_path, ["node-a"], listen=f"0.0.0.0:{port}")
+    agent_b = None
+    job = f"netns-uncut-{port}"
+    wrappers: list[Guarded] = []
+    try:
+        ns = ["ip", "netns", "exec", host_b["ns"], iptables]
+        subprocess.run([*ns, "-A", "INPUT", "-s", "10.213.255.1", "-j", "DROP"], check=True,
+                       capture_output=True, timeout=10)
+        agent_b, wrappers = _job_on_two_hosts(
+            tmp_path, host_b, cluster, job, ["--min-stall-timeout", "4"],
+            script=[ASYNC_JOB], WD_FAULT="none", WD_STEPS=300)
+        a, b = wrappers
+        assert a.wait(timeout=120) == 0, a.stderr()
+        assert b.wait(timeout=60) == 0, b.stderr()
+        assert [e["kind"] for e in _events(cluster, job)] == ["job_succeeded"], _events(cluster, job)
     finally:
         _cleanup(wrappers, job, agent_b, cluster)
 
