@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 from harness import TORCHRUN, WATCHDOG, assert_no_leftovers, train_env
@@ -44,6 +45,12 @@ def test_a_rank_that_stops_issuing_and_spins_is_named(guarded, alert_sink) -> No
                          text=True, timeout=60)
     found = json.loads(out.stdout)["flight_recorder"]
     assert found["kind"] == "behind" and found["culprits"] == [1], found
+    # ... and so does torch's own analyzer
+    torch_says = subprocess.run([sys.executable, "-m", "torch.distributed.flight_recorder.fr_trace",
+                                 str(kept), "--prefix", "fr_trace_rank_"], capture_output=True,
+                                text=True, timeout=120)
+    said = torch_says.stdout + torch_says.stderr          # (it reports through logging)
+    assert "Not all ranks joining collective" in said and "missing ranks: {1}" in said, said[-2000:]
 
 
 def test_twin_undeclared_host_work_with_stack_and_io_moving_is_not_torn_down(guarded) -> None:
