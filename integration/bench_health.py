@@ -256,7 +256,9 @@ def main() -> int:
             if w.poll() is not None:
                 raise SystemExit(f"job {j} ended early: see {tmp}/{j}.log")
         doctor = "n/a (no `watchdog-d doctor` in this tree)"
-        if has_doctor(ROOT):
+        if a.doctor_runs <= 0:
+            doctor = "not measured (--doctor-runs 0)"
+        elif has_doctor(ROOT):
             c, wl, rc = doctor_cost(ROOT, bench, gpus, a.doctor_runs)
             doctor = (f"{c:.2f} CPU s per run, its children included ({wl:.2f} s wall; exit {rc}; "
                       f"{a.gpus} fake GPUs), median of {a.doctor_runs}")
