@@ -55,6 +55,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE")
     p.add_argument("--state-dir", dest="state_dir")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--log-format", dest="log_format", choices=("text", "json"),
+                   help="operator log lines on stderr: text (key=value, the default) or json "
+                        "(one object per line, for a log collector)")
 
 
 def _security(p: argparse.ArgumentParser) -> None:
@@ -166,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, cfg: Config, command: list[str]) -> int:
     # each command imports what it needs, and only that: status, events and diagnose
     # load neither grpc nor psutil nor apprise
+    log.set_format(cfg.log_format)
     if args.cmd in ("run", "agent", "coordinator"):
         writable_dir(cfg.state_dir)
     if args.cmd == "run":

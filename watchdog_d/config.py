@@ -104,6 +104,7 @@ class Config:
     gpu_checks: bool = True              # agent: GPU health through NVML (false: never loads it)
     gpu_poll_interval: float = 5.0       # agent: GPU telemetry read this often (Xid events: at once)
     kmsg_path: str = "/dev/kmsg"         # agent: kernel log followed for OOM kills, NVRM Xids ("": off)
+    log_format: str = "text"             # operator log lines: text (key=value) or json (collectors)
 
     def job_spec(self, command: str = "") -> JobSpec:
         """The spec a wrapper registers (``command``: the job's command line, redacted)."""
@@ -135,6 +136,8 @@ class Config:
             port = value.rsplit(":", 1)[1] if ":" in value else ""
             if value and not (port.isdigit() and 0 <= int(port) <= 65535):
                 raise ConfigError(f"{name} must be HOST:PORT with a port of 0-65535, got {value!r}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be text or json, got {self.log_format!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key go together")
         return self

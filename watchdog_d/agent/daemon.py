@@ -63,6 +63,7 @@ class Agent(WrapperSide):
         self._signature: tuple = ((), ())
         self._urgent = False
         self._sent_at = float("-inf")
+        self._refusals_said: set = set()       # (job, uid, reason) logged already
         self.reporter = Reporter()
         self.channel = rpc.make_channel(cfg, self.target)
         self.stub = pb_grpc.CoordinatorStub(self.channel)
@@ -171,7 +172,7 @@ class Agent(WrapperSide):
                     ranks = ()
                 job.last = JobOnNode(spec=job.spec, attempt=job.attempt, state=job.state,
                                      exit_code=job.exit_code, ranks=ranks, note=job.note,
-                                     run=job.run)
+                                     run=job.run, owner=job.uid)
                 parts.append(job.last)
             self._seq += 1
             gpus = self.hardware.gpus
@@ -256,6 +257,8 @@ class Agent(WrapperSide):
                                        metadata=self.metadata)
                 if self.reporter.acked(report, ack):
                     self._send_now.set()       # the coordinator wants everything: now
+                self._settle_owners(report.jobs, {c.job_id: c.action for c in ack.commands
+                                                  if c.verb == "refuse"})
                 for cmd in ack.commands:
                     self._deliver(cmd)
                 self.link.ok()
@@ -288,7 +291,9 @@ class Agent(WrapperSide):
             job = self.jobs.get(cmd.job_id)
             if job is None or cmd.attempt < job.attempt and cmd.verb != "done":
                 return
-            if cmd.verb in ("teardown", "restart", "relaunch"):   # also re-sent with every ack: once
+            if cmd.verb == "refuse" and not job.registered:
+                return      # (its registration is refused by the thread that waits for it)
+            if cmd.verb in ("teardown", "restart", "relaunch", "refuse"):   # re-sent with every ack: once
                 key = (cmd.verb, cmd.attempt)
                 if key in job.delivered:
                     return

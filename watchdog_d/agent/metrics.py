@@ -39,6 +39,12 @@ class AgentMetrics(DaemonMetrics):
                                ["outcome"], registry=self.registry)
         for outcome in ("acked", "failed"):
             self.reports.labels(outcome)          # both shown from the start, at 0
+        self.refused = Counter("watchdogd_agent_wrappers_refused",
+                               "Wrappers refused, by reason: owner (the job is another uid's), "
+                               "duplicate (the job has a wrapper on this node), launcher (not "
+                               "the caller's process)", ["reason"], registry=self.registry)
+        for reason in ("owner", "duplicate", "launcher"):
+            self.refused.labels(reason)
         self.acked_at = time.monotonic()          # the last acked Report (at first: the start)
         self.observed_at: float | None = None     # when agent._latest was observed
         agent.stub = _Counted(agent.stub, self)

@@ -4,12 +4,14 @@ and closed. Mixed into ``daemon.Agent``, whose state (jobs, locks) it shares."""
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from .. import log
+from ..core import owner
 from ..core.model import JobOnNode, JobSpec
 from ..logs.fingerprints import Catalogue, CatalogueError
 from ..proto import localsock
@@ -19,8 +21,6 @@ from .observe import RankTrack
 from .ranklogs import AttemptLogs
 
 if TYPE_CHECKING:
-    import threading
-
     from ..config import Config
     from .exits import ExitWatcher
 
@@ -42,6 +42,17 @@ class LocalJob:
     logs: AttemptLogs | None = None
     logs_read_at: float = float("-inf")
     delivered: set = field(default_factory=set)    # (verb, attempt) handed to the wrapper
+    # the coordinator's word on its owner: set once a report with the job was acked
+    # (``refusal``: why it was refused, "" accepted)
+    settled: threading.Event = field(default_factory=threading.Event)
+    refusal: str = ""
+    registered: bool = False                       # its wrapper was told Registered
+
+
+# how long a registration waits for the coordinator's word on the job's owner (it is
+# asked with the next report, sent at once); unanswered (unreachable), the job starts
+# and a refusal that comes later stops it
+OWNER_WAIT_S = 3.0
 
 
 class WrapperSide:
@@ -49,12 +60,15 @@ class WrapperSide:
     node_id: str
     target: str
     jobs: dict[str, LocalJob]
-    lock: "threading.Lock"
-    observing: "threading.Lock"
+    lock: threading.Lock
+    observing: threading.Lock
     exits: "ExitWatcher"
     catalogue: Catalogue | None
-    _stop: "threading.Event"
-    _send_now: "threading.Event"
+    _stop: threading.Event
+    _send_now: threading.Event
+    _urgent: bool
+    _refusals_said: set
+    metrics: Any
 
     def observe_now(self) -> None:   # (the agent's)
         raise NotImplementedError
@@ -95,21 +109,14 @@ class WrapperSide:
                 job: LocalJob | None) -> LocalJob | None:
         if isinstance(msg, Register) and job is None:
             try:
-                owner = psutil.Process(msg.launcher_pid).uids().real
+                launcher_uid = psutil.Process(msg.launcher_pid).uids().real
             except psutil.Error as e:
                 conn.send(Refused(f"bad registration: launcher {msg.launcher_pid}: {e!r}"))
                 return None
-            if uid != 0 and owner != uid:
-                conn.send(Refused("the launcher is not your process"))
+            if uid != 0 and launcher_uid != uid:
+                self._refuse(conn, msg.spec.job_id, uid, "launcher", "the launcher is not your process")
                 return None
-            job = LocalJob(spec=msg.spec, conn=conn, uid=uid, attempt=msg.attempt, run=msg.run,
-                           launcher_pid=msg.launcher_pid)
-            with self.lock:
-                self.jobs[msg.spec.job_id] = job
-            conn.send(Registered(node_id=self.node_id, coordinator=self.target))
-            log.log("job_attached", job=msg.spec.job_id, launcher_pid=msg.launcher_pid,
-                    attempt=job.attempt)
-            self._send_now.set()
+            return self._register(conn, uid, msg)
         elif isinstance(msg, AttemptStarted) and job is not None:
             with self.observing, self.lock:      # (that order, always)
                 job.attempt, job.launcher_pid, job.beacon_dir = msg.attempt, msg.launcher_pid, msg.beacon_dir
@@ -131,6 +138,64 @@ class WrapperSide:
             conn.send(Refused(f"unexpected message {msg.OP!r}"
                               + (" before register" if job is None else "")))
         return job
+
+    def _register(self, conn: localsock.Conn, uid: int, msg: Register) -> LocalJob | None:
+        """A job belongs to the uid that registered it: on this node one wrapper a job;
+        across nodes the coordinator says (asked with the next report, waited for)."""
+        job_id = msg.spec.job_id
+        job = LocalJob(spec=msg.spec, conn=conn, uid=uid, attempt=msg.attempt, run=msg.run,
+                       launcher_pid=msg.launcher_pid)
+        with self.lock:
+            there = self.jobs.get(job_id)
+            if there is None:
+                self.jobs[job_id] = job
+        if there is not None:
+            if not owner.may_join(there.uid, uid):
+                self._refuse(conn, job_id, uid, "owner",
+                             f"job {job_id} belongs to uid {there.uid} on this node, not to uid "
+                             f"{uid}: pick another --job-id")
+            else:
+                self._refuse(conn, job_id, uid, "duplicate",
+                             f"job {job_id} already runs on this node (wrapper pid "
+                             f"{there.launcher_pid}): one wrapper a job on each node")
+            return None
+        self._urgent = True
+        self._send_now.set()
+        if not job.settled.wait(OWNER_WAIT_S):
+            log.warn("owner_unchecked", job=job_id, uid=uid,
+                     effect="the coordinator did not answer; started, and stopped should it refuse")
+        if job.refusal:
+            with self.observing, self.lock:
+                if self.jobs.get(job_id) is job:
+                    del self.jobs[job_id]
+            self._refuse(conn, job_id, uid, "owner", job.refusal)
+            return None
+        job.registered = True
+        conn.send(Registered(node_id=self.node_id, coordinator=self.target))
+        log.log("job_attached", job=job_id, launcher_pid=msg.launcher_pid, attempt=job.attempt,
+                uid=uid)
+        self._send_now.set()
+        return job
+
+    def _refuse(self, conn: localsock.Conn, job_id: str, uid: int, reason: str, text: str) -> None:
+        """Said to the wrapper every time; counted; logged once per job and uid."""
+        conn.send(Refused(text))
+        self.metrics.refused.labels(reason).inc()
+        key = (job_id, uid, reason)
+        if key not in self._refusals_said:
+            if len(self._refusals_said) > 1000:
+                self._refusals_said.clear()
+            self._refusals_said.add(key)
+            log.warn("wrapper_refused", job=job_id, uid=uid, reason=reason, detail=text[:300])
+
+    def _settle_owners(self, sent: tuple[JobOnNode, ...], refused: dict[str, str]) -> None:
+        """A report was acked: the coordinator's word on each job it held (its refusals
+        came with the ack)."""
+        with self.lock:
+            for job in self.jobs.values():
+                if not job.settled.is_set() and any(job.last is part for part in sent):
+                    job.refusal = refused.get(job.spec.job_id, "")
+                    job.settled.set()
 
     # -- rank logs ----------------------------------------------------------------------
     def _catalogue(self) -> Catalogue | None:

@@ -104,6 +104,10 @@ class _Picture:
                              ("incomplete", "reports_incomplete")):
             reports.add_metric([outcome], counts[key])
         yield reports
+        yield CounterMetricFamily("watchdogd_jobs_refused",
+                                  "Jobs a node brought under another uid than their owner's "
+                                  "(none of it taken), once per episode",
+                                  value=counts["jobs_refused"])
         yield CounterMetricFamily("watchdogd_commands_sent", "Commands (verbs) queued for nodes",
                                   value=counts["commands"])
         yield CounterMetricFamily("watchdogd_commands_dropped",

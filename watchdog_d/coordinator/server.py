@@ -64,7 +64,8 @@ class Coordinator(Records):
         self.bases: dict[str, convert.Base] = {}   # node -> its last report, for the next
         self._late_at = float("-inf")              # a Report waited LATE_S for the loop then
         self.port = 0
-        self.counters = {"reports": 0, "reports_refused": 0, "reports_incomplete": 0, "commands": 0, "commands_dropped": 0}
+        self.counters = {"reports": 0, "reports_refused": 0, "reports_incomplete": 0, "commands": 0,
+                         "commands_dropped": 0, "jobs_refused": 0}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._done: asyncio.Event | None = None
@@ -170,6 +171,10 @@ class Coordinator(Records):
             raise BadRequest(f"bad heartbeat: {e}") from None
         self.counters["reports"] += 1
         self.cluster.ingest(report, now)
+        for r in self.cluster.new_refusals:      # (once per episode: until the node drops the job)
+            self.counters["jobs_refused"] += 1
+            log.warn("job_refused", job=r.job_id, node=r.node_id, owner_uid=r.owner, uid=r.uid)
+        self.cluster.new_refusals.clear()
         if report.leaving:
             self.bases.pop(node, None)
         else:
@@ -288,9 +293,10 @@ class Coordinator(Records):
         if incident is not None:
             v = incident.verdict
             self.last_verdict = f"{v.kind} job={v.job}"
-            log.log("verdict", job=v.job, kind=v.kind, rank=v.rank_label, node=v.node,
+            # (the fields of ``events --json``: in the JSON log format, the incident itself)
+            log.log("verdict", job=v.job, kind=v.kind, rank=v.rank, node=v.node,
                     step=v.step, action=incident.action,
-                    detected_after_s=f"{v.detected_after_s:.2f}", cause=v.cause)
+                    detected_after_s=round(v.detected_after_s, 2), cause=v.cause, remedy=v.remedy)
             self._io.submit(self._record, incident)
             if d.alert:
                 self.sender.submit(incident, d.alert_urls)
@@ -370,6 +376,10 @@ def run_coordinator(cfg: Config) -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
         except (ValueError, OSError):
             pass
+    # (before the start: a SIGTERM while it starts is a clean stop, not a kill half-way)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
     coordinator = Coordinator(cfg)
     coordinator.start()
     # Python's automatic GC walks every live object now and then: with a thousand nodes'
@@ -379,9 +389,6 @@ def run_coordinator(cfg: Config) -> int:
     gc.freeze()
     gc.disable()
     coordinator.collect_garbage = True
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
     notify("READY=1")                   # gRPC listens
     coordinator.liveness.watch("decide", DECIDE_ALLOWANCE_S)
     supervise(coordinator.liveness, done, lambda: (

@@ -87,7 +87,8 @@ def job_status(cluster: Cluster, book: JobBook, now: float) -> dict:
                       "gpus": [asdict(g) for g in node.gpus]})
     p99 = book.steps.p99()
     return {
-        "job": book.spec.job_id, "attempt": book.attempt, "status": book.status,
+        "job": book.spec.job_id, "owner_uid": None if book.owner < 0 else book.owner,
+        "attempt": book.attempt, "status": book.status,
         "outcome": book.outcome, "on_failure": book.spec.on_failure,
         "restarts": book.restarts,
         "step_time_p99_s": round(p99, 4),
@@ -144,12 +145,26 @@ def gpu_line(g: dict) -> str:
     return line + ("  " + ", ".join(flags) if flags else "")
 
 
+def _owner(uid: int | None) -> str:
+    """``uid 1001 (alice)``: the name as this host knows the uid (the coordinator's host
+    may not; users have one uid on every node of a cluster)."""
+    if uid is None:
+        return "-"
+    try:
+        import pwd
+
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except (KeyError, ImportError):
+        return f"uid {uid}"
+
+
 def render(snap: dict) -> str:
     if not snap.get("jobs"):
         return "no jobs"
     lines = []
     for job in snap["jobs"]:
-        lines.append(f"job {job['job']}  attempt {job['attempt']}  {job['status']}"
+        lines.append(f"job {job['job']}  owner {_owner(job.get('owner_uid'))}  "
+                     f"attempt {job['attempt']}  {job['status']}"
                      f"{'/' + job['outcome'] if job['outcome'] else ''}  "
                      f"stall timeout {job['stall_timeout_s']}s  policy {job['on_failure']}")
         if job["verdict"]:

@@ -54,6 +54,7 @@ class JobBook:
     torn_down_at: float | None = None       # ... and every node had done it by then
     judged_limit: float = float("inf")      # the stall timeout when it was last judged
     fr_note_said: bool = False              # a verdict said why the flight recorder was not there
+    owner: int = -1                         # uid of the wrapper that registered it first (-1: not said)
 
     @property
     def steps(self) -> StepTimes:

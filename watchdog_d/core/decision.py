@@ -27,7 +27,7 @@ class Order:
     """A verb a node must carry out whatever it heard before (sent with every ack)."""
 
     job_id: str
-    verb: str                           # teardown | restart | relaunch
+    verb: str                           # teardown | restart | relaunch | refuse (not the owner)
     attempt: int
     verdict: Verdict | None = None
     action: str = ""

@@ -196,6 +196,7 @@ class JobOnNode:
     ranks: tuple[RankReport, ...] = ()
     note: str = ""                    # from the wrapper, for people (e.g. a checkpoint problem)
     run: str = ""                     # this node's launch of the job (its wrapper's run token)
+    owner: int = -1                   # uid of the wrapper that registered it (-1: not said)
 
 
 @dataclass(frozen=True)

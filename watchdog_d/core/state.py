@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from . import detector, lifecycle
+from . import detector, lifecycle, owner
 from .book import JobBook, NodeView
 from .deadline import STACKS_REFRESH_S, Due, next_check, signature
 from .decision import Decision, Order
@@ -43,6 +43,10 @@ class Cluster:
         # shell loads it from the state store and saves what changes (outlives the JobBook)
         self.checkpoints: dict[str, tuple[int, str]] = dict(checkpoints or {})
         self._new_checkpoints: set[tuple[str, str]] = set()   # (job, run) whose record changed
+        # (job, node) -> a node that brings a job under another uid than its owner's: its
+        # part is not taken, and the node is told with every ack until it drops the job
+        self.refused: dict[tuple[str, str], owner.Refusal] = {}
+        self.new_refusals: list[owner.Refusal] = []         # for the shell to log and count
 
     # -- input ---------------------------------------------------------------
     def ingest(self, report: NodeReport, now: float) -> None:
@@ -53,7 +57,24 @@ class Cluster:
         else:
             self.silence.heard(report.node_id, now)
         for part in report.jobs:
-            self._ingest_part(report, part, now)
+            if not self._refused(report.node_id, part):
+                self._ingest_part(report, part, now)
+        for key in [k for k in self.refused if k[1] == report.node_id]:
+            if all(p.spec.job_id != key[0] for p in report.jobs):
+                del self.refused[key]          # it dropped the job: the episode is over
+
+    def _refused(self, node_id: str, part: JobOnNode) -> bool:
+        """Does ``part`` come under another uid than its job's owner's? (A new run of an
+        ended job is a new job: its owner is whoever brings it.)"""
+        key = (part.spec.job_id, node_id)
+        book = self.jobs.get(part.spec.job_id)
+        if book is None or self._new_run(book, part) or owner.may_join(book.owner, part.owner):
+            self.refused.pop(key, None)
+            return False
+        if key not in self.refused:
+            self.refused[key] = owner.Refusal(part.spec.job_id, node_id, book.owner, part.owner)
+            self.new_refusals.append(self.refused[key])
+        return True
 
     def heard(self, node_id: str, now: float) -> None:
         """The node is alive (a report that could not be read in full)."""
@@ -78,7 +99,8 @@ class Cluster:
             # run's recorded checkpoint is in the store under its nodes' run tokens
             book = self.jobs[job_id] = JobBook(spec=part.spec, created_at=now, attempt=part.attempt,
                                                restarts=part.attempt,
-                                               checkpoint=self.checkpoints.get(part.run))
+                                               checkpoint=self.checkpoints.get(part.run),
+                                               owner=part.owner)
             self.dirty.add(job_id)
             if part.state == "waiting" and part.spec.on_failure == "restart":
                 # between two attempts when this coordinator started: the restart was
@@ -86,6 +108,8 @@ class Cluster:
                 book.status, book.restart_asked_at = "stopping", now
                 book.restarts = part.attempt + 1
                 book.action = f"restart {book.restarts}/{part.spec.max_restarts}"
+        if book.owner == owner.UNKNOWN:
+            book.owner = part.owner            # (first said by a newer agent)
         if part.run and part.run not in book.runs:
             book.runs.add(part.run)            # another node of this run
             if book.checkpoint is not None:
@@ -160,7 +184,8 @@ class Cluster:
         restart's teardown) of a stopping attempt it is part of; the relaunch of a newer
         generation it has not started; the end of a job it waits in that will not
         come back."""
-        out = []
+        out = [Order(r.job_id, "refuse", 0, action=r.reason)
+               for (_, node), r in sorted(self.refused.items()) if node == node_id]
         for job_id in sorted(self.node_jobs.get(node_id, ())):
             book = self.jobs.get(job_id)
             node = book.nodes.get(node_id) if book is not None else None
@@ -263,6 +288,8 @@ class Cluster:
     def forget_departed(self) -> list[str]:
         """Nodes silent so long they left (``silence.ACTIVE_S``), for the shell to prune."""
         gone, self.silence.departed = self.silence.departed, []
+        for key in [k for k in self.refused if k[1] in gone]:
+            del self.refused[key]
         return gone
 
     def _evaluate_job(self, book: JobBook, now: float) -> list[Decision]:

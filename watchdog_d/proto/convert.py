@@ -46,6 +46,7 @@ MAX_FIELDS = 64        # a finding's extracted fields (the catalogue's take a ha
 # What one heartbeat may hold. Decoding costs ~7 us a rank on the coordinator's one loop:
 # 2 million empty ranks (4 MB on the wire) held it for 14 s. No node runs more processes.
 MAX_JOBS, MAX_RANKS = 256, 4096
+MAX_UID = 2**32 - 2           # (uid_t; 2**32 - 1 is "no uid")
 
 
 def _duration(x: float) -> float:
@@ -258,6 +259,8 @@ def report_to_pb(r: NodeReport, base: dict[str, JobOnNode] | None = None, base_s
                  for x in j.ranks]
         part = pb.JobOnNode(attempt=j.attempt, state=j.state, exit_code=j.exit_code, ranks=ranks,
                             run=j.run, same_spec=same_spec)
+        if j.owner >= 0:
+            part.owner_uid = j.owner
         if same_spec:
             part.spec.job_id = j.spec.job_id           # which job: the rest is as before
         else:
@@ -310,10 +313,13 @@ def report_from_pb(m: pb.Heartbeat, base: Base | None = None, now: float = 0.0) 
             spec, note = spec_from_pb(j.spec), j.note[:NOTE_MAX]
         before = {x.rank: x for x in prev.ranks} if prev is not None else {}
         aged = max(0.0, now - base.at) if base is not None else 0.0
+        owner = j.owner_uid if j.HasField("owner_uid") else -1
+        if not -1 <= owner <= MAX_UID:
+            raise WireError(f"bad owner uid {owner}")
         jobs.append(JobOnNode(spec=spec, attempt=max(0, j.attempt), state=j.state,
                               exit_code=j.exit_code,
                               ranks=tuple(rank_from_pb(x, before.get(x.rank), aged) for x in j.ranks),
-                              note=note, run=j.run[:RUN_MAX]))
+                              note=note, run=j.run[:RUN_MAX], owner=owner))
     return NodeReport(node_id=node_id, host=host, seq=m.seq, jobs=tuple(jobs),
                       leaving=m.leaving, gpus=gpus)
 

@@ -28,7 +28,7 @@ MAX_STRING = 64 << 10          # any one text field
 MAX_ITEMS = 256                # any one list
 NOTE_MAX = 1000                # a wrapper's note for people
 RUN_MAX = 64                   # a run token
-VERBS = ("teardown", "restart", "relaunch", "dump_stacks", "done")
+VERBS = ("teardown", "restart", "relaunch", "dump_stacks", "done", "refuse")
 # exited | stopped (by the user) | preflight_failed (never started: the node's checks failed)
 ENDED_STATES = ("exited", "stopped", "preflight_failed")
 
@@ -120,7 +120,7 @@ class Command:
     verb: str                           # one of VERBS
     attempt: int
     verdict: Verdict | None = None
-    action: str = ""                    # none | teardown | restart i/N | gave_up
+    action: str = ""                    # none | teardown | restart i/N | gave_up; refuse: why
     resume_from: str = ""               # relaunch: the checkpoint offered ("" none)
     resume_step: int = -1
 

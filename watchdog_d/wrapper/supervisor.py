@@ -33,6 +33,7 @@ from . import checkpoints, evidence, launch, launchlog
 from .teardown import JobProcesses, become_subreaper
 
 EXIT_TORN_DOWN = 75
+EXIT_REFUSED = 2            # as a registration refused before the launch (WrapperError)
 USER_SIGNAL = "user_signal"   # in the inbox: the user asked to stop (Ctrl-C, SIGTERM, SIGHUP)
 SETTLE_S = 3.0          # after the job ends by itself: wait this long for the verdict
 RELAUNCH_WAIT_S = 180.0  # torn down for a restart: give up when no relaunch comes (+ backoff)
@@ -269,7 +270,18 @@ class Wrapper:
             return self._restart(cmd.verdict, cmd.action or cmd.verb, cmd.offered)
         if cmd.verb == "teardown":
             return self._torn_down(cmd.verdict, cmd.action or cmd.verb)
+        if cmd.verb == "refuse":
+            return self._refused(cmd.action)
         return None   # "done" before the job ended: nothing to do
+
+    def _refused(self, reason: str) -> int:
+        """The job id is another user's (told after the launch: the coordinator could not
+        be asked before it). Nothing of this job is watched: it is stopped."""
+        log.error("job_refused", job=self.job_id, reason=reason[:300])
+        self._stop_job(self.cfg.grace)
+        self._send(Ended(state="exited", exit_code=EXIT_REFUSED))
+        self.final_line = f"watchdog-d: job {self.job_id} refused and stopped: {reason}"
+        return EXIT_REFUSED
 
     def _restart(self, verdict: Verdict | None, action: str,
                  offered: tuple[int, str] = (-1, "")) -> None:
@@ -365,7 +377,7 @@ class Wrapper:
             if msg is None or msg == USER_SIGNAL:
                 break
             if isinstance(msg, Command):
-                if msg.verb in ("teardown", "restart", "relaunch"):
+                if msg.verb in ("teardown", "restart", "relaunch", "refuse"):
                     return self._command(msg)     # an exit status, or None: relaunch ahead
                 if msg.verb == "done":
                     return code
