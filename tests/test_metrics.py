@@ -110,7 +110,8 @@ def test_the_coordinators_metrics_tell_the_picture_and_what_happened(coordinator
             "watchdogd_rank_last_step_age_seconds", "watchdogd_verdicts", "watchdogd_alerts",
             "watchdogd_restarts", "watchdogd_reports", "watchdogd_commands_sent",
             "watchdogd_commands_dropped", "watchdogd_report_handling_seconds",
-            "watchdogd_decision_loop_pass_age_seconds"} <= names
+            "watchdogd_decision_loop_pass_age_seconds", "watchdogd_actions",
+            "watchdogd_jobs_refused"} <= names
     rank0 = (("job_id", "jm"), ("node", "n1"), ("rank", "0"))
     assert samples[("watchdogd_jobs",)] == 1
     assert samples[("watchdogd_rank_step", *rank0)] == 42
@@ -121,6 +122,9 @@ def test_the_coordinators_metrics_tell_the_picture_and_what_happened(coordinator
     assert samples[("watchdogd_report_handling_seconds_count",)] >= 2
     assert samples[("watchdogd_commands_sent_total",)] >= 1          # the teardown to n1
     assert samples[("watchdogd_restarts_total",)] == 0
+    assert samples[("watchdogd_actions_total", ("action", "teardown"))] == 1
+    assert samples[("watchdogd_actions_total", ("action", "gave_up"))] == 0
+    assert samples[("watchdogd_jobs_refused_total",)] == 0
     assert samples[("watchdogd_decision_loop_pass_age_seconds",)] < 5
     gpu0, gpu1 = (("gpu", "0"), ("node", "n1")), (("gpu", "1"), ("node", "n1"))
     assert samples[("watchdogd_gpu_utilization_ratio", *gpu0)] == 0.5
@@ -161,7 +165,9 @@ def test_the_agents_metrics_show_its_ranks_and_its_reports(coordinator, tmp_path
         agent.metrics.close()
     assert {"watchdogd_agent_info", "watchdogd_agent_heartbeat_age_seconds", "watchdogd_agent_jobs",
             "watchdogd_agent_job_attempt", "watchdogd_agent_rank_alive", "watchdogd_agent_rank_step",
-            "watchdogd_agent_rank_last_step_age_seconds", "watchdogd_agent_reports"} <= names
+            "watchdogd_agent_rank_last_step_age_seconds", "watchdogd_agent_reports",
+            "watchdogd_agent_wrappers_refused"} <= names
+    assert samples[("watchdogd_agent_wrappers_refused_total", ("reason", "owner"))] == 0
     assert samples[("watchdogd_agent_jobs",)] == 1
     assert samples[("watchdogd_agent_rank_alive", *rank0)] == 1
     assert 0 <= samples[("watchdogd_agent_rank_last_step_age_seconds", *rank0)] < 10

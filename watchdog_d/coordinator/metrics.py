@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .server import Coordinator
 
 # a Report is parsed and ingested in O(its ranks): tens of microseconds to milliseconds
+ACTIONS = ("teardown", "restart", "gave_up")      # what stops a job (policy.stops_job)
 REPORT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 
 
@@ -33,6 +34,13 @@ class CoordinatorMetrics(DaemonMetrics):
         self.restarts = Counter("watchdogd_restarts",
                                 "Restarts carried out: relaunches of a job's next attempt commanded",
                                 registry=self.registry)
+        self.actions = Counter("watchdogd_actions",
+                               "What incidents made the coordinator do to a job: teardown, "
+                               "restart (a teardown, then a relaunch), gave_up (restarts spent "
+                               "or a crash loop: torn down for good)", ["action"],
+                               registry=self.registry)
+        for action in ACTIONS:
+            self.actions.labels(action)           # shown from the start, at 0
         self.report_seconds = Histogram("watchdogd_report_handling_seconds",
                                         "Time the event loop spent handling one Report",
                                         buckets=REPORT_BUCKETS, registry=self.registry)
@@ -43,6 +51,9 @@ class CoordinatorMetrics(DaemonMetrics):
         """A decision carried out: its incident is logged, a relaunch is a restart."""
         if d.incident is not None:
             self.verdicts.labels(kind=d.incident.verdict.kind).inc()
+            action = d.incident.action.split(" ")[0]      # (restart 2/3 -> restart)
+            if action in ACTIONS:
+                self.actions.labels(action).inc()
         if d.verb == "relaunch":
             self.restarts.inc()
 
