@@ -4,7 +4,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-0.2
+STAMP := $(VENV)/.installed-0.3
 # the CPU wheel of torch; a bare "torch" requirement would pull a multi-GB CUDA build
 TORCH ?= torch==2.13.0
 
