@@ -2,7 +2,7 @@
 (kubernetes-validate, strict: an unknown field is an error), and against watchdog-d
 itself: every command line parses with our own CLI, the agent reaches the coordinator's
 Service, the probes use the gRPC health service, the training pods share what the agent
-reads. Nothing here ran on a real cluster (README "Not yet")."""
+reads. Nothing here ran on a real cluster (docs/not-yet.md)."""
 from __future__ import annotations
 
 import shlex

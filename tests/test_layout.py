@@ -1,4 +1,4 @@
-"""The layout keeps its promises (README, "Architecture"): one package per place the code
+"""The layout keeps its promises (docs/architecture.md): one package per place the code
 runs, daemons that load only what they need, a pure core without import cycles, small
 modules, and one home for every default."""
 from __future__ import annotations
@@ -42,7 +42,8 @@ def test_one_package_per_place_and_a_small_top_level() -> None:
     packages = sorted(p.name for p in PKG.iterdir() if (p / "__init__.py").exists())
     assert packages == sorted(PLACES)
     top = sorted(p.name for p in PKG.glob("*.py"))
-    assert top == ["__init__.py", "__main__.py", "cli.py", "config.py", "log.py", "sdnotify.py"]
+    assert top == ["__init__.py", "__main__.py", "cli.py", "config.py", "log.py", "options.py",
+                   "sdnotify.py"]
     assert len(top) <= 8
 
 
@@ -162,3 +163,17 @@ def test_no_default_is_written_twice() -> None:
              for m in fallback.finditer(p.read_text()) if m.group(1) in settings]
     assert not where, where
     assert tee.OPTIONS["--max-bytes"] == tee.OPTIONS["--backups"] == ""
+
+
+def test_every_flag_of_every_command_says_what_it_means() -> None:
+    import argparse
+
+    from watchdog_d.options import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        silent = [a.option_strings[-1] for a in p._actions
+                  if a.option_strings and a.dest != "help" and not a.help]
+        assert not silent, f"watchdog-d {name}: flags without help: {silent}"
+    run = sub.choices["run"].format_help()
+    assert "(default 60)" in run and "(default teardown)" in run      # from Config, not retyped

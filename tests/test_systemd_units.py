@@ -1,5 +1,5 @@
 """The unit files in systemd/ are what systemd accepts, word for word (``systemd-analyze
-verify``: a warning is a failure too), and keep the promises of README "Install on a
+verify``: a warning is a failure too), and keep the promises of docs/operators.md "Install on a
 cluster": both daemons Type=notify with a watchdog; the agent's hardening leaves NVML,
 /dev/shm, /tmp and other users' /proc readable."""
 from __future__ import annotations
@@ -37,7 +37,7 @@ def test_both_daemons_have_a_unit() -> None:
     assert [u.name for u in UNITS] == ["watchdog-d-agent.service", "watchdog-d-coordinator.service"]
 
 
-@pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed (README: Install on a cluster)")
+@pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed (docs/operators.md: Install on a cluster)")
 @pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
 def test_systemd_analyze_verify_says_nothing(unit: Path, tmp_path: Path) -> None:
     # verify checks that ExecStart's program exists: point it at this checkout's console

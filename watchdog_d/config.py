@@ -82,7 +82,7 @@ class Config:
     stall_factor: float = _SPEC.stall_factor
     startup_timeout: float = _SPEC.startup_timeout_s
     node_timeout: float = _SPEC.node_timeout_s
-    shutdown_timeout: float = _SPEC.shutdown_timeout_s   # the end of training (README)
+    shutdown_timeout: float = _SPEC.shutdown_timeout_s   # the end of training (docs/how-it-decides.md)
     # the automatic sections a rank opens around known long pauses (rank/hooks.py)
     checkpoint_timeout: float = 1800.0   # torch.save/load, safetensors, DCP, Trainer checkpoints
     evaluation_timeout: float = 3600.0   # Trainer.evaluate, Lightning's evaluation loop
