@@ -177,3 +177,11 @@ def test_every_flag_of_every_command_says_what_it_means() -> None:
         assert not silent, f"watchdog-d {name}: flags without help: {silent}"
     run = sub.choices["run"].format_help()
     assert "(default 60)" in run and "(default teardown)" in run      # from Config, not retyped
+
+
+def test_test_modules_have_unique_basenames() -> None:
+    # pytest imports tests/ and integration/ by basename: a name in both stops the whole
+    # collection ("import file mismatch"), and CI would run nothing
+    root = PKG.parent
+    names = [p.name for d in ("tests", "integration") for p in (root / d).glob("test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)

@@ -1,5 +1,5 @@
 """A job belongs to the uid that registered it first, on every node (core.owner, the
-coordinator's state, the wire). The agent's side runs in integration/test_owners.py."""
+coordinator's state, the wire). The agent's side runs in integration/test_job_owners.py."""
 from __future__ import annotations
 
 from dataclasses import replace
