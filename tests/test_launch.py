@@ -14,6 +14,10 @@ def test_job_id_from_rdzv_id_or_batch_system() -> None:
     assert launch.job_id_for(["torchrun", "--rdzv-id", "exp 7", "t.py"], {}) == "exp-7"
     assert launch.job_id_for(["torchrun", "--rdzv_id=abc", "t.py"], {}) == "abc"
     assert launch.job_id_for(["torchrun", "t.py"], {"SLURM_JOB_ID": "1234"}) == "1234"
+    # an srun step of an allocation is a job of its own; the batch script's is the job's
+    assert launch.job_id_for(["torchrun", "t.py"], {"SLURM_JOB_ID": "1234", "SLURM_STEP_ID": "2"}) == "1234.2"
+    assert launch.job_id_for(["torchrun", "t.py"], {"SLURM_JOB_ID": "1234",
+                                                    "SLURM_STEP_ID": "4294967294"}) == "1234"
     assert launch.job_id_for(["torchrun", "t.py"], {}).startswith("job-")
 
 

@@ -18,6 +18,7 @@ from ..config import Config
 from ..rank.api import ENV_DIR, ENV_LOG_BACKUPS, ENV_LOG_MAX_BYTES, ENV_OWNER, ENV_SECTION_TIMEOUTS
 from .teardown import TOKEN_ENV
 
+SLURM_SPECIAL_STEPS = 0xFFFFFFF0    # batch, extern, interactive steps: not steps of their own
 BOOT_DIR = str(Path(__file__).resolve().parents[1] / "rank" / "_boot")
 
 # set for the job only when the user has not: keep NCCL's error handling and
@@ -42,13 +43,18 @@ def _fr_names() -> dict[str, str]:
 
 def job_id_for(command: list[str], env: dict[str, str]) -> str:
     """A job id every node derives alike: torchrun's --rdzv-id, else the batch
-    system's job id, else a fresh one (fine for a single node)."""
+    system's job id, else a fresh one (fine for a single node). Under Slurm, a step
+    (``srun`` in an allocation) is a job of its own, ``JOBID.STEPID`` as Slurm names it:
+    two steps of one allocation are two jobs; every task of one step has the same."""
     for i, arg in enumerate(command):
         m = re.fullmatch(r"--rdzv[-_]id(?:=(.+))?", arg)
         if m:
             value = m.group(1) or (command[i + 1] if i + 1 < len(command) else "")
             if value:
                 return re.sub(r"[^A-Za-z0-9_.-]", "-", value)[:64]
+    step = env.get("SLURM_STEP_ID", "")
+    if env.get("SLURM_JOB_ID") and step.isdigit() and int(step) < SLURM_SPECIAL_STEPS:
+        return re.sub(r"[^A-Za-z0-9_.-]", "-", f"{env['SLURM_JOB_ID']}.{step}")[:64]
     for var in ("SLURM_JOB_ID", "TORCHX_APP_ID", "PBS_JOBID"):
         if env.get(var):
             return re.sub(r"[^A-Za-z0-9_.-]", "-", env[var])[:64]

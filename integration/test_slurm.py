@@ -1,0 +1,88 @@
+"""Under a real Slurm (a one-node cluster the fixture starts: integration/slurm.py):
+``srun watchdog-d run -- torchrun ...`` is named by Slurm (JOBID.STEPID), a killed rank is
+torn down and alerted as under a plain shell, and ``scancel`` stops the job as asked: no
+verdict, no alert, nothing left behind, the job CANCELLED in Slurm."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import TORCHRUN, WATCHDOG, assert_no_leftovers, kill_job, train_env
+from slurm import Slurm, install
+
+pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    why = install()
+    if why:
+        pytest.skip(why)
+    s = Slurm(tmp_path_factory.mktemp("slurm"))
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def _run(tmp: Path, alert_url: str, *extra: str) -> list[str]:
+    return [*WATCHDOG, "run", "--state-dir", str(tmp / "state"), "--alert", alert_url,
+            "--grace", "3", *extra, "--", *TORCHRUN, "--standalone", "--nproc-per-node=2",
+            "-m", "watchdog_d.demo.train"]
+
+
+def _events(tmp: Path) -> list[dict]:
+    out = subprocess.run([*WATCHDOG, "events", "--json", "--state-dir", str(tmp / "state")],
+                         capture_output=True, text=True, timeout=30)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def test_srun_names_the_job_by_slurm_and_a_killed_rank_is_torn_down(slurm, tmp_path, alert_sink):
+    out = subprocess.run(["srun", "-N1", "-n1", f"--chdir={tmp_path}", *_run(tmp_path, alert_sink.url)],
+                         env={**train_env(WD_FAULT="kill", WD_FAULT_RANK=1, WD_STEPS=200),
+                              "SLURM_CONF": str(slurm.conf)},
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 75, out.stderr[-3000:]
+    events = _events(tmp_path)
+    assert [(e["kind"], e["rank"]) for e in events] == [("rank_exited", 1)], events
+    job = events[0]["job"]
+    assert re.fullmatch(r"\d+\.0", job), job                  # Slurm's job id, step 0
+    # the verdict is watchdog-d's last line; srun adds its own after it
+    lines = [line for line in out.stderr.splitlines() if not line.startswith("srun: ")]
+    assert f"watchdog-d: job {job} torn down: rank_exited rank 1" in lines[-1], lines[-3:]
+    assert f"[watchdog-d] {job}: rank_exited rank 1" in alert_sink.wait_for(1)[0]["title"]
+    assert slurm.job_state(job.split(".")[0]) in ("FAILED", "COMPLETED")
+    assert_no_leftovers(job)
+
+
+def test_scancel_stops_the_job_as_asked_without_a_verdict(slurm, tmp_path, alert_sink):
+    log = tmp_path / "srun.out"
+    p = subprocess.Popen(["srun", "-N1", "-n1", f"--chdir={tmp_path}", *_run(tmp_path, alert_sink.url)],
+                         env={**train_env(WD_STEPS=100000), "SLURM_CONF": str(slurm.conf)},
+                         stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    job = ""
+    try:
+        deadline = time.monotonic() + 120
+        while "step 10 " not in log.read_text(errors="replace"):
+            assert time.monotonic() < deadline and p.poll() is None, log.read_text(errors="replace")
+            time.sleep(0.2)
+        slurm_id = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm.env, capture_output=True,
+                                  text=True, timeout=30).stdout.split()[0]
+        job = f"{slurm_id}.0"
+        subprocess.run(["scancel", slurm_id], env=slurm.env, check=True, timeout=30)
+        p.wait(timeout=60)
+        time.sleep(2)                                     # an alert would have come by now
+        assert alert_sink.received == [], alert_sink.received
+        assert [e for e in _events(tmp_path) if e["action"] != "none"] == [], _events(tmp_path)
+        assert slurm.job_state(slurm_id) == "CANCELLED"
+        assert_no_leftovers(job)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        if job:
+            kill_job(job)
