@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -86,3 +87,40 @@ def test_scancel_stops_the_job_as_asked_without_a_verdict(slurm, tmp_path, alert
             p.kill()
         if job:
             kill_job(job)
+
+
+def test_sbatch_requeue_resumes_this_runs_newest_checkpoint(slurm, tmp_path):
+    ckpt, out = tmp_path / "ckpt", tmp_path / "job.out"
+    ckpt.mkdir()
+    run = [*WATCHDOG, "run", "--state-dir", str(tmp_path / "state"), "--checkpoint-dir", str(ckpt),
+           "--grace", "3", "--", *TORCHRUN, "--standalone", "--nproc-per-node=2",
+           "-m", "watchdog_d.demo.train"]
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/bash\nexec " + shlex.join(run) + "\n")
+    env = {**train_env(WD_STEPS=150, WD_CKPT_DIR=ckpt, WD_CKPT_EVERY=10), "SLURM_CONF": str(slurm.conf)}
+    slurm_id = subprocess.run(["sbatch", "--parsable", "--requeue", f"--output={out}",
+                               f"--chdir={tmp_path}", str(script)], env=env, capture_output=True,
+                              text=True, timeout=30, check=True).stdout.strip().split(";")[0]
+    try:
+        deadline = time.monotonic() + 120
+        while "step 40 " not in (out.read_text(errors="replace") if out.exists() else ""):
+            assert time.monotonic() < deadline, out.read_text(errors="replace") if out.exists() else ""
+            time.sleep(0.2)
+        subprocess.run(["scontrol", "requeue", slurm_id], env=slurm.env, check=True, timeout=30)
+        # (Slurm holds a requeued batch job back for two minutes: let it start now)
+        deadline = time.monotonic() + 60
+        while slurm.job_state(slurm_id) != "PENDING" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        subprocess.run(["scontrol", "update", f"JobId={slurm_id}", "StartTime=now"], env=slurm.env,
+                       capture_output=True, timeout=30)
+        deadline = time.monotonic() + 240
+        while slurm.job_state(slurm_id) != "COMPLETED":
+            assert time.monotonic() < deadline, (slurm.job_state(slurm_id), out.read_text(errors="replace"))
+            time.sleep(0.5)
+        text = out.read_text(errors="replace")           # (the requeued run's output)
+        said = re.search(r"requeued by Slurm \(1x\); resuming from (\S+step-(\d+)\.pt)", text)
+        assert said and int(said.group(2)) >= 40, text[-3000:]
+        assert f"resumed from {said.group(1)} at step {said.group(2)}" in text
+    finally:
+        subprocess.run(["scancel", slurm_id], env=slurm.env, capture_output=True, timeout=30)
+        kill_job(slurm_id)

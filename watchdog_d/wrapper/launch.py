@@ -95,6 +95,14 @@ class Resume:
     note: str = ""          # what people should know (a missing checkpoint dir, ...)
 
 
+def requeued(env: dict[str, str]) -> int:
+    """How often Slurm requeued this job (``SLURM_RESTART_COUNT``: preemption, a node
+    failure, ``scontrol requeue``). A requeued job is its run going on: its first launch
+    resumes from the newest complete checkpoint of ``--checkpoint-dir``."""
+    value = env.get("SLURM_RESTART_COUNT", "")
+    return int(value) if value.isdigit() else 0
+
+
 def choose_resume(recorded: list[tuple[int, str]], checkpoint_dir: str,
                   rule: checkpoints.Rule) -> Resume:
     """What a relaunch resumes from: the newest recorded checkpoint (by the ranks,

@@ -8,8 +8,14 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from .. import log
 from ..rank import tee
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 LAUNCHER_LOG = "launcher.log"
 
@@ -37,3 +43,23 @@ def start_launcher_tee(log_path: str | os.PathLike[str], max_bytes: int, backups
     finally:
         for fd in opened:
             os.close(fd)
+
+
+def streams(env: dict[str, str], cfg: "Config", job_id: str) -> tuple[int | None, int | None]:
+    """The launcher's stderr (stdout too unless a terminal) through a tee into
+    LOG_DIR/JOB/attempt-N/launcher.log (the console unchanged); (None, None) when the tee
+    cannot start: not captured. Sets the tee's console socket in ``env``."""
+    try:
+        _, out, err, sock = start_launcher_tee(Path(env["WATCHDOG_D_RANK_LOG_DIR"]) / LAUNCHER_LOG,
+                                               cfg.rank_log_max_bytes, cfg.rank_log_backups)
+    except OSError as e:
+        log.warn("launcher_log_failed", job=job_id, error=str(e)[:200])
+        return None, None
+    env[tee.CONSOLE_SOCK_ENV] = sock
+    if os.isatty(1):
+        # a pipe as the ranks' inherited stdout would make Python (and C stdio)
+        # block-buffer what a terminal showed line by line: stdout stays as it is
+        # (torchrun reports on stderr, which is line-buffered either way)
+        os.close(out)
+        out = None
+    return out, err

@@ -28,7 +28,6 @@ from ..core.model import Verdict
 from ..logs.redact import redact
 from ..proto import localsock
 from ..proto.local import AttemptStarted, Command, Ended, Message, MessageError, Refused, Waiting
-from ..rank import tee
 from . import checkpoints, evidence, launch, launchlog
 from .teardown import JobProcesses, become_subreaper
 
@@ -132,7 +131,7 @@ class Wrapper:
         if fr:
             Path(fr).parent.mkdir(parents=True, exist_ok=True)
         argv = launch.substitute(launch.fresh_rendezvous(self.command, self.job_id, number), resume.path)
-        streams = self._launcher_log(env)
+        streams = launchlog.streams(env, self.cfg, self.job_id)
         try:
             proc = subprocess.Popen(argv, env=env, process_group=0, stdout=streams[0], stderr=streams[1])
         except OSError as e:
@@ -154,25 +153,6 @@ class Wrapper:
         log.log("job_launched", job=self.job_id, attempt=number, pid=proc.pid,
                 resume_from=resume.path or None, command=redact(shlex.join(argv))[:200])
         return Attempt(number, proc, processes, beacons, Path(env["WATCHDOG_D_RANK_LOG_DIR"]))
-
-    def _launcher_log(self, env: dict[str, str]) -> tuple[int | None, int | None]:
-        """The launcher's stderr (stdout too unless a terminal) through a tee into LOG_DIR/JOB/attempt-N/launcher.log
-        (the console unchanged); (None, None) when the tee cannot start: not captured."""
-        try:
-            _, out, err, sock = launchlog.start_launcher_tee(
-                Path(env["WATCHDOG_D_RANK_LOG_DIR"]) / launchlog.LAUNCHER_LOG,
-                self.cfg.rank_log_max_bytes, self.cfg.rank_log_backups)
-        except OSError as e:
-            log.warn("launcher_log_failed", job=self.job_id, error=str(e)[:200])
-            return None, None
-        env[tee.CONSOLE_SOCK_ENV] = sock
-        if os.isatty(1):
-            # a pipe as the ranks' inherited stdout would make Python (and C stdio)
-            # block-buffer what a terminal showed line by line: stdout stays as it is
-            # (torchrun reports on stderr, which is line-buffered either way)
-            os.close(out)
-            out = None
-        return out, err
 
     def _dump_stacks(self) -> None:
         att = self.attempt
@@ -208,7 +188,7 @@ class Wrapper:
             signal.signal(sig, self._on_signal)
         assert self.conn is not None
         threading.Thread(target=self._reader, args=(self.conn,), daemon=True).start()
-        self.attempt = self._launch(0)
+        self.attempt = self._launch(0, self._requeue_resume())
         self._announce()
         try:
             return self._supervise()
@@ -216,6 +196,18 @@ class Wrapper:
             if self.attempt is not None:
                 self.attempt.processes.stop(0.5)   # nothing of the job outlives the wrapper
                 launch.remove_beacons(self.attempt.beacons)
+
+    def _requeue_resume(self) -> launch.Resume:
+        """Requeued by Slurm: the run goes on from its newest checkpoint."""
+        times = launch.requeued(dict(os.environ))
+        if not times or not self.cfg.checkpoint_dir:
+            return launch.Resume()
+        resume = launch.choose_resume([], self.cfg.checkpoint_dir, checkpoints.Rule.of(self.cfg))
+        log.warn("requeued", job=self.job_id, times=times, resume_from=resume.path or "-")
+        print(f"watchdog-d: job {self.job_id}: requeued by Slurm ({times}x); "
+              f"{'resuming from ' + resume.path if resume.path else 'from scratch'}"
+              + (f" ({resume.note})" if resume.note else ""), file=sys.stderr, flush=True)
+        return resume
 
     def _supervise(self) -> int:
         last_refresh = 0.0
