@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster import Cluster
 from harness import TORCHRUN, WATCHDOG, assert_no_leftovers, kill_job, train_env
 from slurm import Slurm, install
 
@@ -124,3 +125,46 @@ def test_sbatch_requeue_resumes_this_runs_newest_checkpoint(slurm, tmp_path):
     finally:
         subprocess.run(["scancel", slurm_id], env=slurm.env, capture_output=True, timeout=30)
         kill_job(slurm_id)
+
+
+def test_a_suspect_node_is_drained_from_slurm_when_the_agent_is_set_to(slurm, tmp_path):
+    # the culprit of two verdicts in a row of one job is suspect: its agent, set to
+    # on_suspect = "drain", takes the node out of Slurm's pool, with the reason
+    cluster = Cluster(tmp_path, [])
+    sock, agent_log = tmp_path / "n.sock", tmp_path / "agent.log"
+    agent = subprocess.Popen(
+        [*WATCHDOG, "agent", "--coordinator", cluster.address, "--node-id", "gpu-node-1",
+         "--socket", str(sock), "--state-dir", str(tmp_path / "agent"), "--on-suspect", "drain",
+         "--slurm-node", slurm.node],
+        env={**train_env(), "SLURM_CONF": str(slurm.conf)}, stdout=open(agent_log, "wb"),
+        stderr=subprocess.STDOUT)
+    job = f"drain-{int(time.time())}"
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            assert time.monotonic() < deadline and agent.poll() is None, agent_log.read_text()
+            time.sleep(0.05)
+        out = subprocess.run(
+            [*WATCHDOG, "run", "--agent-socket", str(sock), "--job-id", job, "--state-dir",
+             str(tmp_path / "state"), "--on-failure", "restart", "--max-restarts", "1", "--grace", "3",
+             "--", *TORCHRUN, "--standalone", "--nproc-per-node=2", "-m", "watchdog_d.demo.train"],
+            env=train_env(WD_FAULT="kill", WD_FAULT_ALWAYS=1, WD_STEPS=200), capture_output=True,
+            text=True, timeout=240)
+        assert out.returncode == 75, out.stderr[-3000:]
+        deadline = time.monotonic() + 30
+        while True:
+            state = subprocess.run(["sinfo", "-h", "-n", slurm.node, "-o", "%t|%E"], env=slurm.env,
+                                   capture_output=True, text=True, timeout=30).stdout.strip()
+            if state.startswith("drain"):
+                break
+            assert time.monotonic() < deadline, (state, agent_log.read_text()[-3000:])
+            time.sleep(0.5)
+        assert f"watchdog-d: the culprit of 2 verdicts in a row of job {job}" in state, state
+        assert "node_drained" in agent_log.read_text()
+    finally:
+        subprocess.run(["scontrol", "update", f"NodeName={slurm.node}", "State=RESUME"],
+                       env=slurm.env, capture_output=True, timeout=30)
+        agent.terminate()
+        agent.wait(timeout=15)
+        cluster.stop()
+        kill_job(job)

@@ -105,6 +105,8 @@ class Config:
     gpu_poll_interval: float = 5.0       # agent: GPU telemetry read this often (Xid events: at once)
     kmsg_path: str = "/dev/kmsg"         # agent: kernel log followed for OOM kills, NVRM Xids ("": off)
     log_format: str = "text"             # operator log lines: text (key=value) or json (collectors)
+    on_suspect: str = "none"             # agent: none | drain (Slurm: scontrol ... State=DRAIN)
+    slurm_node: str = ""                 # agent: this node's Slurm NodeName ("": the short host name)
 
     def job_spec(self, command: str = "") -> JobSpec:
         """The spec a wrapper registers (``command``: the job's command line, redacted)."""
@@ -136,6 +138,8 @@ class Config:
             port = value.rsplit(":", 1)[1] if ":" in value else ""
             if value and not (port.isdigit() and 0 <= int(port) <= 65535):
                 raise ConfigError(f"{name} must be HOST:PORT with a port of 0-65535, got {value!r}")
+        if self.on_suspect not in ("none", "drain"):
+            raise ConfigError(f"on_suspect must be none or drain, got {self.on_suspect!r}")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format must be text or json, got {self.log_format!r}")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("agent", help="the per-node daemon")
     p.add_argument("--coordinator", metavar="HOST:PORT", help="the coordinator to report to (required)")
     p.add_argument("--node-id", dest="node_id", help="this node's name (unset: the host name)")
+    p.add_argument("--on-suspect", dest="on_suspect", choices=("none", "drain"),
+                   help="when the coordinator marks this node suspect: say it, or also drain it "
+                        "from Slurm (scontrol update NodeName=... State=DRAIN)")
+    p.add_argument("--slurm-node", dest="slurm_node", metavar="NAME",
+                   help="this node's Slurm NodeName (unset: the short host name)")
     p.add_argument("--socket", metavar="PATH",
                    help="the socket wrappers register on (unset: /run/watchdog-d/agent.sock for "
                         "root, else under $XDG_RUNTIME_DIR)")

@@ -22,7 +22,7 @@ from ..proto import watchdog_pb2 as pb
 from ..proto import watchdog_pb2_grpc as pb_grpc
 from ..proto.local import Command, MessageError
 from ..sdnotify import Liveness, notify, supervise
-from . import glance
+from . import drain, glance
 from .exits import ExitWatcher
 from .hardware import Hardware
 from .link import WATCH_RETRY_S, Link
@@ -64,6 +64,7 @@ class Agent(WrapperSide):
         self._urgent = False
         self._sent_at = float("-inf")
         self._refusals_said: set = set()       # (job, uid, reason) logged already
+        self._drained_for: set[str] = set()     # suspicions this agent drained the node for
         self.reporter = Reporter()
         self.channel = rpc.make_channel(cfg, self.target)
         self.stub = pb_grpc.CoordinatorStub(self.channel)
@@ -287,6 +288,9 @@ class Agent(WrapperSide):
             self._stop.wait(max(WATCH_RETRY_S, delay if self.link.failing else 0.0))
 
     def _deliver(self, cmd: pb.Command) -> None:
+        if cmd.verb == "suspect":             # about the node, not a job
+            self._suspected(cmd.action)
+            return
         with self.lock:
             job = self.jobs.get(cmd.job_id)
             if job is None or cmd.attempt < job.attempt and cmd.verb != "done":
@@ -311,6 +315,17 @@ class Agent(WrapperSide):
             log.warn("command_refused", job=cmd.job_id, error=str(e)[:200])
             return
         job.conn.send(command)
+
+
+    def _suspected(self, reason: str) -> None:
+        """The coordinator marked this node suspect: said; drained from Slurm once per
+        reason when the agent is set to (``on_suspect``)."""
+        log.warn("node_suspect", node=self.node_id, reason=reason[:300])
+        if self.cfg.on_suspect != "drain" or reason in self._drained_for:
+            return
+        self._drained_for.add(reason)
+        threading.Thread(target=drain.drain_and_say, args=(self.cfg.slurm_node, reason),
+                         name="agent-drain", daemon=True).start()
 
 
 def run_agent(cfg: Config) -> int:

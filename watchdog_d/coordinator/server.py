@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +33,7 @@ from .health import LoopHealth
 from .metrics import CoordinatorMetrics
 from .records import Records
 from .service import BadRequest, Outbox, handlers
-from .status import STATUS_FILE, job_status, snapshot, status_text, to_json
+from .status import STATUS_FILE, job_status, snapshot, status_text, to_json, write_status
 from .store import IncidentStore
 
 TICK_S = 0.1
@@ -250,6 +249,8 @@ class Coordinator(Records):
         And the nodes just marked suspect."""
         for s in self.cluster.suspected:
             log.warn("node_suspect", node=s.node, reason=s.reason)
+            # the node's agent is told (it drains the node from Slurm if it is set to)
+            self.outbox(s.node).put(pb.Command(verb="suspect", action=s.reason[:300]))
         if self.cluster.suspected:
             self._io.submit(self._store_suspects, list(self.cluster.suspected))
         self.cluster.suspected.clear()
@@ -303,21 +304,8 @@ class Coordinator(Records):
 
     # -- I/O off the loop --------------------------------------------------------------
     def _write_status(self, snap_json: tuple[dict, str] | None) -> None:
-        path = self.status_path
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
         text = to_json(snapshot(self.cluster, self.clock())) if snap_json is None else snap_json[1]
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(text)
-            os.replace(tmp, path)
-            if self._status_failing:
-                self._status_failing = False
-                log.log("status_write_recovered", path=str(path))
-        except OSError as e:
-            if not self._status_failing:     # once per episode, not every second
-                self._status_failing = True
-                log.warn("status_write_failed", path=str(path), error=e.strerror,
-                         effect="'watchdog-d status' without --coordinator shows an old picture")
+        self._status_failing = write_status(self.status_path, text, self._status_failing)
 
     # -- status ---------------------------------------------------------------------------
     def _snap_interval(self) -> float:

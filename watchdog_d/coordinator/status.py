@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from .. import log
 from ..core.stall import stall_timeout
 from ..core.book import JobBook
 from ..core.state import Cluster
@@ -183,3 +185,21 @@ def render(snap: dict) -> str:
                 lines.append(f"    {r['rank']:<5} {r['pid']:<8} {state:<10} {r['step']:<8} "
                              f"{_age(r['last_step_age_s']):>9}  {r['section'] or '-':<13} {r['log_offset']}")
     return "\n".join(lines)
+
+
+def write_status(path: Path, text: str, failing: bool) -> bool:
+    """Replace the status file atomically; returns whether writing fails now (said once
+    per episode, not every second)."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        if failing:
+            log.log("status_write_recovered", path=str(path))
+        return False
+    except OSError as e:
+        if not failing:
+            log.warn("status_write_failed", path=str(path), error=e.strerror,
+                     effect="'watchdog-d status' without --coordinator shows an old picture")
+        return True
