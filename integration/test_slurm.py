@@ -5,6 +5,7 @@ verdict, no alert, nothing left behind, the job CANCELLED in Slurm."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -168,3 +169,28 @@ def test_a_suspect_node_is_drained_from_slurm_when_the_agent_is_set_to(slurm, tm
         agent.wait(timeout=15)
         cluster.stop()
         kill_job(job)
+
+
+def test_the_example_sbatch_script_runs_as_shipped(slurm, tmp_path):
+    # examples/slurm/train.sbatch, unchanged, on the one-node cluster: 2 CPU ranks (no GPUs
+    # here: --gpus-per-node=0 on the command line), the demo trainer
+    env = {**train_env(WD_STEPS=40), "SLURM_CONF": str(slurm.conf), "NPROC_PER_NODE": "2",
+           "TRAIN": "-m watchdog_d.demo.train", "WATCHDOG_D_STATE_DIR": str(tmp_path / "state"),
+           "PATH": f"{Path(WATCHDOG[0]).parent}:{os.environ['PATH']}"}
+    script = Path(__file__).parents[1] / "examples" / "slurm" / "train.sbatch"
+    slurm_id = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--gpus-per-node=0",
+                               f"--chdir={tmp_path}", str(script)], env=env, capture_output=True,
+                              text=True, timeout=30, check=True).stdout.strip().split(";")[0]
+    try:
+        deadline = time.monotonic() + 180
+        while slurm.job_state(slurm_id) not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+            assert time.monotonic() < deadline, slurm.job_state(slurm_id)
+            time.sleep(0.5)
+        out = (tmp_path / f"train-{slurm_id}.out").read_text(errors="replace")
+        assert slurm.job_state(slurm_id) == "COMPLETED", out[-3000:]
+        assert "done after 40 steps" in out
+        events = _events(tmp_path)
+        assert [(e["job"], e["kind"]) for e in events] == [(slurm_id, "job_succeeded")], events
+    finally:
+        subprocess.run(["scancel", slurm_id], env=slurm.env, capture_output=True, timeout=30)
+        kill_job(slurm_id)
