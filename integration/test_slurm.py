@@ -194,3 +194,22 @@ def test_the_example_sbatch_script_runs_as_shipped(slurm, tmp_path):
     finally:
         subprocess.run(["scancel", slurm_id], env=slurm.env, capture_output=True, timeout=30)
         kill_job(slurm_id)
+
+
+def test_on_failure_restart_inside_an_allocation(slurm, tmp_path, alert_sink):
+    # rank 1 dies once under srun: torn down, relaunched in the same step from the latest
+    # checkpoint, and the job completes
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    out = subprocess.run(
+        ["srun", "-N1", "-n1", f"--chdir={tmp_path}",
+         *_run(tmp_path, alert_sink.url, "--on-failure", "restart", "--max-restarts", "1",
+               "--checkpoint-dir", str(ckpt))],
+        env={**train_env(WD_FAULT="kill", WD_FAULT_RANK=1, WD_FAULT_STEP=12, WD_STEPS=60,
+                         WD_CKPT_DIR=ckpt, WD_CKPT_EVERY=5), "SLURM_CONF": str(slurm.conf)},
+        capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert re.search(r"relaunching as attempt 1 from \S+step-10\.pt", out.stderr), out.stderr[-3000:]
+    assert "resumed from" in out.stdout and "done after 60 steps" in out.stdout
+    kinds = [(e["kind"], e["action"]) for e in _events(tmp_path)]
+    assert kinds[0] == ("rank_exited", "restart 1/1") and kinds[-1][0] == "job_succeeded", kinds
