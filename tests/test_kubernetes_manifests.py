@@ -114,7 +114,7 @@ def test_training_pods_share_what_the_agent_reads_at_the_same_paths() -> None:
         args = _container_args(spec)
         if args[0] != "run":
             continue
-        assert spec.get("hostPID") is True, where
+        assert not spec.get("hostPID"), where        # (the agent translates PIDs: pidns)
         run = build_parser().parse_args(args[:args.index("--")])
         assert run.agent_socket == agent_args.socket, where
         host = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}

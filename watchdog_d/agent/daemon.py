@@ -146,7 +146,8 @@ class Agent(WrapperSide):
                 dirs.add(job.beacon_dir)
                 g = self._glances.get(job.beacon_dir)
                 if g is None:
-                    g = self._glances[job.beacon_dir] = glance.Glance(job.beacon_dir)
+                    g = self._glances[job.beacon_dir] = glance.Glance(job.beacon_dir,
+                                                                      job.pids.host_pid)
                 seen = g.key(relist)
             out.append((job.spec.job_id, job.attempt, job.state, seen,
                         job.logs.found if job.logs is not None else 0))
@@ -191,7 +192,8 @@ class Agent(WrapperSide):
 
     def _observe_job(self, job: LocalJob, now: float) -> tuple:
         """(under ``observing``)"""
-        ranks = observe_job(job.beacon_dir, job.tracks, now, self.exits) if job.beacon_dir else ()
+        ranks = observe_job(job.beacon_dir, job.tracks, now, self.exits,
+                            job.pids.host_pid) if job.beacon_dir else ()
         # logs at their own pace, but at once when a rank died (its last lines)
         self._read_logs(job, now, force=any(not r.alive for r in ranks))
         if job.logs is not None:

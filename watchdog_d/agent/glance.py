@@ -16,6 +16,7 @@ A death does not wait for a glance: the exit watcher wakes the observer.
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 from ..rank import beacon
 from . import procstat
@@ -38,10 +39,11 @@ def key_of(raw: bytes, stat: procstat.Stat | None) -> tuple[bytes, str]:
 
 
 class _Rank:
-    __slots__ = ("slot_fd", "ino", "pid", "stat_fd")
+    __slots__ = ("slot_fd", "ino", "pid", "stat_fd", "host_pid")
 
-    def __init__(self, slot_fd: int, ino: int) -> None:
+    def __init__(self, slot_fd: int, ino: int, host_pid: Callable[[int], int]) -> None:
         self.slot_fd, self.ino, self.pid, self.stat_fd = slot_fd, ino, 0, -1
+        self.host_pid = host_pid
 
     def key(self) -> tuple[bytes, str]:
         try:
@@ -50,7 +52,7 @@ class _Rank:
             return b"", "?"
         if len(raw) < beacon.SLOT_SIZE or raw[:4] != beacon.MAGIC:
             return b"", "?"
-        pid = beacon.pid_of(raw)
+        pid = self.host_pid(beacon.pid_of(raw))
         if pid != self.pid:
             self._close_stat()
             self.pid = pid
@@ -79,8 +81,9 @@ class _Rank:
 class Glance:
     """One attempt's beacon directory, glanced at. Listed again when it changes."""
 
-    def __init__(self, beacon_dir: str) -> None:
+    def __init__(self, beacon_dir: str, host_pid: Callable[[int], int] = lambda pid: pid) -> None:
         self.dir = beacon_dir
+        self.host_pid = host_pid          # (a rank in another PID namespace: pidns)
         self._mtime = -1
         self._ranks: dict[str, _Rank] = {}
 
@@ -112,7 +115,7 @@ class Glance:
                 if old is not None and old.ino == ino:
                     kept[name] = old
                     continue
-                kept[name] = _Rank(os.open(path, os.O_RDONLY), ino)
+                kept[name] = _Rank(os.open(path, os.O_RDONLY), ino, self.host_pid)
             except OSError:
                 pass
             if old is not None:

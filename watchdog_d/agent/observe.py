@@ -9,11 +9,13 @@ wait() for them. It learns how a rank ended from, in order of trust:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..core import frsummary, rootcause
 from ..core.model import MAX_TEXT, RankReport
@@ -223,10 +225,14 @@ def _checkpoint(view: beacon.BeaconView) -> dict:
 
 
 def observe_job(beacon_dir: str, tracks: dict[int, RankTrack], now: float | None = None,
-                exits: ExitWatcher | None = None) -> tuple[RankReport, ...]:
+                exits: ExitWatcher | None = None,
+                host_pid: Callable[[int], int] | None = None) -> tuple[RankReport, ...]:
+    """``host_pid``: the node's PID of a rank's own (ranks in another PID namespace)."""
     now = time.monotonic() if now is None else now
     out = []
     for rank, view in sorted(beacon.scan(beacon_dir).items()):
+        if host_pid is not None:
+            view = dataclasses.replace(view, pid=host_pid(view.pid))
         track = tracks.get(rank)
         if track is None or track.pid != view.pid:
             track = tracks[rank] = RankTrack(pid=view.pid)

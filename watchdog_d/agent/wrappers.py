@@ -3,6 +3,7 @@ per connection; registration, attempts, the end of a job; each attempt's rank lo
 and closed. Mixed into ``daemon.Agent``, whose state (jobs, locks) it shares."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from ..core import owner
 from ..core.model import JobOnNode, JobSpec
 from ..logs.fingerprints import Catalogue, CatalogueError
 from ..proto import localsock
+from . import pidns
 from ..proto.local import (AttemptStarted, Ended, Message, MessageError, Refused, Register,
                            Registered, Waiting)
 from .observe import RankTrack
@@ -47,6 +49,8 @@ class LocalJob:
     settled: threading.Event = field(default_factory=threading.Event)
     refusal: str = ""
     registered: bool = False                       # its wrapper was told Registered
+    # its ranks' PIDs as the node sees them (a wrapper in another PID namespace: a pod)
+    pids: pidns.Translator = field(default_factory=lambda: pidns.Translator(pidns.OWN))
 
 
 # how long a registration waits for the coordinator's word on the job's owner (it is
@@ -77,7 +81,7 @@ class WrapperSide:
     def _serve_wrapper(self, conn: localsock.Conn) -> None:
         job: LocalJob | None = None
         try:
-            _, uid, _ = conn.peer()
+            peer, uid, _ = conn.peer()
             while not self._stop.is_set():
                 try:
                     msg = conn.recv()
@@ -89,7 +93,7 @@ class WrapperSide:
                     continue
                 if msg is None:
                     break
-                job = self._handle(conn, uid, msg, job)
+                job = self._handle(conn, uid, msg, job, peer)
         except Exception as e:
             log.error("wrapper_connection_error", error=repr(e))
         finally:
@@ -106,8 +110,13 @@ class WrapperSide:
                 log.log("job_detached", job=job.spec.job_id)
 
     def _handle(self, conn: localsock.Conn, uid: int, msg: Message,
-                job: LocalJob | None) -> LocalJob | None:
+                job: LocalJob | None, peer: int = 0) -> LocalJob | None:
         if isinstance(msg, Register) and job is None:
+            space = pidns.namespace_of(peer) if peer else pidns.OWN
+            if space not in (0, pidns.OWN):
+                # a wrapper in a PID namespace of its own: its PIDs are not the node's;
+                # the launcher is the wrapper itself, known by the node's PID from the socket
+                msg = dataclasses.replace(msg, launcher_pid=peer)
             try:
                 launcher_uid = psutil.Process(msg.launcher_pid).uids().real
             except psutil.Error as e:
@@ -116,10 +125,13 @@ class WrapperSide:
             if uid != 0 and launcher_uid != uid:
                 self._refuse(conn, msg.spec.job_id, uid, "launcher", "the launcher is not your process")
                 return None
-            return self._register(conn, uid, msg)
+            if space not in (0, pidns.OWN):
+                log.log("job_in_pid_namespace", job=msg.spec.job_id, namespace=space)
+            return self._register(conn, uid, msg, pidns.Translator(space))
         elif isinstance(msg, AttemptStarted) and job is not None:
             with self.observing, self.lock:      # (that order, always)
-                job.attempt, job.launcher_pid, job.beacon_dir = msg.attempt, msg.launcher_pid, msg.beacon_dir
+                job.attempt, job.beacon_dir = msg.attempt, msg.beacon_dir
+                job.launcher_pid = job.pids.host_pid(msg.launcher_pid) or msg.launcher_pid
                 self.exits.forget({t.pid for t in job.tracks.values()})
                 job.state, job.exit_code, job.tracks, job.note = "running", 0, {}, ""
                 self._open_logs(job, msg.log_dir)
@@ -139,12 +151,13 @@ class WrapperSide:
                               + (" before register" if job is None else "")))
         return job
 
-    def _register(self, conn: localsock.Conn, uid: int, msg: Register) -> LocalJob | None:
+    def _register(self, conn: localsock.Conn, uid: int, msg: Register,
+                  pids: pidns.Translator) -> LocalJob | None:
         """A job belongs to the uid that registered it: on this node one wrapper a job;
         across nodes the coordinator says (asked with the next report, waited for)."""
         job_id = msg.spec.job_id
         job = LocalJob(spec=msg.spec, conn=conn, uid=uid, attempt=msg.attempt, run=msg.run,
-                       launcher_pid=msg.launcher_pid)
+                       launcher_pid=msg.launcher_pid, pids=pids)
         with self.lock:
             there = self.jobs.get(job_id)
             if there is None:
