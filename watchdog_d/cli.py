@@ -11,7 +11,8 @@ from .config import Config, ConfigError, load, writable_dir
 from .options import EXIT_USAGE, Parser, build_parser  # noqa: F401  (build_parser: tests, docs)
 
 
-_NOT_CONFIG = {"cmd", "json", "job", "verbose", "paths", "catalogue", "action"}
+_NOT_CONFIG = {"cmd", "json", "job", "verbose", "paths", "catalogue", "action", "fault", "rank",
+               "node", "timeout"}
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -81,6 +82,11 @@ def _dispatch(args: argparse.Namespace, cfg: Config, command: list[str]) -> int:
         return _events(args, cfg)
     if args.cmd == "diagnose":
         return _diagnose(args)
+    if args.cmd == "drill":
+        from .wrapper.drill import run_drill
+
+        return run_drill(cfg, args.job, args.fault, args.rank, args.node, args.timeout, args.json,
+                         args.agent_socket or "")
     if args.cmd == "doctor":
         from .doctor import report
 

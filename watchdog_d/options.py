@@ -167,6 +167,21 @@ def build_parser() -> argparse.ArgumentParser:
     _json(p, "the settings")
     _common(p)
 
+    p = sub.add_parser("drill", help="inject a fault into a live job and check what follows: "
+                                     "watchdog-d drill --job ID kill|freeze|exit|hang --rank R")
+    p.add_argument("fault", choices=("kill", "freeze", "exit", "hang"),
+                   help="kill: SIGKILL; freeze: SIGSTOP; exit: the rank exits 1; hang: its main "
+                        "thread stops at its next step, alive")
+    p.add_argument("--job", required=True, help="the job (its owner or root only)")
+    p.add_argument("--rank", required=True, type=int, help="the global rank to hit")
+    p.add_argument("--node", default="", help="refuse unless the rank runs on this node")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="FAIL when the verdict, teardown and relaunch have not all come by then (default 300)")
+    p.add_argument("--agent-socket", dest="agent_socket", metavar="PATH",
+                   help="ask this agent (unset: the job's embedded one, this user's, the node's)")
+    _json(p, "the timeline and the result")
+    _common(p)
+
     p = sub.add_parser("demo", help="a self-contained show on this CPU")
     _common(p)
     for name, sp in sub.choices.items():

@@ -22,7 +22,7 @@ from ..proto import watchdog_pb2 as pb
 from ..proto import watchdog_pb2_grpc as pb_grpc
 from ..proto.local import Command, MessageError
 from ..sdnotify import Liveness, notify, supervise
-from . import drain, glance
+from . import drain, drills, glance
 from .exits import ExitWatcher
 from .hardware import Hardware
 from .link import WATCH_RETRY_S, Link
@@ -292,6 +292,9 @@ class Agent(WrapperSide):
     def _deliver(self, cmd: pb.Command) -> None:
         if cmd.verb == "suspect":             # about the node, not a job
             self._suspected(cmd.action)
+            return
+        if cmd.verb == "drill":               # the agent injects it, not the wrapper
+            drills.deliver(self, cmd)
             return
         with self.lock:
             job = self.jobs.get(cmd.job_id)

@@ -16,9 +16,9 @@ from ..core import owner
 from ..core.model import JobOnNode, JobSpec
 from ..logs.fingerprints import Catalogue, CatalogueError
 from ..proto import localsock
-from . import pidns
-from ..proto.local import (AttemptStarted, Ended, Message, MessageError, Refused, Register,
-                           Registered, Waiting)
+from . import drills, pidns
+from ..proto.local import (AttemptStarted, DrillAsk, Ended, Message, MessageError, Refused,
+                           Register, Registered, StatusAsk, Waiting)
 from .observe import RankTrack
 from .ranklogs import AttemptLogs
 
@@ -128,6 +128,10 @@ class WrapperSide:
             if space not in (0, pidns.OWN):
                 log.log("job_in_pid_namespace", job=msg.spec.job_id, namespace=space)
             return self._register(conn, uid, msg, pidns.Translator(space))
+        elif isinstance(msg, DrillAsk) and job is None:
+            drills.ask(self, conn, uid, msg)
+        elif isinstance(msg, StatusAsk) and job is None:
+            drills.status(self, conn, msg)
         elif isinstance(msg, AttemptStarted) and job is not None:
             with self.observing, self.lock:      # (that order, always)
                 job.attempt, job.beacon_dir = msg.attempt, msg.beacon_dir

@@ -115,9 +115,17 @@ def handlers(c: "Coordinator") -> grpc.GenericRpcHandler:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.error}")
         return pb.StatusReply(json=await c.status_json())
 
+    async def drill(request, context):  # type: ignore[no-untyped-def]
+        if isinstance(request, _Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.error}")
+        from .drills import start
+
+        return start(c, request)
+
     ser = lambda m: m.SerializeToString()  # noqa: E731
     return grpc.method_handlers_generic_handler("watchdog_d.v1.Coordinator", {
         "Report": grpc.unary_unary_rpc_method_handler(report, _lenient(pb.Heartbeat), ser),
         "Watch": grpc.unary_stream_rpc_method_handler(watch, _lenient(pb.WatchRequest), ser),
         "Status": grpc.unary_unary_rpc_method_handler(status, _lenient(pb.StatusRequest), ser),
+        "Drill": grpc.unary_unary_rpc_method_handler(drill, _lenient(pb.DrillRequest), ser),
     })

@@ -91,7 +91,7 @@ def job_status(cluster: Cluster, book: JobBook, now: float) -> dict:
     return {
         "job": book.spec.job_id, "owner_uid": None if book.owner < 0 else book.owner,
         "attempt": book.attempt, "status": book.status,
-        "outcome": book.outcome, "on_failure": book.spec.on_failure,
+        "outcome": book.outcome, "on_failure": book.spec.on_failure, "action": book.action,
         "restarts": book.restarts,
         "step_time_p99_s": round(p99, 4),
         "step_time_median_s": round(book.steps.median(), 4),

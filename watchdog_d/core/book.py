@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .drill import Drill
 from .model import GpuState, JobOnNode, JobSpec, Verdict
 from .stall import Durations, StepTimes
 
@@ -55,6 +56,7 @@ class JobBook:
     judged_limit: float = float("inf")      # the stall timeout when it was last judged
     fr_note_said: bool = False              # a verdict said why the flight recorder was not there
     owner: int = -1                         # uid of the wrapper that registered it first (-1: not said)
+    drill: Drill | None = None              # a drill under way: its verdict says so
 
     @property
     def steps(self) -> StepTimes:

@@ -10,6 +10,7 @@ import math
 from dataclasses import replace
 
 from . import detector, lifecycle, owner
+from . import drill as drills
 from .book import JobBook, NodeView
 from .deadline import STACKS_REFRESH_S, Due, next_check, signature
 from .decision import Decision, Order
@@ -272,6 +273,27 @@ class Cluster:
         marked = self.suspects.of(book.nodes, now)
         return replace(verdict, suspect=describe(marked)) if marked else verdict
 
+    def drill(self, job_id: str, fault: str, rank: int, node: str, uid: int,
+              now: float) -> drills.Drill:
+        """Start a drill (``drills.DrillRefused`` when it cannot be): the next verdict of
+        the job says it was one."""
+        book = self.jobs.get(job_id)
+        if book is None:
+            raise drills.DrillRefused(f"no job {job_id} at this coordinator")
+        ranks_on = {r.rank: n.node_id for n in book.nodes.values() if n.attempt_seen == book.attempt
+                    for r in n.part.ranks if r.alive}
+        where = drills.check(fault, rank, book.owner, uid, book.status, ranks_on, node)
+        book.drill = drills.Drill(fault, rank, where, uid, now, book.attempt)
+        return book.drill
+
+    @staticmethod
+    def _drilled(book: JobBook, verdict: Verdict, now: float) -> drills.Drill | None:
+        d = book.drill
+        if d is None or verdict.advisory or now - d.at > drills.WINDOW_S:
+            return None
+        book.drill = None                      # (one verdict is the drill's)
+        return d
+
     def _forget_job(self, job_id: str) -> None:
         book = self.jobs.pop(job_id)
         self.suspects.forget_job(job_id)
@@ -313,9 +335,11 @@ class Cluster:
                     book.reported.add(key)
                     book.fr_note_said |= detector.FR_UNAVAILABLE in found.cause
                     found = self._with_suspects(book, found, now)
+                    drilled = self._drilled(book, found, now)
+                    found = drills.mark(found, drilled) if drilled else found
                     decisions.append(lifecycle.decide(book, found, now))
-                    marked = self.suspects.record(found, now)
-                    if marked is not None:
+                    marked = None if drilled else self.suspects.record(found, now)
+                    if marked is not None:            # (a drill's culprit is no bad node)
                         self.suspected.append(marked)
                 if found.kind == "long_pause" and (book.stacks_asked_at is None or
                                                    now - book.stacks_asked_at >= STACKS_REFRESH_S):

@@ -136,7 +136,52 @@ class Command:
         return self.resume_step, self.resume_from
 
 
-Message = Union[Register, AttemptStarted, Waiting, Ended, Registered, Refused, Command]
+@dataclass(frozen=True)
+class DrillAsk:
+    """``watchdog-d drill``: a fault into a live job's rank (the agent asks the coordinator,
+    with the asker's uid from the socket)."""
+    OP: ClassVar[str] = "drill"
+    job_id: str
+    fault: str
+    rank: int
+    node: str = ""
+
+    def check(self) -> "DrillAsk":
+        from ..core.drill import FAULTS
+
+        if self.fault not in FAULTS:
+            raise MessageError(f"fault must be one of {', '.join(FAULTS)}, not {self.fault!r}")
+        if not 0 < len(self.job_id) <= 128 or not self.job_id.isprintable():
+            raise MessageError("job_id must be 1-128 printable characters")
+        if len(self.node) > 200 or not self.node.isprintable():
+            raise MessageError("node must be at most 200 printable characters")
+        _not_negative("rank", self.rank)
+        return self
+
+
+@dataclass(frozen=True)
+class StatusAsk:
+    """One job's part of the coordinator's status (``watchdog-d drill`` follows it)."""
+    OP: ClassVar[str] = "status"
+    job_id: str
+
+    def check(self) -> "StatusAsk":
+        return self
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The coordinator's answer to a DrillAsk or StatusAsk, through the agent."""
+    OP: ClassVar[str] = "answer"
+    json: str = ""
+    error: str = ""
+
+    def check(self) -> "Answer":
+        return self
+
+
+Message = Union[Register, AttemptStarted, Waiting, Ended, Registered, Refused, Command,
+                DrillAsk, StatusAsk, Answer]
 BY_OP: dict[str, type] = {cls.OP: cls for cls in typing.get_args(Message)}
 
 

@@ -49,6 +49,11 @@ class CoordinatorStub:
                 request_serializer=watchdog__pb2.StatusRequest.SerializeToString,
                 response_deserializer=watchdog__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.Drill = channel.unary_unary(
+                '/watchdog_d.v1.Coordinator/Drill',
+                request_serializer=watchdog__pb2.DrillRequest.SerializeToString,
+                response_deserializer=watchdog__pb2.DrillReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -72,6 +77,12 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Drill(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +100,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=watchdog__pb2.StatusRequest.FromString,
                     response_serializer=watchdog__pb2.StatusReply.SerializeToString,
+            ),
+            'Drill': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drill,
+                    request_deserializer=watchdog__pb2.DrillRequest.FromString,
+                    response_serializer=watchdog__pb2.DrillReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +188,33 @@ class Coordinator:
             '/watchdog_d.v1.Coordinator/Status',
             watchdog__pb2.StatusRequest.SerializeToString,
             watchdog__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/watchdog_d.v1.Coordinator/Drill',
+            watchdog__pb2.DrillRequest.SerializeToString,
+            watchdog__pb2.DrillReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -129,10 +129,33 @@ def section_timeout(kind: str) -> float:
 
 # -- explicit API (re-exported by watchdog_d) ---------------------------------
 
+_drill_hang = False      # watchdog-d drill ... hang: the next step never comes
+
+
+def drill(fault: str) -> None:
+    """(the flight-recorder thread, asked by the agent for ``watchdog-d drill``) exit: the
+    rank exits with status 1 now; hang: its main thread stops at its next step, alive,
+    idle, outside any collective, while its peers wait in theirs."""
+    global _drill_hang
+    import sys
+
+    print(f"watchdog-d drill: {fault} (asked through the node's agent)", file=sys.stderr, flush=True)
+    if fault == "exit":
+        os._exit(1)
+    _drill_hang = True
+
+
+def _hang() -> None:
+    while True:
+        time.sleep(3600)
+
+
 def step(n: int | None = None) -> None:
     """Record a completed step: the next one, or ``n`` completed steps in all."""
     global _manual
     _manual = True
+    if _drill_hang:
+        _hang()
     w = _writer
     if w is None:
         w = writer()
@@ -234,6 +257,8 @@ def _next_step(w: BeaconWriter) -> int:
 
 
 def on_optimizer_step(optimizer: object, args: object, kwargs: object) -> None:
+    if _drill_hang:
+        _hang()
     if _manual:
         return
     w = _writer

@@ -46,15 +46,18 @@ def start(slot: str, env) -> None:
     t.start()
 
 
-def ask(slot: str) -> bool:
+DRILLS = {b"E": "exit", b"H": "hang"}     # watchdog-d drill, through the same pipe (the agent)
+
+
+def ask(slot: str, what: bytes = b"?") -> bool:
     """The wrapper's side: ask the rank at ``slot`` for a summary (never blocks; False
-    when nobody listens: no pipe, or the rank is gone)."""
+    when nobody listens: no pipe, or the rank is gone). The agent's: a drill's byte."""
     try:
         fd = os.open(slot + SUFFIX_REQUEST, os.O_WRONLY | os.O_NONBLOCK)
     except OSError:
         return False
     try:
-        os.write(fd, b"?")
+        os.write(fd, what)
         return True
     except OSError:          # (a full pipe: requests are already waiting, one answer serves all)
         return False
@@ -65,12 +68,20 @@ def ask(slot: str) -> bool:
 def _serve(fd: int, slot: str, env: dict) -> None:
     while True:
         try:
-            if not os.read(fd, 64):
+            got = os.read(fd, 64)
+            if not got:
                 return
         except InterruptedError:
             continue
         except OSError:
             return
+        for byte, fault in DRILLS.items():
+            if byte in got:
+                from . import api
+
+                api.drill(fault)
+        if b"?" not in got:
+            continue
         try:
             answer(slot, env)
         except Exception:

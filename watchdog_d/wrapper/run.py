@@ -35,6 +35,7 @@ class Embedded:
         self.agent = None
         self.tmp = tempfile.mkdtemp(prefix="wd-")
         self.socket = os.path.join(self.tmp, "agent.sock")
+        self.link = None
 
     def start(self) -> str:
         from ..agent.daemon import Agent
@@ -67,9 +68,28 @@ class Embedded:
         self.agent = Agent(replace(self.cfg, socket=self.socket, node_id=node_id, metrics_port=0),
                            coordinator=target)
         self.agent.start()
+        self._link()
         return self.socket
 
+    def _link(self) -> None:
+        """``watchdog-d drill`` finds the job's embedded agent by the job id."""
+        from .drill import embedded_socket
+
+        self.link = embedded_socket(self.cfg.state_dir, self.cfg.job_id)
+        try:
+            self.link.parent.mkdir(parents=True, exist_ok=True)
+            if self.link.is_symlink():
+                self.link.unlink()
+            self.link.symlink_to(self.socket)
+        except OSError:
+            self.link = None
+
     def stop(self) -> None:
+        if self.link is not None:
+            try:
+                self.link.unlink()
+            except OSError:
+                pass
         if self.agent:
             self.agent.observe_now()
             self.agent.stop()
