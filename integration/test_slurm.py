@@ -213,3 +213,33 @@ def test_on_failure_restart_inside_an_allocation(slurm, tmp_path, alert_sink):
     assert "resumed from" in out.stdout and "done after 60 steps" in out.stdout
     kinds = [(e["kind"], e["action"]) for e in _events(tmp_path)]
     assert kinds[0] == ("rank_exited", "restart 1/1") and kinds[-1][0] == "job_succeeded", kinds
+
+
+def test_the_schedulers_warning_signal_stops_the_job_as_asked(slurm, tmp_path, alert_sink):
+    # what --signal=TERM@N does at the warning time (and preemption before the kill): slurmd
+    # sends SIGTERM to the step's tasks, the job still allocated. Sent here with scancel
+    # --signal (Slurm's own --signal may come up to a minute early: too slow for a test)
+    log = tmp_path / "srun.out"
+    p = subprocess.Popen(["srun", "-N1", "-n1", f"--chdir={tmp_path}", *_run(tmp_path, alert_sink.url)],
+                         env={**train_env(WD_STEPS=100000), "SLURM_CONF": str(slurm.conf)},
+                         stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    job = ""
+    try:
+        deadline = time.monotonic() + 120
+        while "step 10 " not in log.read_text(errors="replace"):
+            assert time.monotonic() < deadline and p.poll() is None, log.read_text(errors="replace")
+            time.sleep(0.2)
+        slurm_id = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm.env, capture_output=True,
+                                  text=True, timeout=30).stdout.split()[0]
+        job = f"{slurm_id}.0"
+        subprocess.run(["scancel", "--signal=TERM", slurm_id], env=slurm.env, check=True, timeout=30)
+        assert p.wait(timeout=60) == 128 + 15, log.read_text(errors="replace")[-2000:]
+        time.sleep(2)
+        assert alert_sink.received == [], alert_sink.received
+        assert [e for e in _events(tmp_path) if e["action"] != "none"] == [], _events(tmp_path)
+        assert_no_leftovers(job)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        if job:
+            kill_job(job)
