@@ -64,7 +64,8 @@ def test_a_hang_drill_on_two_nodes_is_torn_down_everywhere_and_relaunched(guarde
         assert out.returncode == 0, out.stdout + out.stderr
         result = json.loads(out.stdout)
         events = [e["event"] for e in result["timeline"]]
-        assert result["result"] == "PASS" and events == ["injected", "verdict", "torn down", "relaunched"], result
+        assert result["result"] == "PASS" and events[:2] == ["injected", "verdict"], result
+        assert sorted(events[2:]) == ["alerted", "relaunched", "torn down"], result   # (in any order)
         assert "on node-b" in result["timeline"][0]["detail"]
         assert result["timeline"][1]["detail"].startswith("rank_stalled rank 1 on node-b"), result
         assert "drill_injected" in cluster.log("node-b")

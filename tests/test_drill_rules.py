@@ -65,3 +65,16 @@ def test_follow_fails_on_a_verdict_that_is_not_the_drills() -> None:
     assert f.done and not f.passed
     assert isinstance(drill.mark(Verdict(job="j", kind="rank_exited", cause="c"),
                                  drill.Drill("kill", 1, "n0", 0, 0.0, 0)), Verdict)
+
+
+def test_follow_waits_for_the_alert_when_there_are_receivers() -> None:
+    f = Follow("kill", 1, attempt=0)
+    base = {"attempt": 0, "status": "running", "action": "", "verdict": None,
+            "nodes": [{"state": "running"}], "alerts": {"to": 2, "drill_sent": 3}}
+    f.look(0.5, base)
+    v = "rank_exited rank 1 on n0: [drill: kill rank 1 (watchdog-d drill by uid 0)] killed"
+    down = {**base, "verdict": v, "status": "ended", "action": "teardown", "nodes": [{"state": "exited"}]}
+    f.look(1.0, down)
+    assert f.down and not f.done                       # the alert has not gone out yet
+    f.look(1.5, {**down, "alerts": {"to": 2, "drill_sent": 5}})
+    assert f.done and f.passed and f.timeline[-1][1] == "alerted"

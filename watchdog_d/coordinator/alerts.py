@@ -129,6 +129,13 @@ class AlertSender:
             error("alert_submit_failed", error=redact(f"{type(e).__name__}: {e}"))
             return False
 
+    def sent_for(self, job: str, marker: str = "") -> int:
+        """Deliveries sent lately for ``job`` whose body holds ``marker`` (a drill follows its
+        alert by this)."""
+        head = f"[watchdog-d] {job}:"
+        with self._cond:
+            return sum(1 for _, title, body in self.sent if title.startswith(head) and marker in body)
+
     def pending(self) -> int:
         with self._cond:
             return len(self._queue)

@@ -327,6 +327,8 @@ class Coordinator(Records):
             book = self.cluster.jobs.get(job_id)
             if book is not None:
                 job = job_status(self.cluster, book, self.clock())
+                job["alerts"] = {"to": len({*self.sender.default_urls, *book.spec.alert_urls}),
+                                 "drill_sent": self.sender.sent_for(job_id, "[drill: ")}
                 jobs.append(job)
                 texts.append(json.dumps(job))     # here, in slices, not in one long hold of the GIL
         self._snap_cost = cost + time.perf_counter() - began

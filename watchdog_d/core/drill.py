@@ -76,6 +76,9 @@ class Follow:
     down: bool = False
     relaunched: bool = False
     restarting: bool = False
+    alert_to: int = 0                  # URLs the verdict's alert goes to (0: none, not awaited)
+    alerts_before: int = -1            # drill alerts sent for the job before this one
+    alerted: bool = False
 
     def __post_init__(self) -> None:
         self.timeline = []
@@ -83,6 +86,9 @@ class Follow:
     def look(self, t: float, job: dict | None) -> None:
         if job is None:
             return
+        alerts = job.get("alerts") or {}
+        if self.alerts_before < 0 and alerts:
+            self.alerts_before, self.alert_to = alerts.get("drill_sent", 0), alerts.get("to", 0)
         verdict = job.get("verdict") or ""
         if not self.verdict and verdict and f"[drill: {self.fault} rank {self.rank}" in verdict:
             self.verdict = verdict
@@ -94,6 +100,10 @@ class Follow:
             self.down = True
             nodes = len(job.get("nodes", ()))
             self.timeline.append((t, "torn down", f"on every node ({nodes})" if nodes else "the job ended"))
+        if self.verdict and not self.alerted and self.alert_to and \
+                alerts.get("drill_sent", 0) > self.alerts_before:
+            self.alerted = True
+            self.timeline.append((t, "alerted", f"{self.alert_to} receiver(s)"))
         if self.down and self.restarting and not self.relaunched and \
                 job.get("attempt", 0) > self.attempt and job.get("status") == "running":
             self.relaunched = True
@@ -101,7 +111,8 @@ class Follow:
 
     @property
     def done(self) -> bool:
-        return self.down and (self.relaunched or not self.restarting)
+        return self.down and (self.relaunched or not self.restarting) and \
+            (self.alerted or not self.alert_to)
 
     @property
     def passed(self) -> bool:

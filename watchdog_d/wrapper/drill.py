@@ -91,6 +91,7 @@ def run_drill(cfg: Config, job_id: str, fault: str, rank: int, node: str, timeou
     else:
         missing = [what for what, seen in (("a verdict naming the rank", follow.verdict),
                                            ("the teardown on every node", follow.down),
+                                           ("alert sent", follow.alerted or not follow.alert_to),
                                            ("the relaunch", follow.relaunched or not follow.restarting))
                    if not seen]
         print(result + ("" if follow.passed else f": within {timeout:.0f}s, no {', no '.join(missing)}"
