@@ -4,6 +4,7 @@ torn down and alerted as under a plain shell, and ``scancel`` stops the job as a
 verdict, no alert, nothing left behind, the job CANCELLED in Slurm."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -128,15 +129,16 @@ def test_sbatch_requeue_resumes_this_runs_newest_checkpoint(slurm, tmp_path):
         kill_job(slurm_id)
 
 
-def test_a_suspect_node_is_drained_from_slurm_when_the_agent_is_set_to(slurm, tmp_path):
-    # the culprit of two verdicts in a row of one job is suspect: its agent, set to
-    # on_suspect = "drain", takes the node out of Slurm's pool, with the reason
-    cluster = Cluster(tmp_path, [])
+@contextlib.contextmanager
+def _suspect_node(slurm, tmp_path, slurm_node: str, alert_url: str = ""):
+    """A coordinator and an agent set to drain; a job whose rank 1 dies twice in a row on
+    that node: the culprit of two verdicts in a row, so suspect. Returns (agent log, job)."""
+    cluster = Cluster(tmp_path, [], alert_url=alert_url)
     sock, agent_log = tmp_path / "n.sock", tmp_path / "agent.log"
     agent = subprocess.Popen(
         [*WATCHDOG, "agent", "--coordinator", cluster.address, "--node-id", "gpu-node-1",
          "--socket", str(sock), "--state-dir", str(tmp_path / "agent"), "--on-suspect", "drain",
-         "--slurm-node", slurm.node],
+         "--slurm-node", slurm_node],
         env={**train_env(), "SLURM_CONF": str(slurm.conf)}, stdout=open(agent_log, "wb"),
         stderr=subprocess.STDOUT)
     job = f"drain-{int(time.time())}"
@@ -152,23 +154,43 @@ def test_a_suspect_node_is_drained_from_slurm_when_the_agent_is_set_to(slurm, tm
             env=train_env(WD_FAULT="kill", WD_FAULT_ALWAYS=1, WD_STEPS=200), capture_output=True,
             text=True, timeout=240)
         assert out.returncode == 75, out.stderr[-3000:]
-        deadline = time.monotonic() + 30
-        while True:
-            state = subprocess.run(["sinfo", "-h", "-n", slurm.node, "-o", "%t|%E"], env=slurm.env,
-                                   capture_output=True, text=True, timeout=30).stdout.strip()
-            if state.startswith("drain"):
-                break
-            assert time.monotonic() < deadline, (state, agent_log.read_text()[-3000:])
-            time.sleep(0.5)
-        assert f"watchdog-d: the culprit of 2 verdicts in a row of job {job}" in state, state
-        assert "node_drained" in agent_log.read_text()
+        yield agent_log, job
     finally:
-        subprocess.run(["scontrol", "update", f"NodeName={slurm.node}", "State=RESUME"],
-                       env=slurm.env, capture_output=True, timeout=30)
         agent.terminate()
         agent.wait(timeout=15)
         cluster.stop()
         kill_job(job)
+
+
+def test_a_suspect_node_is_drained_from_slurm_when_the_agent_is_set_to(slurm, tmp_path):
+    # the culprit of two verdicts in a row of one job is suspect: its agent, set to
+    # on_suspect = "drain", takes the node out of Slurm's pool, with the reason
+    try:
+        with _suspect_node(slurm, tmp_path, slurm.node) as (agent_log, job):
+            deadline = time.monotonic() + 30
+            while True:
+                state = subprocess.run(["sinfo", "-h", "-n", slurm.node, "-o", "%t|%E"], env=slurm.env,
+                                       capture_output=True, text=True, timeout=30).stdout.strip()
+                if state.startswith("drain"):
+                    break
+                assert time.monotonic() < deadline, (state, agent_log.read_text()[-3000:])
+                time.sleep(0.5)
+            assert f"watchdog-d: the culprit of 2 verdicts in a row of job {job}" in state, state
+            assert "node_drained" in agent_log.read_text()
+    finally:
+        subprocess.run(["scontrol", "update", f"NodeName={slurm.node}", "State=RESUME"],
+                       env=slurm.env, capture_output=True, timeout=30)
+
+
+def test_a_drain_slurm_refuses_is_said_once_and_alerted(slurm, tmp_path, alert_sink):
+    with _suspect_node(slurm, tmp_path, "no-such-node", alert_sink.url) as (agent_log, _):
+        deadline = time.monotonic() + 30
+        while not any("drain_failed" in a["title"] for a in alert_sink.received):
+            assert time.monotonic() < deadline, (alert_sink.received, agent_log.read_text()[-2000:])
+            time.sleep(0.2)
+        alert = next(a for a in alert_sink.received if "drain_failed" in a["title"])
+        assert "gpu-node-1 could not be drained from Slurm: scontrol exited 1" in alert["message"], alert
+        assert agent_log.read_text().count("drain_failed") == 1
 
 
 def test_the_example_sbatch_script_runs_as_shipped(slurm, tmp_path):

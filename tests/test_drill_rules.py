@@ -78,3 +78,18 @@ def test_follow_waits_for_the_alert_when_there_are_receivers() -> None:
     assert f.down and not f.done                       # the alert has not gone out yet
     f.look(1.5, {**down, "alerts": {"to": 2, "drill_sent": 5}})
     assert f.done and f.passed and f.timeline[-1][1] == "alerted"
+
+
+def test_a_node_its_agent_could_not_drain_is_said_to_the_coordinators_operators() -> None:
+    from dataclasses import replace
+
+    from watchdog_d.proto import convert
+
+    r = replace(report("n3", (0,)), drain_failed="n3 could not be drained from Slurm: scontrol exited 1")
+    assert convert.report_from_pb(convert.report_to_pb(r)).drain_failed == r.drain_failed
+    c = Cluster()
+    c.ingest(r, 100.0)
+    said = [d for d in c.evaluate(100.0) if d.incident and d.incident.verdict.kind == "drain_failed"]
+    assert len(said) == 1 and said[0].alert and said[0].job_id == "(coordinator)"
+    assert said[0].incident.verdict.node == "n3" and "scontrol exited 1" in said[0].incident.verdict.cause
+    assert not [d for d in c.evaluate(101.0) if d.incident and d.incident.verdict.kind == "drain_failed"]

@@ -65,6 +65,7 @@ class Agent(WrapperSide):
         self._sent_at = float("-inf")
         self._refusals_said: set = set()       # (job, uid, reason) logged already
         self._drained_for: set[str] = set()     # suspicions this agent drained the node for
+        self._drain_failed = ""                 # why the last drain failed, for the next report
         self.reporter = Reporter()
         self.channel = rpc.make_channel(cfg, self.target)
         self.stub = pb_grpc.CoordinatorStub(self.channel)
@@ -256,8 +257,11 @@ class Agent(WrapperSide):
                 return
             try:
                 self._sent_at = time.monotonic()
-                ack = self.stub.Report(self.reporter.heartbeat(report), timeout=rpc.REPORT_TIMEOUT_S,
-                                       metadata=self.metadata)
+                heartbeat, problem = self.reporter.heartbeat(report), self._drain_failed
+                heartbeat.drain_failed = problem
+                ack = self.stub.Report(heartbeat, timeout=rpc.REPORT_TIMEOUT_S, metadata=self.metadata)
+                if problem and self._drain_failed == problem:
+                    self._drain_failed = ""          # (said once: the coordinator alerts)
                 if self.reporter.acked(report, ack):
                     self._send_now.set()       # the coordinator wants everything: now
                 self._settle_owners(report.jobs, {c.job_id: c.action for c in ack.commands
@@ -329,8 +333,13 @@ class Agent(WrapperSide):
         if self.cfg.on_suspect != "drain" or reason in self._drained_for:
             return
         self._drained_for.add(reason)
-        threading.Thread(target=drain.drain_and_say, args=(self.cfg.slurm_node, reason),
-                         name="agent-drain", daemon=True).start()
+        threading.Thread(target=self._drain, args=(reason,), name="agent-drain", daemon=True).start()
+
+    def _drain(self, reason: str) -> None:
+        why = drain.drain_and_say(self.cfg.slurm_node, reason)
+        if why:
+            self._drain_failed = f"{self.node_id} could not be drained from Slurm: {why}"[:300]
+            self._send_now.set()
 
 
 def run_agent(cfg: Config) -> int:

@@ -35,11 +35,12 @@ def drain(node: str, reason: str, timeout: float = TIMEOUT_S) -> str:
     return ""
 
 
-def drain_and_say(node: str, reason: str) -> None:
-    """(in a thread of its own: the agent's Watch stream never waits for Slurm)"""
+def drain_and_say(node: str, reason: str) -> str:
+    """(in a thread of its own: the agent's Watch stream never waits for Slurm) "" or why not."""
     why = drain(node, reason)
     if why:
         log.error("drain_failed", node=node, reason=reason[:200], error=why,
                   effect="the node stays in Slurm's pool; drain it by hand")
     else:
         log.warn("node_drained", node=node, reason=reason[:200])
+    return why

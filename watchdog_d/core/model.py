@@ -232,6 +232,7 @@ class NodeReport:
     jobs: tuple[JobOnNode, ...] = ()
     leaving: bool = False             # its agent is stopping: its silence from now means nothing
     gpus: tuple[GpuState, ...] = ()   # empty: no GPU checks on this node (sent in every report)
+    drain_failed: str = ""            # its agent could not drain it from Slurm: why (said once)
 
 
 @dataclass(frozen=True)

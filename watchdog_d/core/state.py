@@ -48,6 +48,7 @@ class Cluster:
         # part is not taken, and the node is told with every ack until it drops the job
         self.refused: dict[tuple[str, str], owner.Refusal] = {}
         self.new_refusals: list[owner.Refusal] = []         # for the shell to log and count
+        self.drain_failures: list[tuple[str, str]] = []     # (node, why): its agent could not drain it
 
     # -- input ---------------------------------------------------------------
     def ingest(self, report: NodeReport, now: float) -> None:
@@ -57,6 +58,8 @@ class Cluster:
             self.silence.left(report.node_id)
         else:
             self.silence.heard(report.node_id, now)
+        if report.drain_failed:
+            self.drain_failures.append((report.node_id, report.drain_failed))
         for part in report.jobs:
             if not self._refused(report.node_id, part):
                 self._ingest_part(report, part, now)
@@ -216,6 +219,7 @@ class Cluster:
         episode = self.silence.check(now)
         if episode is not None:
             out.extend(self._episode(episode))
+        out.extend(self._drain_failed())
         todo = sorted(self.dirty.union(self.due.pop_due(now)))
         if limit and len(todo) > limit:
             todo, later = todo[:limit], todo[limit:]
@@ -267,6 +271,17 @@ class Cluster:
                     advisory=True)
         # to the coordinator's own operators (its --alert URLs): nothing was done to any job
         return [Decision(COORDINATOR, "none", (), Incident(0.0, v, "none"), alert=True)]
+
+    def _drain_failed(self) -> list[Decision]:
+        """A suspect node its agent could not drain: to the coordinator's operators."""
+        out = []
+        for node, why in self.drain_failures:
+            v = Verdict(job=COORDINATOR, kind="drain_failed", node=node, cause=why, advisory=True,
+                        remedy="the node is suspect and still in Slurm's pool: drain it by hand "
+                               "(scontrol update NodeName=... State=DRAIN) and look at it")
+            out.append(Decision(COORDINATOR, "none", (), Incident(0.0, v, "none"), alert=True))
+        self.drain_failures.clear()
+        return out
 
     def _with_suspects(self, book: JobBook, verdict: Verdict, now: float) -> Verdict:
         """The verdict, saying which of the job's nodes were suspect already."""

@@ -270,7 +270,7 @@ def report_to_pb(r: NodeReport, base: dict[str, JobOnNode] | None = None, base_s
     # GPUs in every report, whatever the base: small, and never a reason to ask for all
     return pb.Heartbeat(node_id=r.node_id, host=r.host, seq=r.seq, jobs=jobs,
                         base_seq=base_seq if base is not None else 0, leaving=leaving,
-                        gpus=[gpu_to_pb(g) for g in r.gpus[:MAX_GPUS]])
+                        gpus=[gpu_to_pb(g) for g in r.gpus[:MAX_GPUS]], drain_failed=r.drain_failed[:300])
 
 
 class MissingBase(WireError):
@@ -320,8 +320,9 @@ def report_from_pb(m: pb.Heartbeat, base: Base | None = None, now: float = 0.0) 
                               exit_code=j.exit_code,
                               ranks=tuple(rank_from_pb(x, before.get(x.rank), aged) for x in j.ranks),
                               note=note, run=j.run[:RUN_MAX], owner=owner))
+    drain_failed = "".join(c if c.isprintable() else " " for c in m.drain_failed[:300])
     return NodeReport(node_id=node_id, host=host, seq=m.seq, jobs=tuple(jobs),
-                      leaving=m.leaving, gpus=gpus)
+                      leaving=m.leaving, gpus=gpus, drain_failed=drain_failed)
 
 
 def verdict_to_json(v: Verdict) -> str:
