@@ -126,6 +126,14 @@ def test_another_users_job_id_is_refused_on_every_node_and_the_owner_runs_on(sha
         bob_n0 = _as("wd-bob", d, job, cluster.sockets["n0"], exit3)
         assert bob_n0.wait(timeout=30) == 2, _log(bob_n0)
         assert f"belongs to uid {users['wd-alice']} on this node" in _log(bob_n0)
+        # bob may not drill alice's job either (his uid from the socket, not from him)
+        drill = subprocess.run(["setpriv", "--reuid", "wd-bob", "--regid", GROUP, "--init-groups",
+                                *WATCHDOG, "drill", "--job", job, "kill", "--rank", "1",
+                                "--agent-socket", cluster.sockets["n0"]],
+                               capture_output=True, text=True, timeout=60, env=train_env(HOME=d),
+                               cwd=d)
+        assert drill.returncode == 2, drill.stdout + drill.stderr
+        assert f"drill refused: the job belongs to uid {users['wd-alice']}" in drill.stderr, drill.stderr
         # alice twice on one node: one wrapper a job
         again = _as("wd-alice", d, job, cluster.sockets["n0"], exit3)
         assert again.wait(timeout=30) == 2, _log(again)
