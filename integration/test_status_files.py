@@ -31,7 +31,11 @@ def test_two_embedded_jobs_in_one_state_dir_both_show(guarded) -> None:
         if all(stepping.get(g.job_id, -1) > 0 for g in jobs):
             break
         time.sleep(0.5)
-    assert all(stepping.get(g.job_id, -1) > 0 for g in jobs), stepping
+    # (a job missing here once in a fresh-clone run, not reproduced since: its wrapper's
+    # stderr and the status files say why, next time)
+    assert all(stepping.get(g.job_id, -1) > 0 for g in jobs), (
+        stepping, sorted(p.name for p in (state / "status.d").glob("*")) if (state / "status.d").exists()
+        else "no status.d", [(g.job_id, g.proc.poll(), g.stderr()[-1500:]) for g in jobs])
     for g in jobs:
         assert (state / "status.d" / f"{g.job_id}.json").exists()
         g.proc.send_signal(signal.SIGTERM)
