@@ -64,12 +64,15 @@ def test_srun_names_the_job_by_slurm_and_a_killed_rank_is_torn_down(slurm, tmp_p
     assert_no_leftovers(job)
 
 
-def test_scancel_stops_the_job_as_asked_without_a_verdict(slurm, tmp_path, alert_sink):
+@contextlib.contextmanager
+def _stepping_under_srun(slurm, tmp_path, alert_url: str):
+    """A long healthy job under srun, stepping: (its srun process, its log, Slurm's job id).
+    Whatever is left of it afterwards is killed."""
     log = tmp_path / "srun.out"
-    p = subprocess.Popen(["srun", "-N1", "-n1", f"--chdir={tmp_path}", *_run(tmp_path, alert_sink.url)],
+    p = subprocess.Popen(["srun", "-N1", "-n1", f"--chdir={tmp_path}", *_run(tmp_path, alert_url)],
                          env={**train_env(WD_STEPS=100000), "SLURM_CONF": str(slurm.conf)},
                          stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    job = ""
+    slurm_id = ""
     try:
         deadline = time.monotonic() + 120
         while "step 10 " not in log.read_text(errors="replace"):
@@ -77,19 +80,23 @@ def test_scancel_stops_the_job_as_asked_without_a_verdict(slurm, tmp_path, alert
             time.sleep(0.2)
         slurm_id = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm.env, capture_output=True,
                                   text=True, timeout=30).stdout.split()[0]
-        job = f"{slurm_id}.0"
+        yield p, log, slurm_id
+    finally:
+        if p.poll() is None:
+            p.kill()
+        if slurm_id:
+            kill_job(f"{slurm_id}.0")
+
+
+def test_scancel_stops_the_job_as_asked_without_a_verdict(slurm, tmp_path, alert_sink):
+    with _stepping_under_srun(slurm, tmp_path, alert_sink.url) as (p, _, slurm_id):
         subprocess.run(["scancel", slurm_id], env=slurm.env, check=True, timeout=30)
         p.wait(timeout=60)
         time.sleep(2)                                     # an alert would have come by now
         assert alert_sink.received == [], alert_sink.received
         assert [e for e in _events(tmp_path) if e["action"] != "none"] == [], _events(tmp_path)
         assert slurm.job_state(slurm_id) == "CANCELLED"
-        assert_no_leftovers(job)
-    finally:
-        if p.poll() is None:
-            p.kill()
-        if job:
-            kill_job(job)
+        assert_no_leftovers(f"{slurm_id}.0")
 
 
 def test_sbatch_requeue_resumes_this_runs_newest_checkpoint(slurm, tmp_path):
@@ -241,27 +248,10 @@ def test_the_schedulers_warning_signal_stops_the_job_as_asked(slurm, tmp_path, a
     # what --signal=TERM@N does at the warning time (and preemption before the kill): slurmd
     # sends SIGTERM to the step's tasks, the job still allocated. Sent here with scancel
     # --signal (Slurm's own --signal may come up to a minute early: too slow for a test)
-    log = tmp_path / "srun.out"
-    p = subprocess.Popen(["srun", "-N1", "-n1", f"--chdir={tmp_path}", *_run(tmp_path, alert_sink.url)],
-                         env={**train_env(WD_STEPS=100000), "SLURM_CONF": str(slurm.conf)},
-                         stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    job = ""
-    try:
-        deadline = time.monotonic() + 120
-        while "step 10 " not in log.read_text(errors="replace"):
-            assert time.monotonic() < deadline and p.poll() is None, log.read_text(errors="replace")
-            time.sleep(0.2)
-        slurm_id = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm.env, capture_output=True,
-                                  text=True, timeout=30).stdout.split()[0]
-        job = f"{slurm_id}.0"
+    with _stepping_under_srun(slurm, tmp_path, alert_sink.url) as (p, log, slurm_id):
         subprocess.run(["scancel", "--signal=TERM", slurm_id], env=slurm.env, check=True, timeout=30)
         assert p.wait(timeout=60) == 128 + 15, log.read_text(errors="replace")[-2000:]
         time.sleep(2)
         assert alert_sink.received == [], alert_sink.received
         assert [e for e in _events(tmp_path) if e["action"] != "none"] == [], _events(tmp_path)
-        assert_no_leftovers(job)
-    finally:
-        if p.poll() is None:
-            p.kill()
-        if job:
-            kill_job(job)
+        assert_no_leftovers(f"{slurm_id}.0")

@@ -8,9 +8,9 @@ import dataclasses
 
 from . import __version__
 from .config import Config
+from .core.drill import FAULTS
 
 EXIT_USAGE = 2
-OUTPUT = {"json"}             # flags of a command's own output, not settings
 
 
 class Parser(argparse.ArgumentParser):
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("drill", help="inject a fault into a live job and check what follows: "
                                      "watchdog-d drill --job ID kill|freeze|exit|hang --rank R")
-    p.add_argument("fault", choices=("kill", "freeze", "exit", "hang"),
+    p.add_argument("fault", choices=tuple(FAULTS),
                    help="kill: SIGKILL; freeze: SIGSTOP; exit: the rank exits 1; hang: its main "
                         "thread stops at its next step, alive")
     p.add_argument("--job", required=True, help="the job (its owner or root only)")
@@ -197,9 +197,7 @@ def _show_defaults(p: argparse.ArgumentParser) -> None:
         if action.dest not in fields or not action.help or "(unset:" in action.help:
             continue
         value = getattr(defaults, action.dest)
-        if value in ("", [], None) or action.dest in ("verbose",):
-            continue
-        if isinstance(value, bool):
+        if value in ("", [], None) or isinstance(value, bool):
             continue
         shown = " ".join(value) if isinstance(value, list) else f"{value:g}" if isinstance(value, float) else value
         action.help += f" (default {shown})"

@@ -60,8 +60,7 @@ def inject(beacon_dir: str, pid: int, rank: int, fault: str) -> str:
         except OSError as e:
             return f"cannot signal rank {rank} (pid {pid}): {e.strerror}"
         return ""
-    slot = str(slot_path(beacon_dir, rank)).removesuffix(".beacon")
-    if not flight.ask(slot, PIPE[fault]):
+    if not flight.ask(str(slot_path(beacon_dir, rank).with_suffix("")), PIPE[fault]):
         return f"rank {rank} does not listen on its request pipe"
     return ""
 

@@ -39,11 +39,11 @@ def key_of(raw: bytes, stat: procstat.Stat | None) -> tuple[bytes, str]:
 
 
 class _Rank:
-    __slots__ = ("slot_fd", "ino", "pid", "stat_fd", "host_pid")
+    __slots__ = ("slot_fd", "ino", "own_pid", "pid", "stat_fd", "host_pid")
 
     def __init__(self, slot_fd: int, ino: int, host_pid: Callable[[int], int]) -> None:
-        self.slot_fd, self.ino, self.pid, self.stat_fd = slot_fd, ino, 0, -1
-        self.host_pid = host_pid
+        self.slot_fd, self.ino, self.own_pid, self.pid, self.stat_fd = slot_fd, ino, 0, 0, -1
+        self.host_pid = host_pid          # the rank's own PID -> the node's (pidns)
 
     def key(self) -> tuple[bytes, str]:
         try:
@@ -52,12 +52,12 @@ class _Rank:
             return b"", "?"
         if len(raw) < beacon.SLOT_SIZE or raw[:4] != beacon.MAGIC:
             return b"", "?"
-        pid = self.host_pid(beacon.pid_of(raw))
-        if pid != self.pid:
+        own_pid = beacon.pid_of(raw)
+        if own_pid != self.own_pid or not self.pid:     # (not found yet: asked again)
             self._close_stat()
-            self.pid = pid
+            self.own_pid, self.pid = own_pid, self.host_pid(own_pid)
             try:
-                self.stat_fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+                self.stat_fd = os.open(f"/proc/{self.pid}/stat", os.O_RDONLY)
             except OSError:
                 pass
         stat = None

@@ -231,8 +231,9 @@ def observe_job(beacon_dir: str, tracks: dict[int, RankTrack], now: float | None
     now = time.monotonic() if now is None else now
     out = []
     for rank, view in sorted(beacon.scan(beacon_dir).items()):
-        if host_pid is not None:
-            view = dataclasses.replace(view, pid=host_pid(view.pid))
+        pid = view.pid if host_pid is None else host_pid(view.pid)
+        if pid != view.pid:
+            view = dataclasses.replace(view, pid=pid)
         track = tracks.get(rank)
         if track is None or track.pid != view.pid:
             track = tracks[rank] = RankTrack(pid=view.pid)

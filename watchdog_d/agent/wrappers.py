@@ -113,7 +113,8 @@ class WrapperSide:
                 job: LocalJob | None, peer: int = 0) -> LocalJob | None:
         if isinstance(msg, Register) and job is None:
             space = pidns.namespace_of(peer) if peer else pidns.OWN
-            if space not in (0, pidns.OWN):
+            foreign = space not in (0, pidns.OWN)
+            if foreign:
                 # a wrapper in a PID namespace of its own: its PIDs are not the node's;
                 # the launcher is the wrapper itself, known by the node's PID from the socket
                 msg = dataclasses.replace(msg, launcher_pid=peer)
@@ -125,7 +126,7 @@ class WrapperSide:
             if uid != 0 and launcher_uid != uid:
                 self._refuse(conn, msg.spec.job_id, uid, "launcher", "the launcher is not your process")
                 return None
-            if space not in (0, pidns.OWN):
+            if foreign:
                 log.log("job_in_pid_namespace", job=msg.spec.job_id, namespace=space)
             return self._register(conn, uid, msg, pidns.Translator(space))
         elif isinstance(msg, DrillAsk) and job is None:

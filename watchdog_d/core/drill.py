@@ -53,10 +53,6 @@ def mark(verdict: Verdict, drill: Drill) -> Verdict:
     return replace(verdict, cause=f"[{drill.words}] {verdict.cause}")
 
 
-def is_drill(verdict: Verdict) -> bool:
-    return verdict.cause.startswith("[drill: ")
-
-
 def _ranks(ranks_on: dict[int, str]) -> str:
     r = sorted(ranks_on)
     return ", ".join(map(str, r[:16])) + (" ..." if len(r) > 16 else "") if r else "none"
