@@ -33,6 +33,8 @@ def roundtrip(reporter: Reporter, coord: dict, r: NodeReport, now: float) -> tup
     except convert.MissingBase:
         reporter.acked(r, pb.HeartbeatAck(seq=hb.seq, send_all=True, deltas=True))
         return None, hb  # type: ignore[return-value]
+    assert got.sent_mono_s > 0          # (the agent's clock when it sent it: core.straggler maps it)
+    got = replace(got, sent_mono_s=0.0)
     coord["base"] = convert.Base(got.seq, now, {p.spec.job_id: p for p in got.jobs})
     reporter.acked(r, pb.HeartbeatAck(seq=hb.seq, deltas=True))
     return got, hb

@@ -10,13 +10,21 @@ from watchdog_d.core.state import Cluster
 RESTART = spec(on_failure="restart", max_restarts=2, node_timeout_s=5.0)
 
 
-def _kill_on_b(c: Cluster, t: float, attempt: int = 0, job_spec=RESTART, stepped: bool = True):
-    """A job on nodes a (ranks 0, 1) and b (ranks 2, 3); rank 3 dies at t."""
+def _kill_on_b(c: Cluster, t: float, attempt: int = 0, job_spec=RESTART, stepped: bool = True,
+               on: str = "b"):
+    """A job on nodes a (ranks 0, 1) and b (ranks 2, 3); rank 3 dies at t (``on="a"``:
+    rank 0; the same node the culprit twice in a row would make it suspect: it would
+    leave the job, core.exclusion)."""
     s = 0 if stepped else -1
     c.ingest(report("a", [rank(0, step=s), rank(1, step=s, ckpt_path="/c/step-10.pt", ckpt_step=10)],
                     attempt=attempt, job_spec=job_spec), t - 1)
     c.ingest(report("b", [rank(2, step=s), rank(3, step=s)], attempt=attempt, job_spec=job_spec), t - 1)
-    c.ingest(report("b", [rank(2, step=s), dead(3, sig=SIGKILL)], attempt=attempt, job_spec=job_spec), t)
+    if on == "a":
+        c.ingest(report("a", [dead(0, sig=SIGKILL), rank(1, step=s, ckpt_path="/c/step-10.pt",
+                                                         ckpt_step=10)],
+                        attempt=attempt, job_spec=job_spec), t)
+    else:
+        c.ingest(report("b", [rank(2, step=s), dead(3, sig=SIGKILL)], attempt=attempt, job_spec=job_spec), t)
     return c.evaluate(t + 2)
 
 
@@ -54,7 +62,7 @@ def test_backoff_doubles_per_restart() -> None:
     assert _waiting(c, "b", 101.0, job_spec=s) == []
     assert c.evaluate(110.9) == []
     assert [x.verb for x in c.evaluate(111.0)] == ["relaunch"]
-    _kill_on_b(c, 200.0, attempt=1, job_spec=s)
+    _kill_on_b(c, 200.0, attempt=1, job_spec=s, on="a")
     _waiting(c, "a", 201.0, attempt=1, job_spec=s)
     _waiting(c, "b", 201.0, attempt=1, job_spec=s)
     assert c.evaluate(220.9) == [] and [x.attempt for x in c.evaluate(221.0)] == [2]
@@ -105,7 +113,7 @@ def test_an_attempt_that_stepped_resets_the_crash_loop_count() -> None:
     _kill_on_b(c, 100.0, job_spec=s, stepped=False)
     _waiting(c, "a", 101.0, job_spec=s)
     _waiting(c, "b", 101.0, job_spec=s)
-    d = _kill_on_b(c, 200.0, attempt=1, job_spec=s, stepped=True)
+    d = _kill_on_b(c, 200.0, attempt=1, job_spec=s, stepped=True, on="a")
     assert d[0].incident.action == "restart 2/5" and c.jobs["j1"].no_progress == 0
 
 

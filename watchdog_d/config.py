@@ -46,7 +46,9 @@ SPEC_FIELDS = {"job_id": "job_id", "on_failure": "on_failure", "max_restarts": "
                "min_stall_timeout": "min_stall_timeout_s", "stall_factor": "stall_factor",
                "startup_timeout": "startup_timeout_s", "node_timeout": "node_timeout_s",
                "alert": "alert_urls", "restart_backoff": "restart_backoff_s",
-               "crash_loop": "crash_loop", "shutdown_timeout": "shutdown_timeout_s"}
+               "crash_loop": "crash_loop", "shutdown_timeout": "shutdown_timeout_s",
+               "straggler_window": "straggler_window", "straggler_lag": "straggler_lag",
+               "exclude_stragglers": "exclude_stragglers"}
 _SPEC = JobSpec(job_id="")
 
 
@@ -83,6 +85,12 @@ class Config:
     startup_timeout: float = _SPEC.startup_timeout_s
     node_timeout: float = _SPEC.node_timeout_s
     shutdown_timeout: float = _SPEC.shutdown_timeout_s   # the end of training (docs/how-it-decides.md)
+    # stragglers (docs/how-it-decides.md): judged over this many steps; late by this share of
+    # the step time at least; a persistent one's node leaves the job on its next relaunch
+    straggler_window: int = _SPEC.straggler_window
+    straggler_lag: float = _SPEC.straggler_lag
+    exclude_stragglers: bool = _SPEC.exclude_stragglers
+    spare: bool = False                  # run: a standby of the job: no ranks until it takes a place
     # the automatic sections a rank opens around known long pauses (rank/hooks.py)
     checkpoint_timeout: float = 1800.0   # torch.save/load, safetensors, DCP, Trainer checkpoints
     evaluation_timeout: float = 3600.0   # Trainer.evaluate, Lightning's evaluation loop

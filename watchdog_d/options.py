@@ -65,6 +65,15 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-dir", dest="log_dir", metavar="DIR",
                    help="each rank's log (rank-N.log) and the launcher's, per attempt "
                         "(unset: STATE_DIR/logs)")
+    p.add_argument("--spare", action="store_true", default=None,
+                   help="stand by as a spare of the job (the same command as its nodes): no ranks "
+                        "until a relaunch leaves a suspect node out and this one takes its place")
+    p.add_argument("--straggler-window", dest="straggler_window", type=int, metavar="STEPS",
+                   help="a straggler is judged over this many steps")
+    p.add_argument("--straggler-lag", dest="straggler_lag", type=float, metavar="FRACTION",
+                   help="a straggler is late by at least this share of the step time")
+    p.add_argument("--exclude-stragglers", dest="exclude_stragglers", action="store_true", default=None,
+                   help="a persistent straggler's node is suspect: it leaves the job on its next relaunch")
     p.add_argument("--preflight", action="store_true", default=None,
                    help="run the doctor's checks on this node first; an error: the job is "
                         "not started, and torn down on its other nodes (exit 75)")

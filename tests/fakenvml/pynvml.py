@@ -25,6 +25,7 @@ Every key is optional::
         "temp": 60,                            # celsius
         "power_mw": 300000,                    # milliwatts
         "clocks_event_reasons": 0,             # bit mask (nvmlClocksEventReason*)
+        "sm_clock": 1980, "sm_clock_max": 1980,   # MHz (nvmlDeviceGetClockInfo / GetMaxClockInfo, NVML_CLOCK_SM)
         "ecc_uncorrected": 0,                  # volatile, total
         "remapped": [0, 0, 0, 0],              # corrected, uncorrected, pending, failure
         "recovery_action": 0,                  # NVML_GPU_RECOVERY_ACTION_*; absent: field NotSupported
@@ -206,6 +207,16 @@ def nvmlDeviceGetCurrentClocksEventReasons(h):
 
 def nvmlDeviceGetCurrentClocksThrottleReasons(h):
     return int(_device("nvmlDeviceGetCurrentClocksThrottleReasons", h).get("clocks_event_reasons", 0))
+
+
+def nvmlDeviceGetClockInfo(h, clock_type):
+    dev = _device("nvmlDeviceGetClockInfo", h)
+    return int(dev.get("sm_clock", 1980)) if clock_type == _real.NVML_CLOCK_SM else 1500
+
+
+def nvmlDeviceGetMaxClockInfo(h, clock_type):
+    dev = _device("nvmlDeviceGetMaxClockInfo", h)
+    return int(dev.get("sm_clock_max", 1980)) if clock_type == _real.NVML_CLOCK_SM else 1600
 
 
 def nvmlDeviceGetTotalEccErrors(h, error_type, counter_type):

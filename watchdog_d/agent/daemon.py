@@ -175,7 +175,7 @@ class Agent(WrapperSide):
                     ranks = ()
                 job.last = JobOnNode(spec=job.spec, attempt=job.attempt, state=job.state,
                                      exit_code=job.exit_code, ranks=ranks, note=job.note,
-                                     run=job.run, owner=job.uid)
+                                     run=job.run, owner=job.uid, node_rank=job.node_rank)
                 parts.append(job.last)
             self._seq += 1
             gpus = self.hardware.gpus
@@ -306,7 +306,7 @@ class Agent(WrapperSide):
                 return
             if cmd.verb == "refuse" and not job.registered:
                 return      # (its registration is refused by the thread that waits for it)
-            if cmd.verb in ("teardown", "restart", "relaunch", "refuse"):   # re-sent with every ack: once
+            if cmd.verb in ("teardown", "restart", "relaunch", "refuse", "leave"):   # re-sent with every ack: once
                 key = (cmd.verb, cmd.attempt)
                 if key in job.delivered:
                     return
@@ -319,7 +319,8 @@ class Agent(WrapperSide):
         log.log("command_received", job=cmd.job_id, verb=cmd.verb, attempt=cmd.attempt)
         try:
             command = Command(verb=cmd.verb, attempt=cmd.attempt, verdict=verdict, action=cmd.action,
-                              resume_from=cmd.resume_from, resume_step=cmd.resume_step).check()
+                              resume_from=cmd.resume_from, resume_step=cmd.resume_step,
+                              node_rank=cmd.node_rank if cmd.HasField("node_rank") else -1).check()
         except MessageError as e:
             log.warn("command_refused", job=cmd.job_id, error=str(e)[:200])
             return

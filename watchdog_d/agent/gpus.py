@@ -58,6 +58,10 @@ class GpuSampler:
                 s = replace(s, power_w=p / 1000.0)
             if (c := self._read(d, "clocks_event_reasons", "nvmlDeviceGetCurrentClocksEventReasons")) is not None:
                 s = replace(s, clocks_event_reasons=int(c))
+            if (c := self._read(d, "sm_clock", "nvmlDeviceGetClockInfo", lib.NVML_CLOCK_SM)) is not None:
+                s = replace(s, sm_clock_mhz=int(c))
+            if (c := self._read(d, "sm_clock_max", "nvmlDeviceGetMaxClockInfo", lib.NVML_CLOCK_SM)) is not None:
+                s = replace(s, sm_clock_max_mhz=int(c))
             if (e := self._read(d, "ecc", "nvmlDeviceGetTotalEccErrors",
                                 lib.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, lib.NVML_VOLATILE_ECC)) is not None:
                 s = replace(s, ecc_uncorrected=int(e))

@@ -11,6 +11,8 @@ agents of ``integration/bench_coordinator.py``.
 """
 from __future__ import annotations
 
+import time
+
 from ..core.model import GpuState, JobOnNode, NodeReport
 from ..proto import convert
 from ..proto import watchdog_pb2 as pb
@@ -32,7 +34,10 @@ class Reporter:
             self.sent_full += 1
         else:
             self.sent_delta += 1
-        return convert.report_to_pb(report, base, self.base_seq, leaving)
+        hb = convert.report_to_pb(report, base, self.base_seq, leaving)
+        # (when it leaves: the coordinator maps this node's clock onto its own by it, core.straggler)
+        hb.sent_mono_s = time.monotonic()
+        return hb
 
     def acked(self, report: NodeReport, ack: pb.HeartbeatAck) -> bool:
         """Learn from an ack; True when the coordinator wants everything now."""

@@ -36,7 +36,8 @@ class LocalJob:
     run: str = ""
     launcher_pid: int = 0
     beacon_dir: str = ""
-    state: str = "running"             # running | exited | stopped | waiting (for a relaunch)
+    state: str = "running"             # running | exited | stopped | waiting (for a relaunch) | spare
+    node_rank: int = -1                # torchrun's --node-rank (-1: none)
     exit_code: int = 0
     note: str = ""
     tracks: dict[int, RankTrack] = field(default_factory=dict)
@@ -139,6 +140,8 @@ class WrapperSide:
                 job.launcher_pid = job.pids.host_pid(msg.launcher_pid) or msg.launcher_pid
                 self.exits.forget({t.pid for t in job.tracks.values()})
                 job.state, job.exit_code, job.tracks, job.note = "running", 0, {}, ""
+                if msg.node_rank >= 0:         # (a spare that took a place)
+                    job.node_rank = msg.node_rank
                 self._open_logs(job, msg.log_dir)
             self._send_now.set()
         elif isinstance(msg, Waiting) and job is not None:
@@ -162,7 +165,8 @@ class WrapperSide:
         across nodes the coordinator says (asked with the next report, waited for)."""
         job_id = msg.spec.job_id
         job = LocalJob(spec=msg.spec, conn=conn, uid=uid, attempt=msg.attempt, run=msg.run,
-                       launcher_pid=msg.launcher_pid, pids=pids)
+                       launcher_pid=msg.launcher_pid, pids=pids, node_rank=msg.node_rank,
+                       state="spare" if msg.spare else "running")
         with self.lock:
             there = self.jobs.get(job_id)
             if there is None:

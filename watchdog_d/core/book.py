@@ -57,6 +57,13 @@ class JobBook:
     fr_note_said: bool = False              # a verdict said why the flight recorder was not there
     owner: int = -1                         # uid of the wrapper that registered it first (-1: not said)
     drill: Drill | None = None              # a drill under way: its verdict says so
+    # bad hardware leaves the job (core.exclusion): suspect nodes torn down for good at this
+    # restart, the spares planned to take their places, the nodes that left, the node ranks
+    # handed to spares (their relaunch carries it)
+    leaving: dict[str, str] = field(default_factory=dict)         # node -> why
+    taking: tuple[tuple[str, str, int], ...] = ()                 # (spare, node it replaces, rank)
+    left: dict[str, str] = field(default_factory=dict)            # node -> why
+    handed: dict[str, int] = field(default_factory=dict)          # spare node -> node rank
 
     @property
     def steps(self) -> StepTimes:

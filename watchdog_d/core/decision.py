@@ -12,7 +12,7 @@ class Decision:
     """What the coordinator must do now for one job."""
 
     job_id: str
-    verb: str                           # teardown | restart | dump_stacks | done | none
+    verb: str                           # teardown | restart | relaunch | leave | dump_stacks | done | none
     nodes: tuple[str, ...] = ()
     incident: Incident | None = None    # to record (and alert, if wanted)
     alert: bool = False
@@ -20,6 +20,8 @@ class Decision:
     attempt: int = -1                   # relaunch: the generation to start (else the verdict's)
     resume_from: str = ""               # relaunch: the checkpoint to offer
     resume_step: int = -1
+    note: str = ""                      # leave: why (the node's wrapper says it)
+    node_rank: int = -1                 # relaunch of a spare: the --node-rank it takes
 
 
 @dataclass(frozen=True)
@@ -27,9 +29,10 @@ class Order:
     """A verb a node must carry out whatever it heard before (sent with every ack)."""
 
     job_id: str
-    verb: str                           # teardown | restart | relaunch | refuse (not the owner)
+    verb: str                           # teardown | restart | relaunch | leave | done | refuse
     attempt: int
     verdict: Verdict | None = None
-    action: str = ""
+    action: str = ""                    # (leave, refuse: why)
     resume_from: str = ""
     resume_step: int = -1
+    node_rank: int = -1                 # relaunch of a spare: the --node-rank it takes

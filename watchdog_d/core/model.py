@@ -95,6 +95,10 @@ class RankReport:
     io_still_s: float = -1.0         # since its I/O counters (/proc/PID/io) last moved (-1: unknown)
     d_held_s: float = 0.0            # in state D in every observation for this long
     stack_still_s: float = 0.0       # its main thread's stack the same in every dump for this long
+    # its completed collectives since its batch before (``core.frtiming.GroupTiming``s), read
+    # now and then while it steps; the coordinator takes each batch once (stragglers)
+    timings: tuple = ()
+    timing_batch: int = 0            # 0: none yet
 
     @property
     def failed(self) -> bool:
@@ -112,6 +116,7 @@ MAX_ALERT_URLS, MAX_URL = 32, 4096
 MAX_COMMAND = 1000                # a job's command line is kept (redacted) for people, cut here
 MAX_SECONDS = 30 * 86400.0        # no timeout or backoff of a job is longer than 30 days
 MAX_COUNT = 10_000                # restarts, crash-loop length
+MAX_NODES = 100_000               # torchrun's --nnodes
 
 
 class SpecError(ValueError):
@@ -143,6 +148,16 @@ class JobSpec:
     crash_loop: int = 3               # attempts in a row without a step -> gave_up (0: off)
     # the end of training: destroy_process_group() to exit, ranks left after a peer exited 0
     shutdown_timeout_s: float = 900.0
+    # the launch's shape, read by the wrapper from torchrun's arguments: an elastic job
+    # (--nnodes MIN:MAX) can go on without a node; a spare must bring the same ``shape``
+    # (the command without its per-node arguments, hashed)
+    nnodes_min: int = 0               # 0: unknown (not torchrun)
+    nnodes_max: int = 0
+    shape: str = ""
+    # stragglers (core.straggler): judged over this many steps, late by this share of a step
+    straggler_window: int = 100
+    straggler_lag: float = 0.1
+    exclude_stragglers: bool = False  # a persistent straggler's node is suspect (leaves on a relaunch)
 
     def checked(self) -> "JobSpec":
         """This spec if every rule holds (the command cut to MAX_COMMAND), else SpecError.
@@ -167,6 +182,20 @@ class JobSpec:
             raise SpecError("alert_urls", f"holds {len(self.alert_urls)} URLs, at most {MAX_ALERT_URLS}")
         if any(not isinstance(u, str) or not u or len(u) > MAX_URL for u in self.alert_urls):
             raise SpecError("alert_urls", f"must be non-empty URLs of at most {MAX_URL} characters")
+        for name in ("nnodes_min", "nnodes_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_NODES:
+                raise SpecError(name, f"must be a whole number of 0-{MAX_NODES}, got {value!r}")
+        if self.nnodes_min > self.nnodes_max:
+            raise SpecError("nnodes_min", f"must not exceed nnodes_max ({self.nnodes_min} > {self.nnodes_max})")
+        if not isinstance(self.shape, str) or len(self.shape) > 64 or not self.shape.isalnum() and self.shape:
+            raise SpecError("shape", "must be at most 64 letters and digits")
+        w = self.straggler_window
+        if isinstance(w, bool) or not isinstance(w, int) or not 10 <= w <= MAX_COUNT:
+            raise SpecError("straggler_window", f"must be a whole number of 10-{MAX_COUNT} steps, got {w!r}")
+        _number("straggler_lag", self.straggler_lag, low=0.0, open_low=True, high=10.0)
+        if not isinstance(self.exclude_stragglers, bool):
+            raise SpecError("exclude_stragglers", "must be true or false")
         if not isinstance(self.command, str):
             raise SpecError("command", "must be text")
         return self if len(self.command) <= MAX_COMMAND else replace(self, command=self.command[:MAX_COMMAND])
@@ -182,7 +211,8 @@ def _number(name: str, value: object, *, low: float, high: float, open_low: bool
 
 # running | exited | stopped (by the user) | waiting (torn down for a restart, for the next
 # generation) | preflight_failed (the node's checks failed: never started there; why in note)
-JOB_STATES = ("running", "exited", "stopped", "waiting", "preflight_failed")
+# | spare (a standby wrapper of the job, no ranks: it takes an excluded node's place)
+JOB_STATES = ("running", "exited", "stopped", "waiting", "preflight_failed", "spare")
 
 
 @dataclass(frozen=True)
@@ -197,6 +227,7 @@ class JobOnNode:
     note: str = ""                    # from the wrapper, for people (e.g. a checkpoint problem)
     run: str = ""                     # this node's launch of the job (its wrapper's run token)
     owner: int = -1                   # uid of the wrapper that registered it (-1: not said)
+    node_rank: int = -1               # torchrun's --node-rank here (-1: none, a dynamic rendezvous)
 
 
 @dataclass(frozen=True)
@@ -213,6 +244,8 @@ class GpuState:
     temperature_c: float = -1.0
     power_w: float = -1.0
     clocks_event_reasons: int = 0     # NVML's throttle / clocks event bit mask
+    sm_clock_mhz: int = -1            # the SM clock now ...
+    sm_clock_max_mhz: int = -1        # ... and the most it can run at
     ecc_uncorrected: int = -1         # volatile, since the driver loaded
     remapped_pending: int = -1        # rows waiting for a GPU reset
     remap_failure: bool = False
@@ -233,6 +266,7 @@ class NodeReport:
     leaving: bool = False             # its agent is stopping: its silence from now means nothing
     gpus: tuple[GpuState, ...] = ()   # empty: no GPU checks on this node (sent in every report)
     drain_failed: str = ""            # its agent could not drain it from Slurm: why (said once)
+    sent_mono_s: float = 0.0          # its agent's monotonic clock when it built the report (0: not said)
 
 
 @dataclass(frozen=True)

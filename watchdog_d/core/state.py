@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from . import detector, lifecycle, owner
+from . import detector, exclusion, lifecycle, orders, owner
 from . import drill as drills
 from .book import JobBook, NodeView
 from .deadline import STACKS_REFRESH_S, Due, next_check, signature
 from .decision import Decision, Order
 from .model import Incident, JobOnNode, NodeReport, Verdict
 from .silence import Episode, Silence
+from .standby import Standby
 from .suspects import Suspects, Suspicion, describe
 from .stall import stall_timeout
 
@@ -49,6 +50,7 @@ class Cluster:
         self.refused: dict[tuple[str, str], owner.Refusal] = {}
         self.new_refusals: list[owner.Refusal] = []         # for the shell to log and count
         self.drain_failures: list[tuple[str, str]] = []     # (node, why): its agent could not drain it
+        self.standby = Standby()                            # the spares of every job
 
     # -- input ---------------------------------------------------------------
     def ingest(self, report: NodeReport, now: float) -> None:
@@ -61,8 +63,16 @@ class Cluster:
         if report.drain_failed:
             self.drain_failures.append((report.node_id, report.drain_failed))
         for part in report.jobs:
-            if not self._refused(report.node_id, part):
+            if self._refused(report.node_id, part):
+                continue
+            book = self.jobs.get(part.spec.job_id)
+            if part.state != "spare":
                 self._ingest_part(report, part, now)
+            elif book is not None and report.node_id in book.nodes:
+                book.nodes[report.node_id].seen_at = now     # handed a place: launching
+            else:
+                self.standby.heard(report.node_id, part, now)
+        self.standby.report(report.node_id, {p.spec.job_id for p in report.jobs if p.state == "spare"})
         for key in [k for k in self.refused if k[1] == report.node_id]:
             if all(p.spec.job_id != key[0] for p in report.jobs):
                 del self.refused[key]          # it dropped the job: the episode is over
@@ -118,6 +128,11 @@ class Cluster:
             book.runs.add(part.run)            # another node of this run
             if book.checkpoint is not None:
                 self._record_checkpoint(book, book.checkpoint, book.checkpoint_attempt)
+        if report.node_id in book.left:
+            # it left the job (suspect): told so with every ack until its wrapper is gone
+            if part.state != "running":
+                self.node_jobs.get(report.node_id, set()).discard(job_id)
+            return
         node = book.nodes.get(report.node_id)
         if part.attempt < book.attempt:
             # a node still at an attempt already replaced (it missed the relaunch, or
@@ -184,31 +199,9 @@ class Cluster:
         return new
 
     def standing_orders(self, node_id: str) -> list[Order]:
-        """Verbs a node must carry out whatever it heard before: the teardown (or the
-        restart's teardown) of a stopping attempt it is part of; the relaunch of a newer
-        generation it has not started; the end of a job it waits in that will not
-        come back."""
-        out = [Order(r.job_id, "refuse", 0, action=r.reason)
-               for (_, node), r in sorted(self.refused.items()) if node == node_id]
-        for job_id in sorted(self.node_jobs.get(node_id, ())):
-            book = self.jobs.get(job_id)
-            node = book.nodes.get(node_id) if book is not None else None
-            if node is None:
-                continue
-            behind = node.attempt_seen < book.attempt
-            action = book.action if book.outcome != "stopped" else "stopped"
-            step, path = book.offer
-            if behind and book.status == "running":
-                out.append(Order(job_id, "relaunch", book.attempt, resume_from=path, resume_step=step))
-            elif node.part.state == "waiting":
-                if not book.relaunch_due:
-                    # it tore its ranks down for a relaunch that is not coming
-                    out.append(Order(job_id, "teardown", max(book.attempt, node.attempt_seen),
-                                     book.verdict, action))
-            elif not behind and book.status == "stopping" and book.verdict is not None:
-                out.append(Order(job_id, "restart" if book.relaunch_due else "teardown", book.attempt,
-                                 book.verdict, action, resume_from=path, resume_step=step))
-        return out
+        """Verbs a node must carry out whatever it heard before (``orders``)."""
+        return orders.standing(node_id, self.jobs, self.node_jobs.get(node_id, ()), self.refused,
+                               self.standby)
 
     # -- decisions -------------------------------------------------------------
     def evaluate(self, now: float, limit: int = 0) -> list[Decision]:
@@ -288,6 +281,25 @@ class Cluster:
         marked = self.suspects.of(book.nodes, now)
         return replace(verdict, suspect=describe(marked)) if marked else verdict
 
+    def _plan(self, book: JobBook, verdict: Verdict, now: float) -> exclusion.Plan:
+        if verdict.advisory or book.spec.on_failure != "restart":
+            return exclusion.Plan()
+        suspect = {s.node: s.reason for s in self.suspects.of(book.nodes, now)}
+        spares = exclusion.usable(self.standby.of(book.spec.job_id), book.spec.shape, now,
+                                  book.spec.node_timeout_s)
+        return exclusion.plan({n: v.part.node_rank for n, v in book.nodes.items()}, suspect, spares,
+                              book.spec.nnodes_min, book.spec.nnodes_max)
+
+    def _relaunch(self, book: JobBook, now: float) -> list[Decision]:
+        job = book.spec.job_id
+        spares = exclusion.usable(self.standby.of(job), book.spec.shape, now, book.spec.node_timeout_s)
+        out = lifecycle.relaunch_when_down(book, now, self.silence, spares)
+        for d in out:
+            if d.node_rank >= 0 or d.verb == "relaunch" and d.nodes[0] in self.standby.of(job):
+                self.standby.drop(job, d.nodes[0])          # a spare no more: a node of the job
+                self.node_jobs.setdefault(d.nodes[0], set()).add(job)
+        return out
+
     def drill(self, job_id: str, fault: str, rank: int, node: str, uid: int,
               now: float) -> drills.Drill:
         """Start a drill (``drills.DrillRefused`` when it cannot be): the next verdict of
@@ -352,10 +364,11 @@ class Cluster:
                     found = self._with_suspects(book, found, now)
                     drilled = self._drilled(book, found, now)
                     found = drills.mark(found, drilled) if drilled else found
-                    decisions.append(lifecycle.decide(book, found, now))
-                    marked = None if drilled else self.suspects.record(found, now)
+                    marked = None if drilled else self.suspects.record(found, now, len(book.nodes))
                     if marked is not None:            # (a drill's culprit is no bad node)
                         self.suspected.append(marked)
+                    decisions.append(lifecycle.decide(book, found, now, self._plan(book, found, now)))
+                    decisions.extend(lifecycle.leave(book, found))
                 if found.kind == "long_pause" and (book.stacks_asked_at is None or
                                                    now - book.stacks_asked_at >= STACKS_REFRESH_S):
                     # the pause goes on: fresh stacks, so evidence of a hang can show up
@@ -373,7 +386,7 @@ class Cluster:
                 book.stacks_asked_at = None
                 book.reported = {k for k in book.reported if k[0] in ONCE_PER_ATTEMPT}
         if book.relaunch_due:
-            decisions.extend(lifecycle.relaunch_when_down(book, now, self.silence))
+            decisions.extend(self._relaunch(book, now))
             return decisions             # (a launcher that ended by itself is not the job's end)
         # answer every wrapper whose job ended by itself and is owed nothing else
         for node in book.nodes.values():

@@ -4,10 +4,13 @@ A node is suspect when
 - it failed a health check: a verdict of a hardware or environment kind named it (an Xid,
   a GPU lost, the kernel's OOM killer, a failed pre-flight);
 - or it keeps being the culprit: the last REPEAT verdicts of one job (a restart that fails
-  on the same node again) named it, or CLUSTER_K verdicts of any jobs within WINDOW_S.
+  on the same node again) named it, or CLUSTER_K verdicts of any jobs within WINDOW_S;
+  only verdicts of jobs of several nodes count (the only node of a job is the culprit of
+  each of its failures: that says nothing of the node).
 It stays suspect for KEEP_S (a person replaces the GPU, or the node is drained and the
-marking ages out); nothing here acts on a suspect node: it is said in ``status``,
-``/metrics`` and in the next alerts that involve it. Pure: verdicts and a clock in.
+marking ages out). It is said in ``status``, ``/metrics`` and in the next alerts that
+involve it, and it leaves a job on its next relaunch (``core.exclusion``). Pure: verdicts
+and a clock in.
 """
 from __future__ import annotations
 
@@ -39,14 +42,17 @@ class Suspects:
         self._by_job: dict[str, deque[str]] = {}          # job -> its last culprit nodes
         self._culprit_at: dict[str, deque[float]] = {}    # node -> when it was the culprit
 
-    def record(self, verdict: Verdict, now: float) -> Suspicion | None:
-        """A verdict was made: the suspicion it adds (None: none new)."""
+    def record(self, verdict: Verdict, now: float, job_nodes: int = 2) -> Suspicion | None:
+        """A verdict was made (in a job of ``job_nodes`` nodes): the suspicion it adds
+        (None: none new)."""
         node = verdict.node
         if not node or verdict.advisory or verdict.job.startswith("("):
             return None
         if verdict.kind in HEALTH_KINDS:
             return self._mark(node, f"{verdict.kind} rank {verdict.rank_label}: "
                                     f"{' '.join(verdict.cause.split())[:160]}", now)
+        if job_nodes < 2:
+            return None
         last = self._by_job.setdefault(verdict.job, deque(maxlen=REPEAT))
         last.append(node)
         times = self._culprit_at.setdefault(node, deque(maxlen=CLUSTER_K))

@@ -5,8 +5,8 @@ import json
 import math
 from dataclasses import asdict, dataclass, replace
 
-from ..core import frsummary
-from ..core.model import (JOB_STATES, MAX_SECONDS, MAX_TEXT, GpuState, GroupRecord, JobOnNode, JobSpec,
+from ..core import frsummary, frtiming
+from ..core.model import (JOB_STATES, MAX_NODES, MAX_SECONDS, MAX_TEXT, GpuState, GroupRecord, JobOnNode, JobSpec,
                           LogFinding, NodeReport, PendingCollective, RankReport, SpecError, Verdict)
 from . import watchdog_pb2 as pb
 from .local import NOTE_MAX, RUN_MAX, from_plain
@@ -22,10 +22,12 @@ def spec_to_pb(s: JobSpec) -> pb.JobSpec:
                       startup_timeout_s=s.startup_timeout_s, node_timeout_s=s.node_timeout_s,
                       alert_urls=list(s.alert_urls), command=s.command,
                       restart_backoff_s=s.restart_backoff_s, crash_loop=s.crash_loop,
-                      shutdown_timeout_s=s.shutdown_timeout_s)
+                      shutdown_timeout_s=s.shutdown_timeout_s, nnodes_min=s.nnodes_min,
+                      nnodes_max=s.nnodes_max, shape=s.shape, straggler_window=s.straggler_window,
+                      straggler_lag=s.straggler_lag, exclude_stragglers=s.exclude_stragglers)
 
 
-_SHUTDOWN_DEFAULT = JobSpec(job_id="-").shutdown_timeout_s   # (a field older agents do not send)
+_DEFAULT = JobSpec(job_id="-")      # (fields older agents do not send: 0)
 
 
 def spec_from_pb(m: pb.JobSpec) -> JobSpec:
@@ -36,7 +38,11 @@ def spec_from_pb(m: pb.JobSpec) -> JobSpec:
                        startup_timeout_s=m.startup_timeout_s, node_timeout_s=m.node_timeout_s,
                        alert_urls=tuple(m.alert_urls), command=m.command,
                        restart_backoff_s=m.restart_backoff_s, crash_loop=m.crash_loop,
-                       shutdown_timeout_s=m.shutdown_timeout_s or _SHUTDOWN_DEFAULT).checked()
+                       shutdown_timeout_s=m.shutdown_timeout_s or _DEFAULT.shutdown_timeout_s,
+                       nnodes_min=m.nnodes_min, nnodes_max=m.nnodes_max, shape=m.shape,
+                       straggler_window=m.straggler_window or _DEFAULT.straggler_window,
+                       straggler_lag=m.straggler_lag or _DEFAULT.straggler_lag,
+                       exclude_stragglers=m.exclude_stragglers).checked()
     except SpecError as e:
         raise WireError(f"job spec: {e}") from None
 
@@ -89,7 +95,8 @@ MAX_GPUS = 64          # per node: 8 today, 72 in a rack is one NVLink domain, n
 _GPU_FLOATS = (("util_ratio", 1.0), ("temperature_c", 1000.0), ("power_w", 100_000.0))
 _GPU_COUNTS = (("mem_used_bytes", 1 << 50), ("mem_total_bytes", 1 << 50),
                ("ecc_uncorrected", 1 << 40), ("remapped_pending", 1 << 40),
-               ("recovery_action", 1 << 16), ("xid_count", 1 << 40))
+               ("recovery_action", 1 << 16), ("xid_count", 1 << 40), ("sm_clock_mhz", 100_000),
+               ("sm_clock_max_mhz", 100_000))
 
 
 def gpu_to_pb(g: GpuState) -> pb.GpuState:
@@ -99,7 +106,8 @@ def gpu_to_pb(g: GpuState) -> pb.GpuState:
                        power_w=g.power_w, clocks_event_reasons=g.clocks_event_reasons & (2**64 - 1),
                        ecc_uncorrected=g.ecc_uncorrected, remapped_pending=g.remapped_pending,
                        remap_failure=g.remap_failure, recovery_action=g.recovery_action,
-                       lost=g.lost, last_xid=g.last_xid, xid_count=g.xid_count)
+                       lost=g.lost, last_xid=g.last_xid, xid_count=g.xid_count,
+                       sm_clock_mhz=max(0, g.sm_clock_mhz), sm_clock_max_mhz=max(0, g.sm_clock_max_mhz))
 
 
 def gpu_from_pb(m: pb.GpuState) -> GpuState:
@@ -121,7 +129,8 @@ def gpu_from_pb(m: pb.GpuState) -> GpuState:
                     clocks_event_reasons=m.clocks_event_reasons, ecc_uncorrected=m.ecc_uncorrected,
                     remapped_pending=m.remapped_pending, remap_failure=m.remap_failure,
                     recovery_action=m.recovery_action, lost=m.lost, last_xid=m.last_xid,
-                    xid_count=m.xid_count)
+                    xid_count=m.xid_count, sm_clock_mhz=m.sm_clock_mhz or -1,
+                    sm_clock_max_mhz=m.sm_clock_max_mhz or -1)
 
 
 def gpus_from_pb(ms) -> tuple[GpuState, ...]:
@@ -191,7 +200,25 @@ def rank_to_pb(r: RankReport, same_text: bool = False) -> pb.RankState:
         m.exit_detail, m.stack, m.excerpt = r.exit_detail, r.stack[-MAX_TEXT:], r.excerpt[-MAX_TEXT:]
         m.findings.extend(finding_to_pb(f) for f in r.findings[:MAX_FINDINGS])
         m.ckpt_path = r.ckpt_path[:4096]
+        m.timings.extend(timing_to_pb(t) for t in r.timings[:frtiming.MAX_GROUPS])
+    m.timing_batch = r.timing_batch
     return m
+
+
+def timing_to_pb(t) -> pb.CollectiveTiming:
+    return pb.CollectiveTiming(group=t.name, size=t.size, seqs=t.seqs, enq_us=t.enq_us, dur_us=t.dur_us)
+
+
+def timings_from_pb(rank: int, ms) -> tuple:
+    """A rank's timing batch; WireError when no recorder could have written it."""
+    if len(ms) > frtiming.MAX_GROUPS:
+        raise WireError(f"rank {rank}: timings of {len(ms)} process groups, at most {frtiming.MAX_GROUPS}")
+    try:
+        return frtiming.from_doc({"groups": [
+            {"name": m.group, "size": m.size, "seqs": list(m.seqs), "enq_us": list(m.enq_us),
+             "dur_us": list(m.dur_us)} for m in ms]})
+    except ValueError as e:
+        raise WireError(f"rank {rank}: timings: {e}") from None
 
 
 def rank_from_pb(m: pb.RankState, before: RankReport | None = None, aged_s: float = 0.0) -> RankReport:
@@ -214,6 +241,7 @@ def rank_from_pb(m: pb.RankState, before: RankReport | None = None, aged_s: floa
         findings = tuple(replace(f, age_s=f.age_s + aged_s) for f in before.findings) \
             if before.findings and aged_s > 0 else before.findings
         groups, note = before.collectives, before.fr_note
+        timings = before.timings
     else:
         detail, stack, excerpt = m.exit_detail[:500], m.stack[-MAX_TEXT:], m.excerpt[-MAX_TEXT:]
         findings = tuple(finding_from_pb(f) for f in m.findings[:MAX_FINDINGS])
@@ -225,6 +253,7 @@ def rank_from_pb(m: pb.RankState, before: RankReport | None = None, aged_s: floa
         if len({g.name for g in groups}) != len(groups):
             raise WireError(f"rank {m.rank}: a process group twice")
         note = _name("fr_note", m.fr_note[:300])
+        timings = timings_from_pb(m.rank, m.timings) if m.timings else ()
     remaining = m.section_remaining_s    # +-inf: no deadline (the core tests isfinite)
     remaining = max(-MAX_SECONDS, min(MAX_SECONDS, remaining)) if math.isfinite(remaining) else math.inf
     # positional, in RankReport's field order (a coordinator makes thousands a second)
@@ -237,13 +266,14 @@ def rank_from_pb(m: pb.RankState, before: RankReport | None = None, aged_s: floa
         _duration(m.stack_age_s) if m.stack_age_s > 0 and stack else math.inf,
         groups, _duration(m.fr_age_s) if m.fr_age_s > 0 and groups else math.inf, note,
         -1.0 if m.io_still_s < 0 else _duration(m.io_still_s), _duration(m.d_held_s),
-        _duration(m.stack_still_s))
+        _duration(m.stack_still_s), timings, max(0, m.timing_batch))
 
 
 def _text(r: RankReport) -> tuple:
     """What a rank's report may leave out when unchanged (findings without their age)."""
     return (r.stack, r.excerpt, r.exit_detail, r.ckpt_path,
-            tuple((f.kind, f.line_no, f.line) for f in r.findings), r.collectives, r.fr_note)
+            tuple((f.kind, f.line_no, f.line) for f in r.findings), r.collectives, r.fr_note,
+            r.timing_batch)
 
 
 def report_to_pb(r: NodeReport, base: dict[str, JobOnNode] | None = None, base_seq: int = 0,
@@ -261,6 +291,8 @@ def report_to_pb(r: NodeReport, base: dict[str, JobOnNode] | None = None, base_s
                             run=j.run, same_spec=same_spec)
         if j.owner >= 0:
             part.owner_uid = j.owner
+        if j.node_rank >= 0:
+            part.node_rank = j.node_rank
         if same_spec:
             part.spec.job_id = j.spec.job_id           # which job: the rest is as before
         else:
@@ -270,7 +302,8 @@ def report_to_pb(r: NodeReport, base: dict[str, JobOnNode] | None = None, base_s
     # GPUs in every report, whatever the base: small, and never a reason to ask for all
     return pb.Heartbeat(node_id=r.node_id, host=r.host, seq=r.seq, jobs=jobs,
                         base_seq=base_seq if base is not None else 0, leaving=leaving,
-                        gpus=[gpu_to_pb(g) for g in r.gpus[:MAX_GPUS]], drain_failed=r.drain_failed[:300])
+                        gpus=[gpu_to_pb(g) for g in r.gpus[:MAX_GPUS]], drain_failed=r.drain_failed[:300],
+                        sent_mono_s=r.sent_mono_s)
 
 
 class MissingBase(WireError):
@@ -316,13 +349,17 @@ def report_from_pb(m: pb.Heartbeat, base: Base | None = None, now: float = 0.0) 
         owner = j.owner_uid if j.HasField("owner_uid") else -1
         if not -1 <= owner <= MAX_UID:
             raise WireError(f"bad owner uid {owner}")
+        node_rank = j.node_rank if j.HasField("node_rank") else -1
+        if not -1 <= node_rank < MAX_NODES:
+            raise WireError(f"bad node rank {node_rank}")
         jobs.append(JobOnNode(spec=spec, attempt=max(0, j.attempt), state=j.state,
                               exit_code=j.exit_code,
                               ranks=tuple(rank_from_pb(x, before.get(x.rank), aged) for x in j.ranks),
-                              note=note, run=j.run[:RUN_MAX], owner=owner))
+                              note=note, run=j.run[:RUN_MAX], owner=owner, node_rank=node_rank))
     drain_failed = "".join(c if c.isprintable() else " " for c in m.drain_failed[:300])
+    sent = m.sent_mono_s if math.isfinite(m.sent_mono_s) and 0.0 <= m.sent_mono_s <= 1e12 else 0.0
     return NodeReport(node_id=node_id, host=host, seq=m.seq, jobs=tuple(jobs),
-                      leaving=m.leaving, gpus=gpus, drain_failed=drain_failed)
+                      leaving=m.leaving, gpus=gpus, drain_failed=drain_failed, sent_mono_s=sent)
 
 
 def verdict_to_json(v: Verdict) -> str:

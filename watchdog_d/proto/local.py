@@ -22,13 +22,13 @@ import typing
 from dataclasses import dataclass
 from typing import ClassVar, Union
 
-from ..core.model import JobSpec, SpecError, Verdict
+from ..core.model import MAX_NODES, JobSpec, SpecError, Verdict
 
 MAX_STRING = 64 << 10          # any one text field
 MAX_ITEMS = 256                # any one list
 NOTE_MAX = 1000                # a wrapper's note for people
 RUN_MAX = 64                   # a run token
-VERBS = ("teardown", "restart", "relaunch", "dump_stacks", "done", "refuse")
+VERBS = ("teardown", "restart", "relaunch", "dump_stacks", "done", "refuse", "leave")
 # exited | stopped (by the user) | preflight_failed (never started: the node's checks failed)
 ENDED_STATES = ("exited", "stopped", "preflight_failed")
 
@@ -44,6 +44,8 @@ class Register:
     launcher_pid: int
     attempt: int = 0
     run: str = ""                       # this launch of the job (a wrapper's token, kept on reattach)
+    spare: bool = False                 # a standby of the job (--spare): no ranks until it takes a place
+    node_rank: int = -1                 # torchrun's --node-rank (-1: none, a dynamic rendezvous)
 
     def check(self) -> "Register":
         try:
@@ -52,6 +54,7 @@ class Register:
             raise MessageError(f"spec: {e}") from None
         _positive("launcher_pid", self.launcher_pid)
         _not_negative("attempt", self.attempt)
+        _node_rank(self.node_rank)
         if len(self.run) > RUN_MAX or not all(c.isascii() and c.isalnum() for c in self.run):
             raise MessageError(f"run must be at most {RUN_MAX} letters and digits")
         return dataclasses.replace(self, spec=spec)
@@ -64,10 +67,12 @@ class AttemptStarted:
     launcher_pid: int
     beacon_dir: str
     log_dir: str = ""
+    node_rank: int = -1                 # a spare that took a place: the rank it took
 
     def check(self) -> "AttemptStarted":
         _not_negative("attempt", self.attempt)
         _positive("launcher_pid", self.launcher_pid)
+        _node_rank(self.node_rank)
         return self
 
 
@@ -123,8 +128,10 @@ class Command:
     action: str = ""                    # none | teardown | restart i/N | gave_up; refuse: why
     resume_from: str = ""               # relaunch: the checkpoint offered ("" none)
     resume_step: int = -1
+    node_rank: int = -1                 # relaunch of a spare: the --node-rank it takes (-1: its own)
 
     def check(self) -> "Command":
+        _node_rank(self.node_rank)
         if self.verb not in VERBS:
             raise MessageError(f"verb must be one of {', '.join(VERBS)}, not {self.verb!r}")
         _not_negative("attempt", self.attempt)
@@ -259,6 +266,11 @@ def _show(raw: object) -> str:
 def _positive(name: str, value: int) -> None:
     if value <= 0:
         raise MessageError(f"{name} must be > 0, got {value}")
+
+
+def _node_rank(value: int) -> None:
+    if not -1 <= value < MAX_NODES:
+        raise MessageError(f"node_rank must be -1 (none) or 0-{MAX_NODES - 1}, got {value}")
 
 
 def _not_negative(name: str, value: int) -> None:

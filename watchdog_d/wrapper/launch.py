@@ -8,11 +8,13 @@ import os
 import re
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import log
 from . import checkpoints
 from ..config import Config
 from ..rank.api import ENV_DIR, ENV_LOG_BACKUPS, ENV_LOG_MAX_BYTES, ENV_OWNER, ENV_SECTION_TIMEOUTS
@@ -130,6 +132,19 @@ def choose_resume(recorded: list[tuple[int, str]], checkpoint_dir: str,
     if notes:
         notes.append("relaunching from scratch")
     return Resume(note="; ".join(notes))
+
+
+def requeue_resume(job_id: str, cfg: Config) -> Resume:
+    """Requeued by Slurm: the run goes on from its newest checkpoint."""
+    times = requeued(dict(os.environ))
+    if not times or not cfg.checkpoint_dir:
+        return Resume()
+    resume = choose_resume([], cfg.checkpoint_dir, checkpoints.Rule.of(cfg))
+    log.warn("requeued", job=job_id, times=times, resume_from=resume.path or "-")
+    print(f"watchdog-d: job {job_id}: requeued by Slurm ({times}x); "
+          f"{'resuming from ' + resume.path if resume.path else 'from scratch'}"
+          + (f" ({resume.note})" if resume.note else ""), file=sys.stderr, flush=True)
+    return resume
 
 
 _TORCHRUN_MODULES = ("torch.distributed.run", "torch.distributed.launch")

@@ -20,7 +20,7 @@ from ..config import NODE_SOCKET, Config, ConfigError
 from ..logs.redact import redact
 from ..proto import localsock, rpc
 from ..proto.local import MessageError, Refused, Register, Registered
-from . import preflight
+from . import preflight, shape
 from .supervisor import EXIT_TORN_DOWN, Wrapper, WrapperError
 
 REGISTER_TIMEOUT_S = 10.0
@@ -133,15 +133,19 @@ def pick_agent(cfg: Config) -> str | None:
     return None
 
 
-def register(path: str, cfg: Config, command: list[str], run: str) -> tuple[localsock.Conn, str]:
+def register(path: str, cfg: Config, command: list[str], run: str,
+             spare: bool = False) -> tuple[localsock.Conn, str]:
     """Hand the job to the agent at ``path``; returns the connection and node id. ``run``:
     this launch's token (a relaunch, a reattach keep it; another launch has its own)."""
     try:
         conn = localsock.connect(path)
     except OSError as e:
         raise WrapperError(f"cannot reach the agent at {path}: {e.strerror or e}") from None
-    conn.send(Register(spec=cfg.job_spec(redact(shlex.join(command))), launcher_pid=os.getpid(),
-                       run=run))
+    form = shape.of(command)
+    spec = replace(cfg.job_spec(redact(shlex.join(command))), nnodes_min=form.nnodes_min,
+                   nnodes_max=form.nnodes_max, shape=form.digest)
+    conn.send(Register(spec=spec, launcher_pid=os.getpid(), run=run, spare=spare,
+                       node_rank=form.node_rank))
     try:
         reply = conn.recv(timeout=REGISTER_TIMEOUT_S)
     except (TimeoutError, MessageError):
@@ -153,12 +157,13 @@ def register(path: str, cfg: Config, command: list[str], run: str) -> tuple[loca
     return conn, reply.node_id
 
 
-def _reattach(path: str, cfg: Config, command: list[str], run: str) -> localsock.Conn | None:
-    """After the agent restarted (systemd): register again, quietly."""
+def _reattach(path: str, cfg: Config, wrapper: "Wrapper", run: str) -> localsock.Conn | None:
+    """After the agent restarted (systemd): register again, quietly (a spare that took a
+    place since: as the node it became)."""
     if not os.path.exists(path):
         return None
     try:
-        return register(path, cfg, command, run)[0]
+        return register(path, cfg, wrapper.command, run, wrapper.spare)[0]
     except WrapperError:
         return None
 
@@ -195,7 +200,7 @@ def run_job(cfg: Config, command: list[str]) -> int:
         path = embedded.start()
     try:
         run = secrets.token_hex(8)
-        conn, node_id = register(path, cfg, command, run)
+        conn, node_id = register(path, cfg, command, run, cfg.spare)
         if failed:
             # registered all the same: the coordinator learns why, tears the job down on
             # its other nodes and alerts
@@ -203,7 +208,7 @@ def run_job(cfg: Config, command: list[str]) -> int:
             conn.close()
             return EXIT_TORN_DOWN
         wrapper = Wrapper(cfg, command, conn, node_id,
-                          reattach=lambda: _reattach(path, cfg, command, run))
+                          reattach=lambda: _reattach(path, cfg, wrapper, run))
         log.log("job_guarded", job=cfg.job_id, node=wrapper.node_id, agent=path)
         rc = wrapper.run()
         if wrapper.conn is not None:

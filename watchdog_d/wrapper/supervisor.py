@@ -28,7 +28,7 @@ from ..core.model import Verdict
 from ..logs.redact import redact
 from ..proto import localsock
 from ..proto.local import AttemptStarted, Command, Ended, Message, MessageError, Refused, Waiting
-from . import checkpoints, evidence, launch, launchlog
+from . import checkpoints, evidence, launch, launchlog, shape, spare
 from .teardown import JobProcesses, become_subreaper
 
 EXIT_TORN_DOWN = 75
@@ -73,6 +73,8 @@ class Wrapper:
         self.waiting_since: float | None = None   # torn down for a restart, relaunch awaited
         self.resume: launch.Resume | None = None   # chosen when the attempt went down
         self.recorded: list[tuple[int, str]] = []  # (step, path) recorded by ranks, here or elsewhere
+        self.spare = cfg.spare                      # standing by: no ranks until it takes a place
+        self.node_rank = shape.of(command).node_rank
 
     # -- pieces --------------------------------------------------------------------
     def _reader(self, conn: localsock.Conn) -> None:
@@ -99,7 +101,8 @@ class Wrapper:
         att = self.attempt
         if att is not None:
             self._send(AttemptStarted(attempt=att.number, launcher_pid=os.getpid(),
-                                      beacon_dir=str(att.beacons), log_dir=str(att.log_dir)))
+                                      beacon_dir=str(att.beacons), log_dir=str(att.log_dir),
+                                      node_rank=self.node_rank))
             if self.waiting_since is not None:
                 self._send_waiting()
 
@@ -188,7 +191,13 @@ class Wrapper:
             signal.signal(sig, self._on_signal)
         assert self.conn is not None
         threading.Thread(target=self._reader, args=(self.conn,), daemon=True).start()
-        self.attempt = self._launch(0, self._requeue_resume())
+        if self.spare:
+            place = spare.stand_by(self)
+            if isinstance(place, int):
+                return place
+            self.attempt = self._launch(*place)
+        else:
+            self.attempt = self._launch(0, launch.requeue_resume(self.job_id, self.cfg))
         self._announce()
         try:
             return self._supervise()
@@ -196,18 +205,6 @@ class Wrapper:
             if self.attempt is not None:
                 self.attempt.processes.stop(0.5)   # nothing of the job outlives the wrapper
                 launch.remove_beacons(self.attempt.beacons)
-
-    def _requeue_resume(self) -> launch.Resume:
-        """Requeued by Slurm: the run goes on from its newest checkpoint."""
-        times = launch.requeued(dict(os.environ))
-        if not times or not self.cfg.checkpoint_dir:
-            return launch.Resume()
-        resume = launch.choose_resume([], self.cfg.checkpoint_dir, checkpoints.Rule.of(self.cfg))
-        log.warn("requeued", job=self.job_id, times=times, resume_from=resume.path or "-")
-        print(f"watchdog-d: job {self.job_id}: requeued by Slurm ({times}x); "
-              f"{'resuming from ' + resume.path if resume.path else 'from scratch'}"
-              + (f" ({resume.note})" if resume.note else ""), file=sys.stderr, flush=True)
-        return resume
 
     def _supervise(self) -> int:
         last_refresh = 0.0
@@ -264,7 +261,18 @@ class Wrapper:
             return self._torn_down(cmd.verdict, cmd.action or cmd.verb)
         if cmd.verb == "refuse":
             return self._refused(cmd.action)
+        if cmd.verb == "leave":
+            return self._left(cmd.verdict, cmd.action)
         return None   # "done" before the job ended: nothing to do
+
+    def _left(self, verdict: Verdict | None, reason: str) -> int:
+        """This node is suspect: the job relaunches without it (``core.exclusion``)."""
+        log.warn("node_left", job=self.job_id, node=self.node_id, reason=reason[:300])
+        self._keep_dumps(verdict)
+        self._stop_job(self.cfg.grace)
+        self._send(Ended(state="exited", exit_code=EXIT_TORN_DOWN))
+        self.final_line = f"watchdog-d: {self.node_id} left job {self.job_id}: {reason}"
+        return EXIT_TORN_DOWN
 
     def _refused(self, reason: str) -> int:
         """The job id is another user's (told after the launch: the coordinator could not
@@ -369,7 +377,7 @@ class Wrapper:
             if msg is None or msg == USER_SIGNAL:
                 break
             if isinstance(msg, Command):
-                if msg.verb in ("teardown", "restart", "relaunch", "refuse"):
+                if msg.verb in ("teardown", "restart", "relaunch", "refuse", "leave"):
                     return self._command(msg)     # an exit status, or None: relaunch ahead
                 if msg.verb == "done":
                     return code
