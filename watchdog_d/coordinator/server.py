@@ -180,7 +180,8 @@ class Coordinator(Records):
             self.bases[node] = convert.Base(report.seq, now, {p.spec.job_id: p for p in report.jobs})
         orders = [pb.Command(job_id=o.job_id, verb=o.verb, attempt=o.attempt,
                              verdict_json=convert.verdict_to_json(o.verdict) if o.verdict else "",
-                             action=o.action, resume_from=o.resume_from, resume_step=o.resume_step)
+                             action=o.action, resume_from=o.resume_from, resume_step=o.resume_step,
+                             node_rank=o.node_rank if o.node_rank >= 0 else None)
                   for o in self.cluster.standing_orders(report.node_id)]
         if self.cluster.dirty:
             self._wake.set()     # type: ignore[union-attr]   # an exit must not wait for a tick
@@ -278,12 +279,13 @@ class Coordinator(Records):
         incident = None if d.incident is None else replace(d.incident, ts=time.time())
         verdict_json = convert.verdict_to_json(incident.verdict) if incident else ""
         if d.verb != "none":
-            action = incident.action if incident else ""
+            action = d.note or (incident.action if incident else "")
             attempt = d.attempt if d.attempt >= 0 else incident.verdict.attempt if incident else 0
             for node in d.nodes:
                 cmd = pb.Command(job_id=d.job_id, verb=d.verb, attempt=attempt,
                                  verdict_json=verdict_json, action=action,
-                                 resume_from=d.resume_from, resume_step=d.resume_step)
+                                 resume_from=d.resume_from, resume_step=d.resume_step,
+                                 node_rank=d.node_rank if d.node_rank >= 0 else None)
                 self.counters["commands"] += 1
                 if not self.outbox(node).put(cmd):
                     self.counters["commands_dropped"] += 1

@@ -100,6 +100,12 @@ def job_status(cluster: Cluster, book: JobBook, now: float) -> dict:
                                                book.spec.stall_factor, p99), 2),
         "verdict": None if book.verdict is None else book.verdict.one_line(),
         "nodes": nodes,
+        # standbys of the job, first come first; the nodes that left it (suspect) and why
+        "spares": [{"node": s.node, "heartbeat_age_s": round(now - s.seen_at, 2)}
+                   for s in sorted(cluster.standby.of(book.spec.job_id).values(),
+                                   key=lambda s: (s.since, s.node))],
+        "left": [{"node": n, "reason": why} for n, why in sorted({**book.left, **book.leaving}.items())],
+        "stragglers": [],
     }
 
 
@@ -184,7 +190,18 @@ def render(snap: dict) -> str:
                     state = f"exit:{r['exit_code'] if r['exit_signal'] is None else 'sig' + str(r['exit_signal'])}"
                 lines.append(f"    {r['rank']:<5} {r['pid']:<8} {state:<10} {r['step']:<8} "
                              f"{_age(r['last_step_age_s']):>9}  {r['section'] or '-':<13} {r['log_offset']}")
+        lines.extend(_extra(job))
     return "\n".join(lines)
+
+
+def _extra(job: dict) -> list[str]:
+    """Spares, nodes that left, stragglers."""
+    out = [f"  spare {s['node']}  standing by, heartbeat {_age(s['heartbeat_age_s'])} ago"
+           for s in job.get("spares", ())]
+    out += [f"  left: {x['node']}  suspect ({x['reason']})" for x in job.get("left", ())]
+    out += [f"  STRAGGLER: rank {s['rank']} on {s['node']}  {s['lag_s'] * 1000:.0f} ms behind its peers "
+            f"in {s['share'] * 100:.0f} % of collectives" for s in job.get("stragglers", ())]
+    return out
 
 
 def write_status(path: Path, text: str, failing: bool) -> bool:
