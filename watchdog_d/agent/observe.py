@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..core import frsummary, rootcause
+from ..core import frsummary, frtiming, rootcause
 from ..core.model import MAX_TEXT, RankReport
-from ..rank import beacon
+from ..rank import beacon, flight
 from . import procstat
 from .exits import ExitWatcher, zombie_status
 
@@ -28,6 +28,10 @@ MAX_SUMMARY = 256 << 10     # a flight-recorder summary file larger than this is
 # the rank's own I/O when it answers a request (the stack dump, the summary, the dump it
 # keeps, the request's byte) is not progress: allowed on top of the files' sizes
 OWN_IO_SLACK = 64 << 10
+# collective timings (stragglers): asked for this often, and only of a rank that stepped
+# since (a rank that does not step has no new collectives, and its silence stays silent:
+# its answers are no I/O of its own that could pass for progress)
+TIMING_EVERY_S = 5.0
 
 
 
@@ -51,6 +55,8 @@ class RankTrack:
     stack_same_since: float = 0.0       # mtime of the first dump of the run with that key
     stack_latest: float = 0.0           # mtime of the latest dump
     flight: tuple = ((), "", math.inf)  # (groups, note, mtime) of the summary, re-read when changed
+    timing: tuple = ((), 0, math.inf)   # (groups, batch, mtime) of the timing batch, likewise
+    timing_asked: tuple = (-1, -math.inf)   # (step, when) the last batch was asked for
 
 
 def _tail(track: RankTrack, path: str) -> str:
@@ -135,6 +141,7 @@ def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
         inside = max(0.0, view.section_timeout - remaining)
     stack = _stack(track, slot + "stack")
     fr = _flight(track, slot + "fr")
+    timings = _timings(track, slot, view.step, now)
     io_still = _io_still(track, view.pid, now, slot)
     if state == "D":
         track.d_since = now if track.d_since is None else track.d_since
@@ -145,7 +152,7 @@ def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
         proc_state=state, step=view.step, last_step_age_s=max(0.0, now - since),
         last_step_dt_s=view.step_dt, section=view.section, section_remaining_s=remaining,
         section_age_s=inside,
-        cpu_percent=cpu, **stack, **_checkpoint(view), **fr, io_still_s=io_still,
+        cpu_percent=cpu, **stack, **_checkpoint(view), **fr, **timings, io_still_s=io_still,
         d_held_s=0.0 if track.d_since is None else now - track.d_since,
         stack_still_s=track.stack_latest - track.stack_same_since if stack else 0.0)
 
@@ -189,6 +196,34 @@ def _flight(track: RankTrack, path: str) -> dict:
             "fr_age_s": max(0.0, time.time() - st.st_mtime)}
 
 
+def _timings(track: RankTrack, slot: str, step: int, now: float) -> dict:
+    """The rank's latest batch of collective timings (``rank.flight.timing``), asked for
+    every TIMING_EVERY_S while it steps; parsed only when it changed, never trusted."""
+    asked_step, asked_at = track.timing_asked
+    if step > asked_step and now - asked_at >= TIMING_EVERY_S:
+        track.timing_asked = (step, now)
+        flight.ask(slot[:-1], b"T")
+    path = slot + flight.SUFFIX_TIMING[1:]
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    groups, batch, mtime = track.timing
+    if st.st_mtime != mtime:
+        try:
+            if st.st_size > MAX_SUMMARY:
+                raise ValueError("too large")
+            with open(path, "rb") as f:
+                doc = json.loads(f.read(MAX_SUMMARY))
+            groups, batch = frtiming.from_doc(doc), doc.get("batch", 0)
+            if isinstance(batch, bool) or not isinstance(batch, int) or not 0 < batch < 1 << 62:
+                raise ValueError("bad batch number")
+        except (OSError, ValueError, RecursionError, AttributeError):
+            groups, batch = (), 0
+        track.timing = (groups, batch, st.st_mtime)
+    return {"timings": groups, "timing_batch": batch} if batch else {}
+
+
 def _io_still(track: RankTrack, pid: int, now: float, slot: str) -> float:
     """Since the rank's I/O last grew (-1: unreadable). Its answers to our own requests
     (a stack dump, a summary and the dump it keeps) do not count. Called after ``_stack``
@@ -200,11 +235,11 @@ def _io_still(track: RankTrack, pid: int, now: float, slot: str) -> float:
         track.io, track.io_moved_at = io, now      # (first look: moving, as far as we know)
     elif io != track.io:
         # (the stack's and the summary's mtimes as _stack and _flight just read them)
-        answered = (track.files.get(slot + "stack", (0.0,))[0], track.flight[2])
+        answered = (track.files.get(slot + "stack", (0.0,))[0], track.flight[2], track.timing[2])
         own = 0
         if answered != track.answered:
             track.answered = answered
-            own = OWN_IO_SLACK + sum(max(0, _size(slot + s)) for s in ("fr", "fr.pkl"))
+            own = OWN_IO_SLACK + sum(max(0, _size(slot + s)) for s in ("fr", "fr.pkl", "frt"))
         if io - track.io > own:
             track.io_moved_at = now
         track.io = io

@@ -81,8 +81,14 @@ class _Picture:
         step_age = GaugeMetricFamily("watchdogd_rank_last_step_age_seconds",
                                      "Seconds since a rank's last step (since its start before the first)",
                                      labels=["job_id", "node", "rank"])
+        lag = GaugeMetricFamily("watchdogd_straggler_lag_seconds",
+                                "How far a straggling rank is behind the median of its peers in "
+                                "reaching its collectives (present while it straggles)",
+                                labels=["job_id", "rank"])
         for job in snap["jobs"]:
             j = job["job"]
+            for s in job.get("stragglers", ()):
+                lag.add_metric([j, str(s["rank"])], s["lag_s"])
             attempt.add_metric([j], job["attempt"])
             stall.add_metric([j], job["stall_timeout_s"])
             for node in job["nodes"]:
@@ -97,7 +103,7 @@ class _Picture:
                                     labels=["node"])
         for node in sorted({n["node"] for job in snap["jobs"] for n in job["nodes"] if n.get("suspect")}):
             suspect.add_metric([node], 1)
-        yield from (attempt, stall, heartbeat, step, step_age, suspect)
+        yield from (attempt, stall, heartbeat, step, step_age, suspect, lag)
         # a node in several jobs is in the snapshot once per job: its GPUs once
         gpus = {(n["node"], g["index"]): g for job in snap["jobs"] for n in job["nodes"]
                 for g in n.get("gpus", ())}

@@ -105,7 +105,9 @@ def job_status(cluster: Cluster, book: JobBook, now: float) -> dict:
                    for s in sorted(cluster.standby.of(book.spec.job_id).values(),
                                    key=lambda s: (s.since, s.node))],
         "left": [{"node": n, "reason": why} for n, why in sorted({**book.left, **book.leaving}.items())],
-        "stragglers": [],
+        "stragglers": [{"rank": s.rank, "node": s.node, "lag_s": round(s.lag_s, 4),
+                        "share": round(s.share, 3), "samples": s.samples, "basis": s.basis,
+                        "loss": round(s.loss, 3)} for s in book.stragglers],
     }
 
 

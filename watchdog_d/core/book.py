@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from .drill import Drill
 from .model import GpuState, JobOnNode, JobSpec, Verdict
 from .stall import Durations, StepTimes
+from .straggler import Lags, Straggler
 
 BARRIER_CAP_S = 60.0                # a relaunch waits at most this long for every node's teardown
 
@@ -64,6 +65,12 @@ class JobBook:
     taking: tuple[tuple[str, str, int], ...] = ()                 # (spare, node it replaces, rank)
     left: dict[str, str] = field(default_factory=dict)            # node -> why
     handed: dict[str, int] = field(default_factory=dict)          # spare node -> node rank
+    # stragglers (core.lagging): this attempt's collective timings, the batch last taken of
+    # each rank, the stragglers of the last judgment (an episode while not empty)
+    lags: Lags | None = None
+    timing_seen: dict[int, int] = field(default_factory=dict)
+    stragglers: list[Straggler] = field(default_factory=list)
+    straggler_judged_at: float = float("-inf")
 
     @property
     def steps(self) -> StepTimes:

@@ -114,3 +114,24 @@ class Follow:
     def passed(self) -> bool:
         kind = FAULTS[self.fault]
         return self.done and self.verdict.startswith(f"{kind} rank {self.rank}")
+
+
+def start(book, job_id: str, fault: str, rank: int, node: str, uid: int, now: float) -> Drill:
+    """Start a drill on ``book`` (a ``JobBook``, None: no such job): the next verdict of the
+    job says it was one. ``DrillRefused`` when it cannot be."""
+    if book is None:
+        raise DrillRefused(f"no job {job_id} at this coordinator")
+    ranks_on = {r.rank: n.node_id for n in book.nodes.values() if n.attempt_seen == book.attempt
+                for r in n.part.ranks if r.alive}
+    where = check(fault, rank, book.owner, uid, book.status, ranks_on, node)
+    book.drill = Drill(fault, rank, where, uid, now, book.attempt)
+    return book.drill
+
+
+def claim(book, verdict, now: float) -> Drill | None:
+    """The drill this verdict of ``book``'s is (one verdict is the drill's), if any."""
+    d = book.drill
+    if d is None or verdict.advisory or now - d.at > WINDOW_S:
+        return None
+    book.drill = None
+    return d

@@ -20,6 +20,10 @@ def new_attempt(book: JobBook, attempt: int, now: float) -> None:
     book.restart_asked_at = book.torn_down_at = None
     book.last_step.clear()            # a first step's duration includes start-up
     book.reported.clear()
+    if book.lags is not None:         # (other ranks, maybe other nodes, other places)
+        book.lags.reset()
+    book.timing_seen.clear()
+    book.stragglers = []
     for node in book.nodes.values():
         # nodes that have not reported the new attempt yet: nothing known of it
         node.part = replace(node.part, attempt=attempt, state="running", ranks=(), note="")

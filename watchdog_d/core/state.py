@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from . import detector, exclusion, lifecycle, orders, owner
+from . import detector, exclusion, lagging, lifecycle, orders, owner
 from . import drill as drills
 from .book import JobBook, NodeView
 from .deadline import STACKS_REFRESH_S, Due, next_check, signature
@@ -17,6 +17,7 @@ from .decision import Decision, Order
 from .model import Incident, JobOnNode, NodeReport, Verdict
 from .silence import Episode, Silence
 from .standby import Standby
+from .straggler import NodeClocks
 from .suspects import Suspects, Suspicion, describe
 from .stall import stall_timeout
 
@@ -51,6 +52,7 @@ class Cluster:
         self.new_refusals: list[owner.Refusal] = []         # for the shell to log and count
         self.drain_failures: list[tuple[str, str]] = []     # (node, why): its agent could not drain it
         self.standby = Standby()                            # the spares of every job
+        self.clocks = NodeClocks()                          # each node's clock onto ours (stragglers)
 
     # -- input ---------------------------------------------------------------
     def ingest(self, report: NodeReport, now: float) -> None:
@@ -60,6 +62,8 @@ class Cluster:
             self.silence.left(report.node_id)
         else:
             self.silence.heard(report.node_id, now)
+        if report.sent_mono_s > 0:
+            self.clocks.observe(report.node_id, report.sent_mono_s, now)
         if report.drain_failed:
             self.drain_failures.append((report.node_id, report.drain_failed))
         for part in report.jobs:
@@ -155,6 +159,9 @@ class Cluster:
         node.seen_at, node.host, node.part, node.attempt_seen = now, report.host, part, part.attempt
         node.signature, node.gpus = sig, report.gpus      # (GPUs: shown, not judged here)
         self._note_checkpoint(book, part)
+        if lagging.ingest(book, report.node_id, part,
+                          lambda mono, n=report.node_id: self.clocks.to_local(n, mono), now):
+            self.dirty.add(job_id)
         sampled = False
         for r in part.ranks:
             if not r.alive and r.rank not in node.exit_at:
@@ -290,6 +297,14 @@ class Cluster:
         return exclusion.plan({n: v.part.node_rank for n, v in book.nodes.items()}, suspect, spares,
                               book.spec.nnodes_min, book.spec.nnodes_max)
 
+    def _stragglers(self, book: JobBook, now: float) -> list[Decision]:
+        v, _ = lagging.judge(book, now)
+        if v is None:
+            return []
+        if book.spec.exclude_stragglers and v.node:
+            self.suspected.append(self.suspects.note(v.node, f"straggler: {v.cause[:160]}", now))
+        return [lifecycle.decide(book, self._with_suspects(book, v, now), now)]
+
     def _relaunch(self, book: JobBook, now: float) -> list[Decision]:
         job = book.spec.job_id
         spares = exclusion.usable(self.standby.of(job), book.spec.shape, now, book.spec.node_timeout_s)
@@ -302,24 +317,8 @@ class Cluster:
 
     def drill(self, job_id: str, fault: str, rank: int, node: str, uid: int,
               now: float) -> drills.Drill:
-        """Start a drill (``drills.DrillRefused`` when it cannot be): the next verdict of
-        the job says it was one."""
-        book = self.jobs.get(job_id)
-        if book is None:
-            raise drills.DrillRefused(f"no job {job_id} at this coordinator")
-        ranks_on = {r.rank: n.node_id for n in book.nodes.values() if n.attempt_seen == book.attempt
-                    for r in n.part.ranks if r.alive}
-        where = drills.check(fault, rank, book.owner, uid, book.status, ranks_on, node)
-        book.drill = drills.Drill(fault, rank, where, uid, now, book.attempt)
-        return book.drill
-
-    @staticmethod
-    def _drilled(book: JobBook, verdict: Verdict, now: float) -> drills.Drill | None:
-        d = book.drill
-        if d is None or verdict.advisory or now - d.at > drills.WINDOW_S:
-            return None
-        book.drill = None                      # (one verdict is the drill's)
-        return d
+        """Start a drill (``drills.DrillRefused`` when it cannot be)."""
+        return drills.start(self.jobs.get(job_id), job_id, fault, rank, node, uid, now)
 
     def _forget_job(self, job_id: str) -> None:
         book = self.jobs.pop(job_id)
@@ -351,6 +350,7 @@ class Cluster:
         elif book.relaunch_due and user_stopped:
             book.outcome = "stopped"      # stopped between two attempts: no relaunch
         if book.status == "running":
+            decisions.extend(self._stragglers(book, now))
             found = detector.detect(book, now, self.silence)
             if isinstance(found, Verdict):
                 # (with an alert-only policy the job runs on and the same finding comes
@@ -362,7 +362,7 @@ class Cluster:
                     book.reported.add(key)
                     book.fr_note_said |= detector.FR_UNAVAILABLE in found.cause
                     found = self._with_suspects(book, found, now)
-                    drilled = self._drilled(book, found, now)
+                    drilled = drills.claim(book, found, now)
                     found = drills.mark(found, drilled) if drilled else found
                     marked = None if drilled else self.suspects.record(found, now, len(book.nodes))
                     if marked is not None:            # (a drill's culprit is no bad node)

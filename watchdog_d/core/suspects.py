@@ -68,6 +68,10 @@ class Suspects:
                               now)
         return None
 
+    def note(self, node: str, reason: str, now: float) -> Suspicion:
+        """A reason found elsewhere (a persistent straggler, where the job asked for it)."""
+        return self._mark(node, reason, now)
+
     def restore(self, node: str, reason: str, since: float) -> None:
         """A marking a coordinator before this one made (``since`` on this one's clock)."""
         if node not in self.marked or self.marked[node].since < since:

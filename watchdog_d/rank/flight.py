@@ -10,6 +10,10 @@ it per process group (``core.frsummary``) and writes two files beside the beacon
 - ``rank-N.fr.pkl``: the dump itself, in the form torch's analyzer reads, which the
   wrapper keeps in the job's log directory on a hang verdict.
 
+The agent also asks (byte ``T``), now and then while the rank steps, for the timings of
+the collectives completed since it last asked (``core.frtiming``): ``rank-N.frt``, a
+numbered batch, from which the coordinator finds stragglers.
+
 Never from a signal handler, never importing torch: a rank that has not imported
 torch.distributed has nothing to record. A rank whose main thread holds the GIL in native
 code cannot answer; the coordinator notices (no fresh summary) and says so.
@@ -24,8 +28,32 @@ import threading
 import time
 
 BUFFER_VARS = ("TORCH_FR_BUFFER_SIZE", "TORCH_NCCL_TRACE_BUFFER_SIZE")
-SUFFIX_REQUEST, SUFFIX_SUMMARY, SUFFIX_DUMP = ".frreq", ".fr", ".fr.pkl"
+SUFFIX_REQUEST, SUFFIX_SUMMARY, SUFFIX_DUMP, SUFFIX_TIMING = ".frreq", ".fr", ".fr.pkl", ".frt"
 MAX_DUMP_BYTES = 64 << 20    # a dump larger than this is summarised but not kept
+# A dump must not overlap the end of the process group or of the process: one made while
+# destroy_process_group() tears the group down, or while the interpreter exits, aborted
+# ranks ("terminate called without an active exception"). Dumps run under this lock; the
+# main thread takes it on its way out (``settle``, ``close``), so none is under way then
+# and none starts after.
+_lock = threading.Lock()
+_closed = False
+SETTLE_S = 5.0               # the main thread waits at most this long for a dump under way
+
+
+def settle() -> None:
+    """destroy_process_group() begins (``api.shutting_down`` is true already): wait out a
+    dump under way; none starts after."""
+    if _lock.acquire(timeout=SETTLE_S):
+        _lock.release()
+
+
+def close() -> None:
+    """atexit: no dump from now on."""
+    global _closed
+    got = _lock.acquire(timeout=SETTLE_S)
+    _closed = True
+    if got:
+        _lock.release()
 
 
 def start(slot: str, env) -> None:
@@ -44,6 +72,9 @@ def start(slot: str, env) -> None:
     t = threading.Thread(target=_serve, args=(fd, slot, dict(env)), name="watchdog-d-flight-recorder",
                          daemon=True)
     t.start()
+    import atexit
+
+    atexit.register(close)
 
 
 DRILLS = {b"E": "exit", b"H": "hang"}     # watchdog-d drill, through the same pipe (the agent)
@@ -80,10 +111,12 @@ def _serve(fd: int, slot: str, env: dict) -> None:
                 from . import api
 
                 api.drill(fault)
-        if b"?" not in got:
-            continue
         try:
-            answer(slot, env)
+            with _lock:
+                if b"T" in got:
+                    timing(slot, env)
+                if b"?" in got:
+                    answer(slot, env)
         except Exception:
             pass     # a broken dump is no evidence, never a broken rank
 
@@ -100,6 +133,8 @@ def read_dump() -> tuple[bytes | None, str]:
     """(the pickled dump, "") or (None, why not)."""
     from . import api
 
+    if _closed:
+        return None, "the rank is exiting"
     dist = sys.modules.get("torch.distributed")
     c10d = sys.modules.get("torch._C._distributed_c10d")
     if dist is None or c10d is None:
@@ -155,6 +190,29 @@ def answer(slot: str, env: dict) -> None:
     if raw is not None and len(raw) <= MAX_DUMP_BYTES:
         _replace(slot + SUFFIX_DUMP, raw)
     _replace(slot + SUFFIX_SUMMARY, json.dumps(doc, separators=(",", ":")).encode())
+
+
+_timing = {"after": {}, "batch": 0}    # the last sequence id sent per group; the batch number
+
+
+def timing(slot: str, env: dict) -> None:
+    """The collectives completed since the last batch, as ``rank-N.frt`` (none: no file)."""
+    from ..core import frtiming
+
+    if off_reason(env):
+        return
+    raw, _ = read_dump()
+    if raw is None:
+        return
+    groups = frtiming.timings(pickle.loads(raw), time.time_ns(), time.monotonic_ns(),
+                              _timing["after"], members())
+    if not groups:
+        return
+    for g in groups:
+        _timing["after"][g.name] = g.seqs[-1]
+    _timing["batch"] += 1
+    doc = {**frtiming.to_doc(groups), "batch": _timing["batch"]}
+    _replace(slot + SUFFIX_TIMING, json.dumps(doc, separators=(",", ":")).encode())
 
 
 def _fill_config(dump: object, known: dict[str, list[int]]) -> bool:

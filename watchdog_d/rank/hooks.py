@@ -130,6 +130,9 @@ def _hook_process_groups(module: Any) -> None:
     def ending(args: tuple, kwargs: dict) -> None:
         if (args[0] if args else kwargs.get("group")) is None:   # the default group: all of it
             api.begin_shutdown()
+            from . import flight
+
+            flight.settle()             # (no flight-recorder dump overlaps the teardown)
 
     for attr, before in (("destroy_process_group", ending),
                          ("init_process_group", lambda args, kwargs: api.end_shutdown())):
