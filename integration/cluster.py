@@ -14,10 +14,13 @@ from harness import WATCHDOG, free_port, train_env
 class Cluster:
     def __init__(self, tmp: Path, nodes: list[str], alert_url: str = "",
                  extra: list[str] | None = None, listen: str = "",
-                 agent_env: dict[str, dict[str, str]] | None = None):
-        """``agent_env``: node -> environment of its agent on top of the usual (a fake NVML)."""
+                 agent_env: dict[str, dict[str, str]] | None = None,
+                 agent_prefix: dict[str, list[str]] | None = None):
+        """``agent_env``: node -> environment of its agent on top of the usual (a fake NVML);
+        ``agent_prefix``: node -> what its agent's command line starts with (unshare ...)."""
         self.tmp = tmp
         self.agent_env = agent_env or {}
+        self.agent_prefix = agent_prefix or {}
         self.port = int(listen.rsplit(":", 1)[1]) if listen else free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.state_dir = tmp / "coordinator"
@@ -50,15 +53,17 @@ class Cluster:
         sock = str(self.tmp / f"{node}.sock")
         self.agents[node] = self._spawn(node, [
             "agent", "--coordinator", self.address, "--node-id", node, "--socket", sock,
-            "--state-dir", str(self.tmp / node), *self.extra], self.agent_env.get(node))
+            "--state-dir", str(self.tmp / node), *self.extra], self.agent_env.get(node),
+            self.agent_prefix.get(node, []))
         self.sockets[node] = sock
         return self.agents[node]
 
-    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None,
+               prefix: list[str] = ()) -> subprocess.Popen:
         env = train_env()
         env["PYTHONUNBUFFERED"] = "1"
         env.update(extra_env or {})
-        proc = subprocess.Popen([*WATCHDOG, *args], env=env,
+        proc = subprocess.Popen([*prefix, *WATCHDOG, *args], env=env,
                                 stdout=open(self.tmp / f"{name}.log", "ab"),
                                 stderr=subprocess.STDOUT)
         self.procs.append(proc)

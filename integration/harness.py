@@ -160,9 +160,9 @@ def guarded(tmp_path):
     started: list[Guarded] = []
 
     def start(run_args: list[str], command: list[str], env: dict[str, str],
-              job_id: str | None = None) -> Guarded:
+              job_id: str | None = None, prefix: list[str] | None = None) -> Guarded:
         g = Guarded(tmp_path, job_id or f"it-{os.getpid()}-{len(started)}-{int(time.time())}",
-                    run_args, command, env)
+                    run_args, command, env, prefix)
         started.append(g)
         return g
 

@@ -67,3 +67,68 @@ def test_twin_no_straggler_without_a_persistently_late_rank(guarded, alert_sink,
     kinds = [e["kind"] for e in g.events()]
     assert kinds == ["job_succeeded"], kinds
     assert_no_leftovers(g.job_id)
+
+
+# -- two nodes whose clocks disagree -------------------------------------------------------
+SKEW_S = 100_000     # node B's monotonic clock runs this far ahead (booted a day earlier)
+
+
+@pytest.fixture
+def skewed(tmp_path, alert_sink):
+    """A coordinator and two agents; node B's agent, and the wrappers started with
+    ``skewed.on_b``, live in a time namespace whose monotonic clock is SKEW_S ahead."""
+    import psutil
+
+    from cluster import Cluster
+
+    probe = subprocess.run(["unshare", "--fork", "--time", "--monotonic", "1", "true"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no time namespaces here (unshare --time: {probe.stderr.strip()[:200]})")
+    c = Cluster(tmp_path, ["node-a", "node-b"], alert_url=alert_sink.url, agent_prefix={
+        "node-b": ["unshare", "--fork", "--kill-child", "--time", "--monotonic", str(SKEW_S)]})
+    agent_b = psutil.Process(c.agents["node-b"].pid).children()[0].pid
+    with open(f"/proc/{agent_b}/timens_offsets") as f:      # "monotonic  100000  0"
+        assert f.readline().split()[1] == str(SKEW_S)
+    c.on_b = ["nsenter", "--time", "--target", str(agent_b), "--"]
+    yield c
+    c.stop()
+
+
+def two_node_job(guarded, cluster, **env):
+    from harness import free_port
+
+    port, job = free_port(), f"skew-{free_port()}"
+    out = []
+    for node_rank, node in enumerate(("node-a", "node-b")):
+        cmd = [*TORCHRUN, "--nnodes=2", f"--node-rank={node_rank}", "--nproc-per-node=1",
+               "--master-addr=127.0.0.1", f"--master-port={port}", JOB]
+        out.append(guarded([*RUN, "--agent-socket", cluster.sockets[node]], cmd,
+                           train_env(WD_STEPS=200, WD_STEP_TIME=0.1, **env), job_id=job,
+                           prefix=cluster.on_b if node == "node-b" else None))
+    return job, out
+
+
+def cluster_events(cluster, job):
+    out = subprocess.run([*WATCHDOG, "events", "--json", "--job", job, "--state-dir",
+                          str(cluster.state_dir)], capture_output=True, text=True, timeout=30)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def test_clock_skew_between_nodes_makes_no_straggler(guarded, skewed):
+    job, ws = two_node_job(guarded, skewed)
+    for w in ws:
+        assert w.wait(120) == 0, w.stderr()
+    assert [e["kind"] for e in cluster_events(skewed, job)] == ["job_succeeded"]
+    assert_no_leftovers(job)
+
+
+def test_a_straggler_on_the_skewed_node_is_found_with_its_true_lag(guarded, skewed):
+    job, ws = two_node_job(guarded, skewed, WD_LATE_RANK=1, WD_LATE_FRACTION=0.4)
+    for w in ws:
+        assert w.wait(120) == 0, w.stderr()
+    got = cluster_events(skewed, job)
+    assert [e["kind"] for e in got] == ["straggler", "job_succeeded"], got
+    assert (got[0]["rank"], got[0]["node"]) == (1, "node-b"), got[0]
+    lag_ms = float(got[0]["cause"].split(" ms behind")[0].rsplit(" ", 1)[1])
+    assert 25 <= lag_ms <= 80, got[0]["cause"]

@@ -91,6 +91,7 @@ class Config:
     straggler_lag: float = _SPEC.straggler_lag
     exclude_stragglers: bool = _SPEC.exclude_stragglers
     spare: bool = False                  # run: a standby of the job: no ranks until it takes a place
+    straggler_checks: bool = True        # agent: read the ranks' collective timings (false: never asks)
     # the automatic sections a rank opens around known long pauses (rank/hooks.py)
     checkpoint_timeout: float = 1800.0   # torch.save/load, safetensors, DCP, Trainer checkpoints
     evaluation_timeout: float = 3600.0   # Trainer.evaluate, Lightning's evaluation loop

@@ -80,7 +80,7 @@ def _tail(track: RankTrack, path: str) -> str:
 
 
 def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
-                 now: float, exits: ExitWatcher | None = None) -> RankReport:
+                 now: float, exits: ExitWatcher | None = None, timings: bool = True) -> RankReport:
     """One rank, now (``now`` on time.monotonic, like the beacon)."""
     slot = os.path.join(beacon_dir, f"rank-{view.rank}.")     # (+ stack, exc)
     ended = exits.ended(view.pid) if exits is not None else None
@@ -141,7 +141,7 @@ def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
         inside = max(0.0, view.section_timeout - remaining)
     stack = _stack(track, slot + "stack")
     fr = _flight(track, slot + "fr")
-    timings = _timings(track, slot, view.step, now)
+    timed = _timings(track, slot, view.step, now) if timings else {}
     io_still = _io_still(track, view.pid, now, slot)
     if state == "D":
         track.d_since = now if track.d_since is None else track.d_since
@@ -152,7 +152,7 @@ def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
         proc_state=state, step=view.step, last_step_age_s=max(0.0, now - since),
         last_step_dt_s=view.step_dt, section=view.section, section_remaining_s=remaining,
         section_age_s=inside,
-        cpu_percent=cpu, **stack, **_checkpoint(view), **fr, **timings, io_still_s=io_still,
+        cpu_percent=cpu, **stack, **_checkpoint(view), **fr, **timed, io_still_s=io_still,
         d_held_s=0.0 if track.d_since is None else now - track.d_since,
         stack_still_s=track.stack_latest - track.stack_same_since if stack else 0.0)
 
@@ -261,8 +261,10 @@ def _checkpoint(view: beacon.BeaconView) -> dict:
 
 def observe_job(beacon_dir: str, tracks: dict[int, RankTrack], now: float | None = None,
                 exits: ExitWatcher | None = None,
-                host_pid: Callable[[int], int] | None = None) -> tuple[RankReport, ...]:
-    """``host_pid``: the node's PID of a rank's own (ranks in another PID namespace)."""
+                host_pid: Callable[[int], int] | None = None,
+                timings: bool = True) -> tuple[RankReport, ...]:
+    """``host_pid``: the node's PID of a rank's own (ranks in another PID namespace);
+    ``timings``: ask the ranks for their collective timings (stragglers)."""
     now = time.monotonic() if now is None else now
     out = []
     for rank, view in sorted(beacon.scan(beacon_dir).items()):
@@ -274,5 +276,5 @@ def observe_job(beacon_dir: str, tracks: dict[int, RankTrack], now: float | None
             track = tracks[rank] = RankTrack(pid=view.pid)
             if exits is not None:
                 exits.watch(view.pid)
-        out.append(observe_rank(view, track, beacon_dir, now, exits))
+        out.append(observe_rank(view, track, beacon_dir, now, exits, timings))
     return tuple(out)
