@@ -28,21 +28,26 @@ RUN = ["-v", "--on-failure", "restart", "--max-restarts", "2", "--grace", "3", "
 
 
 def gpu(processes=()) -> dict:
-    return {"uuid": "GPU-b-0", "pci": "00000000:3B:00.0", "name": "NVIDIA H100 80GB HBM3",
+    return {"uuid": "GPU-0", "pci": "00000000:3B:00.0", "name": "NVIDIA H100 80GB HBM3",
             "processes": list(processes)}
 
 
 @pytest.fixture
 def nodes(tmp_path, alert_sink):
-    fake, kmsg = tmp_path / "nvml-b.json", tmp_path / "kmsg-b"
-    kmsg.write_text("")
-    write_json(fake, {"devices": [gpu()]})
-    env_b = {"WD_FAKE_NVML": str(fake), "WATCHDOG_D_GPU_POLL_INTERVAL": "0.3",
-             "WATCHDOG_D_KMSG_PATH": str(kmsg),
-             "PYTHONPATH": os.pathsep.join(p for p in (str(FAKE_DIR), os.environ.get("PYTHONPATH", "")) if p)}
+    """Nodes a-d; a's and b's agents read fake NVMLs (one GPU each)."""
+    envs, fakes = {}, {}
+    for node in ("node-a", "node-b"):
+        fake, kmsg = tmp_path / f"nvml-{node}.json", tmp_path / f"kmsg-{node}"
+        kmsg.write_text("")
+        write_json(fake, {"devices": [gpu()]})
+        fakes[node] = fake
+        envs[node] = {"WD_FAKE_NVML": str(fake), "WATCHDOG_D_GPU_POLL_INTERVAL": "0.3",
+                      "WATCHDOG_D_KMSG_PATH": str(kmsg),
+                      "PYTHONPATH": os.pathsep.join(p for p in (str(FAKE_DIR), os.environ.get("PYTHONPATH", ""))
+                                                    if p)}
     c = Cluster(tmp_path, ["node-a", "node-b", "node-c", "node-d"], alert_url=alert_sink.url,
-                agent_env={"node-b": env_b})
-    c.fake_b = fake
+                agent_env=envs)
+    c.fakes = fakes
     yield c
     c.stop()
 
@@ -59,25 +64,25 @@ def status(cluster) -> dict:
     return json.loads(out.stdout)
 
 
-def rank_pid(cluster, job: str, node: str, timeout: float = 60.0) -> int:
-    """The node's PID of the (one) rank of ``job`` on ``node``, once it stepped a little
-    (``watchdog-d status --json``)."""
+def rank_pid(cluster, job: str, node: str, timeout: float = 60.0, attempt: int = 0) -> int:
+    """The node's PID of the (one) rank of ``job`` on ``node`` in ``attempt``, once it
+    stepped a little (``watchdog-d status --json``)."""
     deadline = time.monotonic() + timeout
     while True:
         for j in status(cluster)["jobs"]:
-            for n in j["nodes"] if j["job"] == job else ():
+            for n in j["nodes"] if j["job"] == job and j["attempt"] == attempt else ():
                 if n["node"] == node and n["ranks"] and n["ranks"][0]["step"] >= 3:
                     return n["ranks"][0]["pid"]
         assert time.monotonic() < deadline, f"{job} never stepped on {node}"
         time.sleep(0.3)
 
 
-def xid_on_b(cluster, job: str) -> None:
-    """Node B's GPU runs B's rank, then raises Xid 79 (fallen off the bus)."""
-    pid = rank_pid(cluster, job, "node-b")
-    write_json(cluster.fake_b, {"devices": [gpu([pid])]})
+def xid_on_b(cluster, job: str, node: str = "node-b", attempt: int = 0) -> None:
+    """The node's GPU runs its rank, then raises Xid 79 (fallen off the bus)."""
+    pid = rank_pid(cluster, job, node, attempt=attempt)
+    write_json(cluster.fakes[node], {"devices": [gpu([pid])]})
     time.sleep(1.2)                                 # a few samples read the process list
-    write_json(cluster.fake_b, {"devices": [gpu([pid])], "events": [{"id": 1, "gpu": 0, "xid": 79}]})
+    write_json(cluster.fakes[node], {"devices": [gpu([pid])], "events": [{"id": 1, "gpu": 0, "xid": 79}]})
 
 
 def static_job(guarded, cluster, job, ckpt, placed: dict[str, int], spares=(), steps=80, **fault):
@@ -207,4 +212,27 @@ def test_a_spare_with_another_command_is_refused(guarded, nodes, tmp_path):
     assert "must run the job's command" in other.last_stderr_line(), other.last_stderr_line()
     for node in ("node-a", "node-b"):
         assert w[node].wait(timeout=90) == 0, w[node].stderr()
+    assert_no_leftovers(job)
+
+
+def test_two_exclusions_one_spare(guarded, nodes, tmp_path):
+    # B's GPU fails: the spare takes its place; then A's GPU fails: no spare is left
+    job, ckpt = f"sp-two-{free_port()}", tmp_path / "ckpt"
+    ckpt.mkdir()
+    w = static_job(guarded, nodes, job, ckpt, {"node-a": 0, "node-b": 1}, spares=("node-c",), steps=400)
+    xid_on_b(nodes, job)
+    assert w["node-b"].wait(timeout=60) == 75, w["node-b"].stderr()
+    xid_on_b(nodes, job, "node-a", attempt=1)
+    assert w["node-a"].wait(timeout=60) == 75, w["node-a"].stderr()
+    assert "node-a left job" not in w["node-a"].last_stderr_line()
+    for node in ("node-a", "node-c"):
+        assert w[node].wait(timeout=60) == 75, w[node].stderr()
+        assert "gave up: no spare for node-a (fixed --nnodes 2)" in w[node].last_stderr_line(), \
+            w[node].last_stderr_line()
+    assert "takes a place (node rank 1) as attempt 1" in w["node-c"].stderr()
+    got = [(e["kind"], e["node"], e["action"]) for e in events(nodes, job)]
+    assert got == [("gpu_xid", "node-b", "restart 1/2"), ("node_left", "node-b", "none"),
+                   ("gpu_xid", "node-a", "gave_up")], got
+    st = [j for j in status(nodes)["jobs"] if j["job"] == job][0]
+    assert [x["node"] for x in st["left"]] == ["node-b"], st["left"]
     assert_no_leftovers(job)

@@ -245,3 +245,23 @@ def test_checked_refuses_lists_and_other_types() -> None:
         F.checked("0")                                        # type: ignore[arg-type]
     g = F.GroupTiming("0", 2, (1,), (1,), (-1,))
     assert F.checked(g) is g
+
+
+def test_a_busy_group_is_sampled_by_a_stride_every_rank_agrees_on() -> None:
+    from watchdog_d.core import frtiming as F
+
+    def dump(n: int) -> dict:
+        return {"version": "2.10", "pg_status": {"0": {"last_completed_collective": n}},
+                "entries": [{"collective_seq_id": s, "profiling_name": "gloo:all_reduce",
+                             "process_group": ("0", "default_pg"), "state": "scheduled",
+                             "time_created_ns": 10**18 + s * 10**6, "is_p2p": False}
+                            for s in range(1, n + 1)]}
+    now = 10**18 + 10**9
+    (few,) = F.timings(dump(10), now, 5 * 10**12, {}, target=16)
+    assert few.seqs == tuple(range(1, 11))                     # few: every one
+    (a,) = F.timings(dump(100), now, 5 * 10**12, {}, target=16)   # 100 / 16: stride 4
+    (b,) = F.timings(dump(70), now, 5 * 10**12, {}, target=16)    # 70 / 16: stride 4
+    (c,) = F.timings(dump(200), now, 5 * 10**12, {}, target=16)   # 200 / 16: stride 8
+    assert all(s % 4 == 0 for s in a.seqs) and all(s % 8 == 0 for s in c.seqs)
+    assert set(c.seqs) & set(a.seqs) and set(b.seqs) & set(a.seqs)
+    assert set(x for x in c.seqs if x <= 100) <= set(a.seqs)      # a coarser stride: a subset

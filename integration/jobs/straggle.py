@@ -28,7 +28,9 @@ noise = random.Random(1000 + rank)
 model = DDP(torch.nn.Linear(16, 4))
 opt = torch.optim.SGD(model.parameters(), lr=0.01)
 x, y = torch.randn(8, 16), torch.randn(8, 4)
+took = []
 for step in range(steps):
+    began = time.perf_counter()
     busy = step_time
     if rank == late_rank:
         busy += late * step_time
@@ -41,5 +43,8 @@ for step in range(steps):
     opt.zero_grad()
     loss.backward()
     opt.step()
+    took.append(time.perf_counter() - began)
 dist.destroy_process_group()
-print(f"[rank {rank}] done after {steps} steps", flush=True)
+took.sort()
+print(f"[rank {rank}] done after {steps} steps, median step {took[len(took) // 2] * 1000:.3f} ms",
+      flush=True)

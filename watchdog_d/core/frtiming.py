@@ -44,12 +44,17 @@ class GroupTiming:
 
 
 def timings(dump: object, wall_now_ns: int, mono_now_ns: int, after: dict[str, int],
-            members: dict[str, list[int]] | None = None, limit: int = 64) -> tuple[GroupTiming, ...]:
+            members: dict[str, list[int]] | None = None, limit: int = 64,
+            target: int = 0) -> tuple[GroupTiming, ...]:
     """The completed collectives of each group with a sequence id above ``after[name]``
     (-1: all), the latest ``limit`` per group. ``wall_now_ns`` / ``mono_now_ns``: the rank's
     ``time.time_ns()`` and ``time.monotonic_ns()`` read together, when it took the dump.
     ``members``: group name -> global ranks, where the rank knows them (gloo's dump leaves
-    ``pg_config`` empty)."""
+    ``pg_config`` empty). ``target`` (0: off): a group with more new collectives than this
+    sends only the sequence ids that are multiples of a stride, the largest power of 2 that
+    leaves at least ``target``: every rank of a group picks the same ones (powers of 2 nest:
+    a rank that picked a coarser stride sent a subset of a finer one's), so the coordinator
+    still compares like with like, at a bounded cost per batch."""
     if not isinstance(dump, dict):
         raise BrokenDump("a flight-recorder dump is a dict")
     for name, x in (("wall_now_ns", wall_now_ns), ("mono_now_ns", mono_now_ns), ("limit", limit)):
@@ -91,7 +96,11 @@ def timings(dump: object, wall_now_ns: int, mono_now_ns: int, after: dict[str, i
     order = sorted(found, key=lambda n: -max(enq for enq, _ in found[n].values()))[:MAX_GROUPS]
     out = []
     for name in order:
-        seqs = sorted(found[name])[-limit:]
+        seqs = sorted(found[name])
+        if target > 0 and len(seqs) > target:
+            stride = 1 << ((len(seqs) // target).bit_length() - 1)
+            seqs = [s for s in seqs if s % stride == 0] or seqs[-1:]
+        seqs = seqs[-limit:]
         out.append(GroupTiming(name=name, size=sizes.get(name, 0), seqs=tuple(seqs),
                                enq_us=tuple(found[name][s][0] for s in seqs),
                                dur_us=tuple(found[name][s][1] for s in seqs)))
