@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from cluster import Cluster
@@ -136,31 +137,53 @@ def test_sbatch_requeue_resumes_this_runs_newest_checkpoint(slurm, tmp_path):
         kill_job(slurm_id)
 
 
+def _environ(p) -> dict:
+    try:
+        return p.environ()
+    except Exception:
+        return {}
+
+
 @contextlib.contextmanager
 def _suspect_node(slurm, tmp_path, slurm_node: str, alert_url: str = ""):
-    """A coordinator and an agent set to drain; a job whose rank 1 dies twice in a row on
-    that node: the culprit of two verdicts in a row, so suspect. Returns (agent log, job)."""
+    """A coordinator and an agent set to drain; a job whose rank 1 the kernel's OOM killer
+    kills (a line in the agent's kernel log, then SIGKILL): a host_oom verdict, a failed
+    health check, so the node is suspect. Returns (agent log, job)."""
     cluster = Cluster(tmp_path, [], alert_url=alert_url)
-    sock, agent_log = tmp_path / "n.sock", tmp_path / "agent.log"
+    sock, agent_log, kmsg = tmp_path / "n.sock", tmp_path / "agent.log", tmp_path / "kmsg"
+    kmsg.write_text("")
     agent = subprocess.Popen(
         [*WATCHDOG, "agent", "--coordinator", cluster.address, "--node-id", "gpu-node-1",
          "--socket", str(sock), "--state-dir", str(tmp_path / "agent"), "--on-suspect", "drain",
          "--slurm-node", slurm_node],
-        env={**train_env(), "SLURM_CONF": str(slurm.conf)}, stdout=open(agent_log, "wb"),
-        stderr=subprocess.STDOUT)
+        env={**train_env(), "SLURM_CONF": str(slurm.conf), "WATCHDOG_D_KMSG_PATH": str(kmsg)},
+        stdout=open(agent_log, "wb"), stderr=subprocess.STDOUT)
     job = f"drain-{int(time.time())}"
     try:
         deadline = time.monotonic() + 20
         while not sock.exists():
             assert time.monotonic() < deadline and agent.poll() is None, agent_log.read_text()
             time.sleep(0.05)
-        out = subprocess.run(
+        run = subprocess.Popen(
             [*WATCHDOG, "run", "--agent-socket", str(sock), "--job-id", job, "--state-dir",
              str(tmp_path / "state"), "--on-failure", "restart", "--max-restarts", "1", "--grace", "3",
              "--", *TORCHRUN, "--standalone", "--nproc-per-node=2", "-m", "watchdog_d.demo.train"],
-            env=train_env(WD_FAULT="kill", WD_FAULT_ALWAYS=1, WD_STEPS=200), capture_output=True,
-            text=True, timeout=240)
-        assert out.returncode == 75, out.stderr[-3000:]
+            env=train_env(WD_STEPS=400), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline, rank1 = time.monotonic() + 60, None
+        while rank1 is None:
+            assert time.monotonic() < deadline and run.poll() is None, "rank 1 never started"
+            time.sleep(0.5)
+            rank1 = next((p for p in psutil.Process(run.pid).children(recursive=True)
+                          if _environ(p).get("RANK") == "1"), None)
+        time.sleep(2.0)                                   # (it steps; the agent sees it)
+        with open(kmsg, "a") as f:                        # as the kernel does it
+            f.write(f"3,101,2,-;Out of memory: Killed process {rank1.pid} (python) "
+                    f"total-vm:9000000kB, anon-rss:8000000kB\n")
+        rank1.kill()
+        _, err = run.communicate(timeout=120)
+        assert run.returncode == 75, err[-3000:]
+        # a job of one node whose only node is suspect cannot relaunch (core.exclusion)
+        assert "gave up: no spare for gpu-node-1" in err, err[-3000:]
         yield agent_log, job
     finally:
         agent.terminate()
@@ -170,7 +193,7 @@ def _suspect_node(slurm, tmp_path, slurm_node: str, alert_url: str = ""):
 
 
 def test_a_suspect_node_is_drained_from_slurm_when_the_agent_is_set_to(slurm, tmp_path):
-    # the culprit of two verdicts in a row of one job is suspect: its agent, set to
+    # a failed health check (the OOM killer took a rank) makes the node suspect: its agent, set to
     # on_suspect = "drain", takes the node out of Slurm's pool, with the reason
     try:
         with _suspect_node(slurm, tmp_path, slurm.node) as (agent_log, job):
@@ -182,7 +205,7 @@ def test_a_suspect_node_is_drained_from_slurm_when_the_agent_is_set_to(slurm, tm
                     break
                 assert time.monotonic() < deadline, (state, agent_log.read_text()[-3000:])
                 time.sleep(0.5)
-            assert f"watchdog-d: the culprit of 2 verdicts in a row of job {job}" in state, state
+            assert "watchdog-d: host_oom rank 1" in state, state
             assert "node_drained" in agent_log.read_text()
     finally:
         subprocess.run(["scontrol", "update", f"NodeName={slurm.node}", "State=RESUME"],

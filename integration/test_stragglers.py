@@ -11,7 +11,9 @@ clock onto its own and compares when each rank enqueued each collective with its
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,10 +25,16 @@ JOB = str(Path(__file__).resolve().parent / "jobs" / "straggle.py")
 RUN = ["--straggler-window", "30", "--min-stall-timeout", "20"]
 
 
-def start(guarded, alert_sink, nproc: int, steps: int, **env):
+def start(guarded, alert_sink, nproc: int, steps: int, gpus: Path | None = None, **env):
+    e = train_env(WD_STEPS=steps, WD_STEP_TIME=0.1, **env)
+    if gpus is not None:      # the embedded agent reads a fake NVML (tests/fakenvml)
+        fake_dir = Path(__file__).resolve().parents[1] / "tests" / "fakenvml"
+        e.update(WD_FAKE_NVML=str(gpus), WATCHDOG_D_GPU_POLL_INTERVAL="0.5",
+                 WATCHDOG_D_KMSG_PATH=str(gpus.with_suffix(".kmsg")),
+                 PYTHONPATH=os.pathsep.join(p for p in (str(fake_dir), e.get("PYTHONPATH", "")) if p))
+        gpus.with_suffix(".kmsg").write_text("")
     return guarded([*RUN, "--alert", alert_sink.url],
-                   [*TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", JOB],
-                   train_env(WD_STEPS=steps, WD_STEP_TIME=0.1, **env))
+                   [*TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", JOB], e)
 
 
 def status(g) -> dict:
@@ -36,8 +44,18 @@ def status(g) -> dict:
 
 
 @pytest.mark.parametrize("nproc", [2, 3])
-def test_a_rank_late_every_step_is_named_a_straggler_and_the_job_runs_on(guarded, alert_sink, nproc):
-    g = start(guarded, alert_sink, nproc, steps=200, WD_LATE_RANK=1, WD_LATE_FRACTION=0.4)
+def test_a_rank_late_every_step_is_named_a_straggler_and_the_job_runs_on(guarded, alert_sink, nproc,
+                                                                          tmp_path):
+    # rank 1's GPU (local rank 1) throttles: the warning says what the node's GPUs say
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from fakenvml_load import write as write_json
+
+    fake = tmp_path / "nvml.json"
+    write_json(fake, {"devices": [
+        {"uuid": f"GPU-{i}", "pci": f"00000000:{0x1B + i:02X}:00.0", "name": "NVIDIA H100 80GB HBM3",
+         "temp": 89 if i == 1 else 60, "sm_clock": 1095 if i == 1 else 1980, "sm_clock_max": 1980,
+         "clocks_event_reasons": 0x40 if i == 1 else 0} for i in range(nproc)]})
+    g = start(guarded, alert_sink, nproc, steps=200, gpus=fake, WD_LATE_RANK=1, WD_LATE_FRACTION=0.4)
     deadline, seen = time.monotonic() + 60, None
     while seen is None:
         assert g.proc.poll() is None, f"the job ended before its straggler was named\n{g.stderr()}"
@@ -55,7 +73,7 @@ def test_a_rank_late_every_step_is_named_a_straggler_and_the_job_runs_on(guarded
     assert "straggler rank 1" in alert["title"], alert
     body = alert["message"]
     assert "rank 1 on" in body and "behind the median of its peers" in body and "loses ~" in body, body
-    assert "no GPU data from the node" in body, body
+    assert "GPU 1: HW thermal slowdown, SM 1095/1980 MHz, 89 C" in body, body
     assert_no_leftovers(g.job_id)
 
 
