@@ -150,3 +150,28 @@ def test_a_straggler_on_the_skewed_node_is_found_with_its_true_lag(guarded, skew
     assert (got[0]["rank"], got[0]["node"]) == (1, "node-b"), got[0]
     lag_ms = float(got[0]["cause"].split(" ms behind")[0].rsplit(" ", 1)[1])
     assert 25 <= lag_ms <= 80, got[0]["cause"]
+
+
+# -- reading the timings never ends a healthy job ------------------------------------------------
+def _asked_often(guarded, runs: int) -> None:
+    """Short 3-rank DDP jobs whose ranks are asked for their timings every 0.2 s (25 x the
+    default): every one exits 0. A gloo worker that frees the last collective's Python state
+    after the interpreter began to finalize aborts its rank (SIGABRT after the last step, a
+    false rank_exited); with the dumps competing for the GIL that happened in one run of ten
+    until the rank side left the GIL to other threads at exit (rank/flight.py ``close``)."""
+    for n in range(runs):
+        g = guarded(["--min-stall-timeout", "30"],
+                    [*TORCHRUN, "--standalone", "--nproc-per-node=3", JOB],
+                    train_env(WD_STEPS=40, WD_STEP_TIME=0.02, WATCHDOG_D_TIMING_INTERVAL=0.2))
+        assert g.wait(120) == 0, f"run {n}: {g.stderr()[-2000:]}"
+        assert [e["kind"] for e in g.events()] == ["job_succeeded"]
+        assert_no_leftovers(g.job_id)
+
+
+def test_timings_asked_often_never_end_a_healthy_job(guarded):
+    _asked_often(guarded, 4)
+
+
+@pytest.mark.slow
+def test_timings_asked_often_never_end_a_healthy_job_many_times(guarded):
+    _asked_often(guarded, 30)

@@ -92,6 +92,7 @@ class Config:
     exclude_stragglers: bool = _SPEC.exclude_stragglers
     spare: bool = False                  # run: a standby of the job: no ranks until it takes a place
     straggler_checks: bool = True        # agent: read the ranks' collective timings (false: never asks)
+    timing_interval: float = 5.0         # agent: ... this often, of a rank that stepped since
     # the automatic sections a rank opens around known long pauses (rank/hooks.py)
     checkpoint_timeout: float = 1800.0   # torch.save/load, safetensors, DCP, Trainer checkpoints
     evaluation_timeout: float = 3600.0   # Trainer.evaluate, Lightning's evaluation loop
@@ -134,7 +135,7 @@ class Config:
             name = next(n for n, s in SPEC_FIELDS.items() if s == e.field)
             raise ConfigError(f"{name} {e.problem}") from None
         for name in ("poll_interval", "heartbeat_interval", "checkpoint_timeout", "evaluation_timeout",
-                     "gpu_poll_interval"):
+                     "gpu_poll_interval", "timing_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("grace", "alert_cooldown", "rank_log_max_bytes", "rank_log_backups"):

@@ -194,7 +194,8 @@ class Agent(WrapperSide):
     def _observe_job(self, job: LocalJob, now: float) -> tuple:
         """(under ``observing``)"""
         ranks = observe_job(job.beacon_dir, job.tracks, now, self.exits, job.pids.host_pid,
-                            self.cfg.straggler_checks) if job.beacon_dir else ()
+                            self.cfg.timing_interval if self.cfg.straggler_checks else 0.0) \
+            if job.beacon_dir else ()
         # logs at their own pace, but at once when a rank died (its last lines)
         self._read_logs(job, now, force=any(not r.alive for r in ranks))
         if job.logs is not None:

@@ -28,10 +28,9 @@ MAX_SUMMARY = 256 << 10     # a flight-recorder summary file larger than this is
 # the rank's own I/O when it answers a request (the stack dump, the summary, the dump it
 # keeps, the request's byte) is not progress: allowed on top of the files' sizes
 OWN_IO_SLACK = 64 << 10
-# collective timings (stragglers): asked for this often, and only of a rank that stepped
-# since (a rank that does not step has no new collectives, and its silence stays silent:
-# its answers are no I/O of its own that could pass for progress)
-TIMING_EVERY_S = 5.0
+# collective timings (stragglers): asked for every ``timing_interval`` (config), and only of
+# a rank that stepped since (a rank that does not step has no new collectives, and its
+# silence stays silent: its answers are no I/O of its own that could pass for progress)
 
 
 
@@ -80,7 +79,8 @@ def _tail(track: RankTrack, path: str) -> str:
 
 
 def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
-                 now: float, exits: ExitWatcher | None = None, timings: bool = True) -> RankReport:
+                 now: float, exits: ExitWatcher | None = None, timings: float = 5.0) -> RankReport:
+    """``timings``: ask for the rank's collective timings this often (0: never)."""
     """One rank, now (``now`` on time.monotonic, like the beacon)."""
     slot = os.path.join(beacon_dir, f"rank-{view.rank}.")     # (+ stack, exc)
     ended = exits.ended(view.pid) if exits is not None else None
@@ -141,7 +141,7 @@ def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
         inside = max(0.0, view.section_timeout - remaining)
     stack = _stack(track, slot + "stack")
     fr = _flight(track, slot + "fr")
-    timed = _timings(track, slot, view.step, now) if timings else {}
+    timed = _timings(track, slot, view.step, now, timings) if timings > 0 else {}
     io_still = _io_still(track, view.pid, now, slot)
     if state == "D":
         track.d_since = now if track.d_since is None else track.d_since
@@ -196,11 +196,11 @@ def _flight(track: RankTrack, path: str) -> dict:
             "fr_age_s": max(0.0, time.time() - st.st_mtime)}
 
 
-def _timings(track: RankTrack, slot: str, step: int, now: float) -> dict:
+def _timings(track: RankTrack, slot: str, step: int, now: float, every_s: float) -> dict:
     """The rank's latest batch of collective timings (``rank.flight.timing``), asked for
-    every TIMING_EVERY_S while it steps; parsed only when it changed, never trusted."""
+    every ``every_s`` while it steps; parsed only when it changed, never trusted."""
     asked_step, asked_at = track.timing_asked
-    if step > asked_step and now - asked_at >= TIMING_EVERY_S:
+    if step > asked_step and now - asked_at >= every_s:
         track.timing_asked = (step, now)
         flight.ask(slot[:-1], b"T")
     path = slot + flight.SUFFIX_TIMING[1:]
@@ -262,9 +262,9 @@ def _checkpoint(view: beacon.BeaconView) -> dict:
 def observe_job(beacon_dir: str, tracks: dict[int, RankTrack], now: float | None = None,
                 exits: ExitWatcher | None = None,
                 host_pid: Callable[[int], int] | None = None,
-                timings: bool = True) -> tuple[RankReport, ...]:
+                timings: float = 5.0) -> tuple[RankReport, ...]:
     """``host_pid``: the node's PID of a rank's own (ranks in another PID namespace);
-    ``timings``: ask the ranks for their collective timings (stragglers)."""
+    ``timings``: ask the ranks for their collective timings this often (0: never; stragglers)."""
     now = time.monotonic() if now is None else now
     out = []
     for rank, view in sorted(beacon.scan(beacon_dir).items()):

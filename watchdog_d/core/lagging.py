@@ -61,7 +61,7 @@ def _verdict(book: JobBook, found: list[Straggler]) -> Verdict:
     others = ", ".join(f"rank {s.rank} on {s.node} ({s.lag_s * 1000:.0f} ms)" for s in found[1:6])
     cause = (f"rank {worst.rank} on {worst.node} reaches {worst.share * 100:.0f} % of its collectives "
              f"late, {worst.lag_s * 1000:.0f} ms behind the median of its peers ({basis}; "
-             f"{worst.samples} collectives over the last {book.spec.straggler_window} steps); the job "
+             f"judged on {worst.samples} collectives); the job "
              f"loses ~{worst.loss * 100:.0f} % of its step time; node {worst.node}: "
              f"{gpu_note(view.gpus if view else (), local)}" + (f"; also late: {others}" if others else ""))
     remedy = ("look at the node: GPU throttling (power, thermal), clocks, a degraded link or NIC, a "

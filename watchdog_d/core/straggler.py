@@ -36,6 +36,7 @@ MAX_RANK = 1 << 24          # a rank number beyond this is not one
 MAX_GROUPS_SEEN = 64        # groups per rank whose last sequence id is remembered
 RING_MAX = 4096             # samples per rank, whatever the window
 MIN_SAMPLES = 20            # judged on at least this many collectives ...
+MIN_WINDOW_S = 20.0    # timings come in batches (every 5 s): a window holds a few of them at least
 SPAN = 0.9                  # ... over at least this share of the window
 MIN_LAG_S = 0.005           # late by less is noise (clock error, scheduling), whatever the step
 FUTURE_S = 5.0              # a collective enqueued later than now + this: a wrong clock
@@ -265,7 +266,7 @@ class Lags:
             self._lags = {}
             return []
         self._fold_due(now)
-        window = self.window_steps * step_s
+        window = max(self.window_steps * step_s, MIN_WINDOW_S)
         cut = now - window
         threshold = max(self.lag_fraction * step_s, MIN_LAG_S)
         out, lags = [], {}

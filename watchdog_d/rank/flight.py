@@ -38,6 +38,7 @@ MAX_DUMP_BYTES = 64 << 20    # a dump larger than this is summarised but not kep
 _lock = threading.Lock()
 _closed = False
 SETTLE_S = 5.0               # the main thread waits at most this long for a dump under way
+EXIT_GRACE_S = 0.05          # at exit, the GIL left to other threads this long (``close``)
 
 
 def settle() -> None:
@@ -48,12 +49,17 @@ def settle() -> None:
 
 
 def close() -> None:
-    """atexit: no dump from now on."""
+    """atexit: no dump from now on. Then a moment without the GIL: gloo's worker threads
+    free a finished collective's Python state under the GIL, and one that takes it after the
+    interpreter began to finalize aborts the process (std::terminate in ~AsyncWork: a rank
+    "killed by SIGABRT" after its last step, seen once in ten runs while this thread's
+    dumps competed for the GIL). Waiting here lets them finish first."""
     global _closed
     got = _lock.acquire(timeout=SETTLE_S)
     _closed = True
     if got:
         _lock.release()
+    time.sleep(EXIT_GRACE_S)
 
 
 def start(slot: str, env) -> None:
