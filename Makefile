@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/watchdog-d demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests integration
+	$(BIN)/python -m pytest -q -m "not slow" --durations=30 tests integration
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q tests integration

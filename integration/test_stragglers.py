@@ -43,7 +43,7 @@ def status(g) -> dict:
     return json.loads(out.stdout) if out.returncode == 0 else {"jobs": []}
 
 
-@pytest.mark.parametrize("nproc", [2, 3])
+@pytest.mark.parametrize("nproc", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_a_rank_late_every_step_is_named_a_straggler_and_the_job_runs_on(guarded, alert_sink, nproc,
                                                                           tmp_path):
     # rank 1's GPU (local rank 1) throttles: the warning says what the node's GPUs say
