@@ -184,16 +184,20 @@ def _flight(track: RankTrack, path: str) -> dict:
     groups, note, mtime = track.flight
     if st.st_mtime != mtime:
         try:
-            if st.st_size > MAX_SUMMARY:
-                raise ValueError("too large")
-            with open(path, "rb") as f:
-                doc = json.loads(f.read(MAX_SUMMARY))
-            groups, note = frsummary.from_doc(doc)
+            groups, note = frsummary.from_doc(_small_json(path, st.st_size))
         except (OSError, ValueError, RecursionError):
             groups, note = (), "unreadable flight-recorder summary"
         track.flight = (groups, note, st.st_mtime)
     return {"collectives": groups, "fr_note": note,
             "fr_age_s": max(0.0, time.time() - st.st_mtime)}
+
+
+def _small_json(path: str, size: int) -> object:
+    """A small JSON file a rank wrote; ValueError when it is too large or no JSON."""
+    if size > MAX_SUMMARY:
+        raise ValueError("too large")
+    with open(path, "rb") as f:
+        return json.loads(f.read(MAX_SUMMARY))
 
 
 def _timings(track: RankTrack, slot: str, step: int, now: float, every_s: float) -> dict:
@@ -211,10 +215,7 @@ def _timings(track: RankTrack, slot: str, step: int, now: float, every_s: float)
     groups, batch, mtime = track.timing
     if st.st_mtime != mtime:
         try:
-            if st.st_size > MAX_SUMMARY:
-                raise ValueError("too large")
-            with open(path, "rb") as f:
-                doc = json.loads(f.read(MAX_SUMMARY))
+            doc = _small_json(path, st.st_size)
             groups, batch = frtiming.from_doc(doc), doc.get("batch", 0)
             if isinstance(batch, bool) or not isinstance(batch, int) or not 0 < batch < 1 << 62:
                 raise ValueError("bad batch number")
