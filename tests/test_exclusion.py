@@ -202,3 +202,48 @@ def test_a_single_node_job_failing_again_and_again_marks_nothing() -> None:
         c.ingest(report("a", [], state="waiting", attempt=attempt, job_spec=s), 10.0 * attempt + 2)
         c.evaluate(10.0 * attempt + 2)
     assert c.suspects.marked == {}
+
+
+def _straggling(c: Cluster, job_spec, until: float) -> list:
+    """Nodes a (rank 0) and b (rank 1) step every 0.1 s; rank 1 enqueues every collective
+    40 ms after rank 0; timing batches every 5 s, heartbeats every second (one clock)."""
+    from watchdog_d.core.frtiming import GroupTiming
+
+    out, seq = [], 0
+    t = 0.0
+    while t <= until:
+        step = int(t * 10)
+        batch = int(t // 5)
+        first, last = (batch - 1) * 50, batch * 50       # the collectives of the last 5 s
+        for node, r, late in (("a", 0, 0.0), ("b", 1, 0.04)):
+            timings = ()
+            if batch > 0:
+                seqs = tuple(range(first, last))
+                timings = (GroupTiming("0", 2, seqs, tuple(int((s * 0.1 + late) * 1e6) for s in seqs),
+                                       (-1,) * len(seqs)),)
+            rr = rank(r, step=step, last_step_dt_s=0.1, timings=timings, timing_batch=batch)
+            rep = report(node, [rr], job_spec=job_spec)
+            c.ingest(replace(rep, sent_mono_s=t), t)
+        out += c.evaluate(t)
+        t += 1.0
+    return out
+
+
+def test_a_straggler_is_one_warning_and_with_exclude_stragglers_its_node_is_suspect() -> None:
+    c = Cluster()
+    s = replace(FIXED, exclude_stragglers=True)
+    got = [d for d in _straggling(c, s, 60.0) if d.incident]
+    assert [(d.verb, d.incident.verdict.kind, d.incident.verdict.rank, d.incident.verdict.node)
+            for d in got] == [("none", "straggler", 1, "b")]
+    v = got[0].incident.verdict
+    assert v.advisory and "40 ms behind the median of its peers" in v.cause, v.cause
+    assert "b" in c.suspects.marked and c.suspects.marked["b"].reason.startswith("straggler: ")
+    assert [x["rank"] for x in __import__("watchdog_d.coordinator.status", fromlist=["x"]).job_status(
+        c, c.jobs["j1"], 60.0)["stragglers"]] == [1]
+
+
+def test_a_straggler_without_exclude_stragglers_marks_nothing() -> None:
+    c = Cluster()
+    got = [d for d in _straggling(c, FIXED, 60.0) if d.incident]
+    assert [d.incident.verdict.kind for d in got] == ["straggler"]
+    assert c.suspects.marked == {}
