@@ -247,3 +247,23 @@ def test_a_straggler_without_exclude_stragglers_marks_nothing() -> None:
     got = [d for d in _straggling(c, FIXED, 60.0) if d.incident]
     assert [d.incident.verdict.kind for d in got] == ["straggler"]
     assert c.suspects.marked == {}
+
+
+def test_status_shows_spares_the_nodes_that_left_and_stragglers() -> None:
+    from watchdog_d.coordinator.status import render, snapshot
+
+    c = Cluster()
+    _job(c)
+    _spare(c, "c", 1.0)
+    _spare(c, "d", 2.0)
+    _xid_on_b(c, 3.0)
+    _down(c, 4.0)
+    snap = snapshot(c, 4.0)
+    (job,) = snap["jobs"]
+    assert [s["node"] for s in job["spares"]] == ["d"]            # c took b's place
+    assert [x["node"] for x in job["left"]] == ["b"] and job["left"][0]["reason"].startswith("gpu_xid")
+    text = render(snap)
+    assert "  spare d  standing by" in text and "  left: b  suspect (gpu_xid" in text
+    c2 = Cluster()
+    _straggling(c2, FIXED, 60.0)
+    assert "STRAGGLER: rank 1 on b  40 ms behind its peers in 100 % of collectives" in render(snapshot(c2, 60.0))
