@@ -28,9 +28,6 @@ MAX_SUMMARY = 256 << 10     # a flight-recorder summary file larger than this is
 # the rank's own I/O when it answers a request (the stack dump, the summary, the dump it
 # keeps, the request's byte) is not progress: allowed on top of the files' sizes
 OWN_IO_SLACK = 64 << 10
-# collective timings (stragglers): asked for every ``timing_interval`` (config), and only of
-# a rank that stepped since (a rank that does not step has no new collectives, and its
-# silence stays silent: its answers are no I/O of its own that could pass for progress)
 
 
 
@@ -80,8 +77,8 @@ def _tail(track: RankTrack, path: str) -> str:
 
 def observe_rank(view: beacon.BeaconView, track: RankTrack, beacon_dir: str,
                  now: float, exits: ExitWatcher | None = None, timings: float = 5.0) -> RankReport:
-    """``timings``: ask for the rank's collective timings this often (0: never)."""
-    """One rank, now (``now`` on time.monotonic, like the beacon)."""
+    """One rank, now (``now`` on time.monotonic, like the beacon). ``timings``: ask for the
+    rank's collective timings this often (0: never)."""
     slot = os.path.join(beacon_dir, f"rank-{view.rank}.")     # (+ stack, exc)
     ended = exits.ended(view.pid) if exits is not None else None
     if track.dead_at is None and ended is not None:
@@ -202,7 +199,10 @@ def _small_json(path: str, size: int) -> object:
 
 def _timings(track: RankTrack, slot: str, step: int, now: float, every_s: float) -> dict:
     """The rank's latest batch of collective timings (``rank.flight.timing``), asked for
-    every ``every_s`` while it steps; parsed only when it changed, never trusted."""
+    every ``every_s`` (``timing_interval``), and only of a rank that stepped since: a rank
+    that does not step has no new collectives, and its silence stays silent (its answers
+    are no I/O of its own that could pass for progress). Parsed only when it changed,
+    never trusted."""
     asked_step, asked_at = track.timing_asked
     if step > asked_step and now - asked_at >= every_s:
         track.timing_asked = (step, now)

@@ -28,6 +28,10 @@ class Spare:
     seen_at: float                     # last heard
     shape: str = ""                    # its command's digest (the job's must match)
 
+    def runs(self, shape: str) -> bool:
+        """Does it run the job whose command's digest is ``shape`` (either unknown: yes)?"""
+        return not shape or not self.shape or self.shape == shape
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -82,8 +86,7 @@ def _short(short: list[str], left: int, nnodes_min: int, nnodes_max: int) -> str
 
 def usable(spares: dict[str, Spare], shape: str, now: float, timeout_s: float) -> list[Spare]:
     """The spares that can take a place now: heard within ``timeout_s``, the job's command."""
-    return [s for s in spares.values()
-            if now - s.seen_at <= timeout_s and (not shape or not s.shape or s.shape == shape)]
+    return [s for s in spares.values() if now - s.seen_at <= timeout_s and s.runs(shape)]
 
 
 def reassign(taking: tuple[tuple[str, str, int], ...], alive: list[Spare],

@@ -36,19 +36,17 @@ def ingest(book: JobBook, node: str, part: JobOnNode, to_local: Callable[[float]
     return new
 
 
-def judge(book: JobBook, now: float) -> tuple[Verdict | None, list[Straggler]]:
-    """(the warning that begins an episode, or None; the stragglers now)."""
+def judge(book: JobBook, now: float) -> Verdict | None:
+    """The warning that begins an episode, or None (the stragglers now: ``book.stragglers``)."""
     if book.lags is None or now - book.straggler_judged_at < JUDGE_EVERY_S:
-        return None, book.stragglers
+        return None
     book.straggler_judged_at = now
     # the job's pace: the median step, never the first steps of an attempt (start-up)
     known = len(book.steps.samples) >= MIN_STEPS
     found = book.lags.judge(now, book.steps.median() if known else 0.0)
     began = found and not book.stragglers
     book.stragglers = found
-    if not began:
-        return None, found
-    return _verdict(book, found), found
+    return _verdict(book, found) if began else None
 
 
 def _verdict(book: JobBook, found: list[Straggler]) -> Verdict:

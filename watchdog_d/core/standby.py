@@ -11,8 +11,8 @@ from dataclasses import replace
 
 from .book import JobBook
 from .decision import Order
-from .exclusion import Spare
-from .model import JobOnNode
+from .exclusion import Spare, usable
+from .model import JobOnNode, JobSpec
 
 MAX_SPARES = 1000                   # per job: more is a mistake, not a pool
 
@@ -53,6 +53,10 @@ class Standby:
     def of(self, job: str) -> dict[str, Spare]:
         return self.spares.get(job, {})
 
+    def usable(self, spec: JobSpec, now: float) -> list[Spare]:
+        """The job's spares that can take a place now (``exclusion.usable``)."""
+        return usable(self.of(spec.job_id), spec.shape, now, spec.node_timeout_s)
+
     def orders(self, node: str, books: dict[str, JobBook]) -> list[Order]:
         """What ends the wait of this node's spares."""
         out = []
@@ -60,7 +64,7 @@ class Standby:
             book, spare = books.get(job), self.spares[job][node]
             if book is None:
                 continue                       # the job is not here (yet): wait
-            if book.spec.shape and spare.shape and spare.shape != book.spec.shape:
+            if not spare.runs(book.spec.shape):
                 out.append(Order(job, "refuse", 0, action=(
                     f"a spare must run the job's command: the command on {node} is not the one "
                     f"job {job} runs (its per-node arguments aside)")))

@@ -69,10 +69,11 @@ class Cluster:
         for part in report.jobs:
             if self._refused(report.node_id, part):
                 continue
-            book = self.jobs.get(part.spec.job_id)
             if part.state != "spare":
                 self._ingest_part(report, part, now)
-            elif book is not None and report.node_id in book.nodes:
+                continue
+            book = self.jobs.get(part.spec.job_id)
+            if book is not None and report.node_id in book.nodes:
                 book.nodes[report.node_id].seen_at = now     # handed a place: launching
             else:
                 self.standby.heard(report.node_id, part, now)
@@ -292,13 +293,11 @@ class Cluster:
         if verdict.advisory or book.spec.on_failure != "restart":
             return exclusion.Plan()
         suspect = {s.node: s.reason for s in self.suspects.of(book.nodes, now)}
-        spares = exclusion.usable(self.standby.of(book.spec.job_id), book.spec.shape, now,
-                                  book.spec.node_timeout_s)
-        return exclusion.plan({n: v.part.node_rank for n, v in book.nodes.items()}, suspect, spares,
-                              book.spec.nnodes_min, book.spec.nnodes_max)
+        return exclusion.plan({n: v.part.node_rank for n, v in book.nodes.items()}, suspect,
+                              self.standby.usable(book.spec, now), book.spec.nnodes_min, book.spec.nnodes_max)
 
     def _stragglers(self, book: JobBook, now: float) -> list[Decision]:
-        v, _ = lagging.judge(book, now)
+        v = lagging.judge(book, now)
         if v is None:
             return []
         if book.spec.exclude_stragglers and v.node:
@@ -307,12 +306,10 @@ class Cluster:
 
     def _relaunch(self, book: JobBook, now: float) -> list[Decision]:
         job = book.spec.job_id
-        spares = exclusion.usable(self.standby.of(job), book.spec.shape, now, book.spec.node_timeout_s)
-        out = lifecycle.relaunch_when_down(book, now, self.silence, spares)
-        for d in out:
-            if d.node_rank >= 0 or d.verb == "relaunch" and d.nodes[0] in self.standby.of(job):
-                self.standby.drop(job, d.nodes[0])          # a spare no more: a node of the job
-                self.node_jobs.setdefault(d.nodes[0], set()).add(job)
+        out = lifecycle.relaunch_when_down(book, now, self.silence, self.standby.usable(book.spec, now))
+        for node in set(book.nodes).intersection(self.standby.of(job)):
+            self.standby.drop(job, node)          # a spare that took a place: a node of the job
+            self.node_jobs.setdefault(node, set()).add(job)
         return out
 
     def drill(self, job_id: str, fault: str, rank: int, node: str, uid: int,
@@ -338,6 +335,9 @@ class Cluster:
         gone, self.silence.departed = self.silence.departed, []
         for key in [k for k in self.refused if k[1] in gone]:
             del self.refused[key]
+        for node in gone:
+            self.clocks.forget(node)
+            self.standby.report(node, set())      # (its spares went with it)
         return gone
 
     def _evaluate_job(self, book: JobBook, now: float) -> list[Decision]:

@@ -31,10 +31,6 @@ class Shape:
     node_rank: int = -1          # -1: none (a dynamic rendezvous, or not torchrun)
     digest: str = ""
 
-    @property
-    def elastic(self) -> bool:
-        return 0 < self.nnodes_min < self.nnodes_max
-
 
 def _value(args: list[str], i: int) -> str:
     a = args[i]

@@ -11,7 +11,6 @@ command, another user's job) exits 2 with the reason.
 from __future__ import annotations
 
 import queue
-import signal
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -23,12 +22,12 @@ from . import checkpoints, launch, shape
 if TYPE_CHECKING:
     from .supervisor import Wrapper
 
-EXIT_TORN_DOWN = 75
-
 
 def stand_by(w: "Wrapper") -> int | tuple[int, launch.Resume]:
     """Wait for a place in the job: (the attempt to start, what to resume from), or the
     exit status when the job ended, the user stopped it, or the coordinator refused it."""
+    from .supervisor import EXIT_TORN_DOWN, USER_SIGNAL
+
     print(f"watchdog-d: job {w.job_id}: standing by as a spare on {w.node_id}; no ranks until a "
           f"node of the job is excluded", file=sys.stderr, flush=True)
     log.log("spare_standing_by", job=w.job_id, node=w.node_id)
@@ -41,11 +40,8 @@ def stand_by(w: "Wrapper") -> int | tuple[int, launch.Resume]:
             log.warn("agent_connection_lost", job=w.job_id, effect="spare; reattaching every second")
             w.conn, w.next_reattach = None, time.monotonic()
         w._try_reattach(time.monotonic())
-        if msg == "user_signal":
-            signum = w.user_signal or signal.SIGTERM
-            w._send(Ended(state="stopped", exit_code=128 + signum))
-            log.warn("stopped_by_user", job=w.job_id, signal=signal.Signals(signum).name)
-            return 128 + signum
+        if msg == USER_SIGNAL:
+            return w._user_stop()             # (no attempt: nothing to stop)
         if not isinstance(msg, Command):
             continue
         if msg.verb == "relaunch":
@@ -61,10 +57,7 @@ def stand_by(w: "Wrapper") -> int | tuple[int, launch.Resume]:
                             f"{msg.action or msg.verb}]; the spare on {w.node_id} leaves")
             return EXIT_TORN_DOWN
         if msg.verb == "refuse":
-            log.error("spare_refused", job=w.job_id, reason=msg.action[:300])
-            w._send(Ended(state="exited", exit_code=2))
-            w.final_line = f"watchdog-d: spare of job {w.job_id} refused: {msg.action}"
-            return 2
+            return w._refused(msg.action)
 
 
 def _take_place(w: "Wrapper", cmd: Command) -> tuple[int, launch.Resume]:
