@@ -1,12 +1,15 @@
 """The coordinator at cluster scale, against the transport's floor.
 
-    python integration/bench_coordinator.py [--nodes 128,256,512,1024,2048] [--runs N] [--quick]
+    python integration/bench_coordinator.py [--nodes 128,256,512,1024,2048,4096] [--runs N]
+        [--quick] [--transport stream|unary]
 
 For each N: simulated agents (``simnodes.py``: the agent's own reporting code, 8 ranks
 per node, a job per 8 nodes, a step every 0.5 s, a heartbeat every second, each node
-its own connection and Watch stream; niced, since they stand for other machines) load
-first the null server (``nullcoord.py``: parses and acks, keeps nothing), then the real
-``watchdog-d coordinator``. In the same run, on the real one, after a steady window:
+its own connection; niced, since they stand for other machines) load first the null
+server (``nullcoord.py``: parses and acks, keeps nothing) over both transports -- one
+Stream per node (protocol 3), and a unary Report per heartbeat with a Watch stream (older
+agents) -- then the real ``watchdog-d coordinator`` over ``--transport`` (the agent's:
+stream). In the same run, on the real one, after a steady window:
 
   t+22  a rank of job0 is SIGKILLed         -> every node of job0 told to tear down
   t+24  node 17's agent falls silent 16 s   -> agent_lost (its job steps on), no teardown
@@ -14,7 +17,8 @@ first the null server (``nullcoord.py``: parses and acks, keeps nothing), then t
   t+44  every node silent 8 s (SIGSTOP)     -> coordinator_isolated, nothing torn down
   t+58  the coordinator paused 8 s          -> coordinator_isolated, nothing torn down
 
-Prints per N: coordinator and null CPU (% of a core, steady window) and their ratio,
+Prints per N: coordinator and null CPU (% of a core, steady window; the ratio is to the
+null server on the same transport, the unary null's CPU and p99 beside it),
 RSS (and per 1,000 nodes above the empty coordinator), Report p50/p99 at the agents,
 errors, the two detection latencies, and the verdicts that should not be there.
 """
@@ -37,7 +41,7 @@ EXPECTED = {("job0", "rank_exited"), ("job1", "node_lost"), ("job2", "agent_lost
 
 
 def steady(server: scale.Server, nodes: int, workdir: Path, faults: dict, end_s: float,
-           actions=()) -> dict:
+           actions=(), transport: str = "stream") -> dict:
     """``faults``: as in simnodes' plan, with times in seconds after t0."""
     procs = max(2, nodes // 256)
     t0 = time.monotonic() + 3.0 + nodes / 1000
@@ -45,7 +49,7 @@ def steady(server: scale.Server, nodes: int, workdir: Path, faults: dict, end_s:
             for kind, items in faults.items()}
     sims = scale.start_sims(server.port, nodes, procs, t0=t0, end=t0 + end_s,
                             measure=(t0 + STEADY[0], t0 + STEADY[1]), faults=plan,
-                            workdir=workdir)
+                            workdir=workdir, transport=transport)
     rss0 = scale.rss_mib(server.proc.pid)
     try:
         time.sleep(max(0.0, t0 + STEADY[0] - time.monotonic()))
@@ -84,14 +88,17 @@ def blackout(seconds: float):  # type: ignore[no-untyped-def]
     return act
 
 
-def one(nodes: int, quick: bool) -> dict:
+def one(nodes: int, quick: bool, transport: str) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"wd-bench-{nodes}-"))
     try:
-        null = scale.start_server("null", work)
-        try:
-            base = steady(null, nodes, work, {}, STEADY[1] + 1)
-        finally:
-            null.stop()
+        nulls = {}
+        for kind in ("stream", "unary"):
+            null = scale.start_server("null", work)
+            try:
+                nulls[kind] = steady(null, nodes, work, {}, STEADY[1] + 1, transport=kind)
+            finally:
+                null.stop()
+        base = nulls[transport]
         real = scale.start_server("coordinator", work)
         empty_rss = scale.rss_mib(real.proc.pid)
         faults = {"kill": [{"at": KILL_AT, "node": 3, "rank": 3 * 8 + 2}],
@@ -100,7 +107,7 @@ def one(nodes: int, quick: bool) -> dict:
         end_s = 44.0 if quick else 75.0
         actions = [] if quick else [(44.0, blackout(8.0)), (58.0, pause(real.proc, 8.0))]
         try:
-            got = steady(real, nodes, work, faults, end_s, actions)
+            got = steady(real, nodes, work, faults, end_s, actions, transport)
         finally:
             events = real.events()
             real.stop()
@@ -116,6 +123,8 @@ def one(nodes: int, quick: bool) -> dict:
             "nodes": nodes, "cpu": got["cpu"], "null_cpu": base["cpu"], "rss": got["rss"],
             "rss_per_1k": (got["rss"] - empty_rss) / nodes * 1000, "p50": got["p50"],
             "p99": got["p99"], "null_p50": base["p50"], "null_p99": base["p99"],
+            "unary_cpu": nulls["unary"]["cpu"], "unary_p99": nulls["unary"]["p99"],
+            "null_errors": base["errors"] + nulls["unary"]["errors"],
             "errors": got["errors"], "reports": got["reports"],
             "dead_rank_s": max(job0.values()) - (t0 + KILL_AT) if len(job0) == 8 else None,
             "lost_node_s": max(lost_peers.values()) - (t0 + LOSE_AT) if len(lost_peers) == 7 else None,
@@ -148,17 +157,21 @@ def main() -> int:
     ap.add_argument("--nodes", default="128,256,512,1024,2048")
     ap.add_argument("--quick", action="store_true", help="no blackout and no pause phases")
     ap.add_argument("--runs", type=int, default=1, help="runs per N; medians are printed")
+    ap.add_argument("--transport", choices=("stream", "unary"), default="stream",
+                    help="the real coordinator's agents: one Stream each (protocol 3) or unary Reports")
     args = ap.parse_args()
     rows = []
-    print("| nodes | coord CPU % | null CPU % | ratio | RSS MiB (per 1k nodes) | Report p50 / p99 ms "
-          "| null p50 / p99 ms | errors | dead rank -> teardown s | lost node -> teardown s "
-          "| false verdicts | isolated warnings |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"real coordinator over: {args.transport}")
+    print("| nodes | coord CPU % | null CPU % | ratio | unary null CPU % / p99 ms | RSS MiB (per 1k nodes) "
+          "| Report p50 / p99 ms | null p50 / p99 ms | errors | dead rank -> teardown s "
+          "| lost node -> teardown s | false verdicts | isolated warnings |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in [int(x) for x in args.nodes.split(",")]:
-        r = _median([one(n, args.quick) for _ in range(args.runs)])
+        r = _median([one(n, args.quick, args.transport) for _ in range(args.runs)])
         rows.append(r)
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         print(f"| {n} | {r['cpu']:.0f} | {r['null_cpu']:.0f} | {r['cpu'] / max(r['null_cpu'], 1e-9):.2f} "
+              f"| {r['unary_cpu']:.0f} / {r['unary_p99']:.0f} "
               f"| {r['rss']:.0f} ({r['rss_per_1k']:.0f}) | {r['p50']:.1f} / {r['p99']:.1f} "
               f"| {r['null_p50']:.1f} / {r['null_p99']:.1f} | {r['errors']} | {fmt(r['dead_rank_s'])} "
               f"| {fmt(r['lost_node_s'])} | {len(r['false']) + len(r['false_teardowns'])} "

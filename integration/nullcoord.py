@@ -1,6 +1,7 @@
 """A null coordinator: a ``grpc.aio`` server speaking watchdog-d's protocol that only
 parses each Report and acks it (keeping nothing, deciding nothing) and holds each
-Watch stream open. The transport's floor for ``bench_coordinator.py``.
+Watch stream open; on a Stream, it acks each heartbeat the same way. The transport's
+floor for ``bench_coordinator.py``, for either transport.
 
     python integration/nullcoord.py PORT
 """
@@ -26,12 +27,17 @@ async def serve(port: int) -> None:
         await asyncio.Event().wait()
         yield pb.Command()
 
+    async def stream(requests, context):  # type: ignore[no-untyped-def]
+        async for request in requests:
+            yield pb.HeartbeatAck(seq=request.seq, deltas=True)
+
     async def status(request, context):  # type: ignore[no-untyped-def]
         return pb.StatusReply(json="{}")
 
     ser = lambda m: m.SerializeToString()  # noqa: E731
     handler = grpc.method_handlers_generic_handler("watchdog_d.v1.Coordinator", {
         "Report": grpc.unary_unary_rpc_method_handler(report, pb.Heartbeat.FromString, ser),
+        "Stream": grpc.stream_stream_rpc_method_handler(stream, pb.Heartbeat.FromString, ser),
         "Watch": grpc.unary_stream_rpc_method_handler(watch, pb.WatchRequest.FromString, ser),
         "Status": grpc.unary_unary_rpc_method_handler(status, pb.StatusRequest.FromString, ser),
     })

@@ -133,12 +133,12 @@ class Sims:
 def start_sims(port: int, nodes: int, procs: int, *, t0: float, end: float,
                measure: tuple[float, float], job_nodes: int = 8, ranks: int = 8,
                step_s: float = 0.5, heartbeat_s: float = 1.0, faults: dict | None = None,
-               workdir: Path | None = None) -> Sims:
+               workdir: Path | None = None, transport: str = "stream") -> Sims:
     workdir = workdir or Path(tempfile.mkdtemp(prefix="wd-sims-"))
     per = -(-nodes // procs)
     plan_base = {"target": f"127.0.0.1:{port}", "job_nodes": job_nodes, "ranks": ranks,
                  "step_s": step_s, "heartbeat_s": heartbeat_s, "t0": t0, "end": end,
-                 "measure": list(measure), **(faults or {})}
+                 "measure": list(measure), "transport": transport, **(faults or {})}
     out_procs, outs = [], []
     for k in range(procs):
         first, count = k * per, min(per, nodes - k * per)

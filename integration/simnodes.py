@@ -17,6 +17,9 @@ which all processes of the machine share). Faults:
 - ``mute``: ``{"at": T, "until": T2, "node": N}`` -- only the node's agent falls
   silent; its job steps on.
 A node told to tear down reports its job over (ranks SIGTERMed, launcher exit 1).
+``transport``: "unary" (a Report per heartbeat and a Watch stream, as agents before
+protocol 3) or "stream" (one Stream per node: heartbeats up, acks and commands down; a
+heartbeat unacked after the Report deadline is an error and the stream is opened anew).
 Writes: Report latencies (in the window ``measure``), errors, and every command
 received with its time.
 """
@@ -138,6 +141,67 @@ class SimNode:
             except asyncio.TimeoutError:
                 pass
 
+    async def stream_loop(self, end: float) -> None:
+        """The agent's protocol 3: heartbeats on one stream, acks and commands back."""
+        hb = self.plan["heartbeat_s"]
+        await asyncio.sleep(random.uniform(0, hb))
+        measure = self.plan["measure"]
+        call, reader = None, None
+        sent: dict[int, tuple[float, NodeReport]] = {}
+
+        async def read(c) -> None:  # type: ignore[no-untyped-def]
+            async for ack in c:
+                if ack.push:
+                    if not self.silent(time.monotonic()):     # a lost node hears nothing
+                        for cmd in ack.commands:
+                            self.command(cmd, "watch")
+                    continue
+                began, report = sent.pop(ack.seq, (None, None))
+                if began is None:
+                    continue
+                if measure[0] <= began < measure[1]:
+                    self.out["latency"].append(time.monotonic() - began)
+                if self.reporter.acked(report, ack):
+                    self.wake.set()                      # send everything now
+                for cmd in ack.commands:
+                    self.command(cmd, "ack")
+
+        while (now := time.monotonic()) < end:
+            for at, r in self.kills:
+                if now >= at and r not in self.dead:
+                    self.dead[r] = at
+            late = [s for s, (b, _r) in sent.items() if now - b > REPORT_TIMEOUT_S]
+            if late or (reader is not None and reader.done()):
+                for s in late:
+                    if measure[0] <= sent[s][0] < measure[1]:
+                        self.out["errors"].append("DEADLINE_EXCEEDED")
+                if call is not None:
+                    call.cancel()
+                call, reader = None, None
+                sent.clear()        # (the coordinator keeps its bases across streams, as for the agent)
+            if not self.silent(now):
+                if call is None:
+                    call = self.stub.Stream()
+                    reader = asyncio.create_task(read(call))
+                report = self.picture(now)
+                sent[report.seq] = (time.monotonic(), report)
+                try:
+                    await call.write(self.reporter.heartbeat(report))
+                except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as e:
+                    if measure[0] <= sent[report.seq][0] < measure[1]:
+                        self.out["errors"].append(type(e).__name__)
+                    call.cancel()
+                    call, reader = None, None
+                    sent.clear()
+            next_at = min([now + hb] + [at for at, r in self.kills if at > now])
+            try:
+                await asyncio.wait_for(self.wake.wait(), max(0.0, next_at - time.monotonic()))
+                self.wake.clear()
+            except asyncio.TimeoutError:
+                pass
+        if call is not None:
+            call.cancel()
+
     def command(self, cmd: pb.Command, via: str) -> None:
         self.out["commands"].append([self.name, cmd.job_id, cmd.verb, time.monotonic(), via])
         if cmd.verb in ("teardown", "restart") and not self.ended:
@@ -161,8 +225,12 @@ async def main(plan: dict, out_path: str) -> None:
     out = {"latency": [], "errors": [], "commands": [], "full": 0, "delta": 0}
     nodes = [SimNode(plan, i, out) for i in range(plan["first"], plan["first"] + plan["count"])]
     end = plan["end"]
-    tasks = [asyncio.create_task(n.report_loop(end)) for n in nodes]
-    watchers = [asyncio.create_task(n.watch_loop(end)) for n in nodes]
+    if plan.get("transport", "unary") == "stream":
+        tasks = [asyncio.create_task(n.stream_loop(end)) for n in nodes]
+        watchers = []
+    else:
+        tasks = [asyncio.create_task(n.report_loop(end)) for n in nodes]
+        watchers = [asyncio.create_task(n.watch_loop(end)) for n in nodes]
     await asyncio.gather(*tasks)
     for w in watchers:
         w.cancel()

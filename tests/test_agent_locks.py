@@ -54,7 +54,7 @@ def test_a_command_is_delivered_while_the_logs_are_being_read(tmp_path: Path) ->
     finally:
         logs.release.set()
         observer.join(5)
-        agent.channel.close()
+        agent.uplink.close()
         wrapper_end.close()
         agent_end.close()
     assert agent._latest is not None and agent._latest.jobs[0].spec.job_id == "j"

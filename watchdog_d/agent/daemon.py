@@ -2,9 +2,10 @@
 
 Threads: the unix-socket server (one thread per wrapper, ``wrappers``), the observer (polls
 beacons and processes every ``poll_interval``), the reporter (sends the newest
-heartbeat; a report is the whole state, so a coordinator that was away gets
-everything it missed with the next one that goes through), and the watcher
-(receives verbs from the coordinator and hands them to the job's wrapper).
+heartbeat on the uplink's stream; a report is the whole state, so a coordinator that was
+away gets everything it missed with the next one that goes through), the stream's reader
+(acks, and verbs pushed by the coordinator, handed to the job's wrapper), and the watcher
+(the verbs of a coordinator older than the stream, on its Watch stream).
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from ..core.model import JobOnNode, NodeReport
 from ..logs.fingerprints import Catalogue
 from ..proto import convert, localsock, rpc
 from ..proto import watchdog_pb2 as pb
-from ..proto import watchdog_pb2_grpc as pb_grpc
 from ..proto.local import Command, MessageError
 from ..sdnotify import Liveness, notify, supervise
 from . import drain, drills, glance
@@ -32,6 +32,7 @@ from .ranklogs import POLL_S as LOG_POLL_S
 from .ranklogs import QUIET_POLL_S as LOG_QUIET_POLL_S
 from .ranklogs import with_logs
 from .reporter import MIN_GAP_S, Reporter, signatures
+from .uplink import Uplink
 from .wrappers import LocalJob, WrapperSide
 
 # a loop silent for 5 of its longest passes, and 10 s at least (a log burst on a slow disk is
@@ -67,10 +68,11 @@ class Agent(WrapperSide):
         self._drained_for: set[str] = set()     # suspicions this agent drained the node for
         self._drain_failed = ""                 # why the last drain failed, for the next report
         self.reporter = Reporter()
-        self.channel = rpc.make_channel(cfg, self.target)
-        self.stub = pb_grpc.CoordinatorStub(self.channel)
-        self.metadata = rpc.call_metadata(cfg)
-        self.metrics = AgentMetrics(self)      # (it counts the Reports that go through self.stub)
+        self.metrics = AgentMetrics(self)
+        self.uplink = Uplink(cfg, [t.strip() for t in self.target.split(",") if t.strip()],
+                             on_push=lambda ack: [self._deliver(c) for c in ack.commands],
+                             on_switch=self._switched, counted=self.metrics.reported)
+        self.metadata = self.uplink.metadata
         self.server: localsock.Server | None = None
         self.reachable = True
         self.link = Link(self.target, tls=bool(cfg.tls_ca or cfg.tls_cert))
@@ -112,7 +114,17 @@ class Agent(WrapperSide):
         if self.server:
             self.server.close()
         self._say_goodbye()
-        self.channel.close()
+        self.uplink.close()
+
+    @property
+    def stub(self):  # type: ignore[no-untyped-def]
+        """The coordinator that answers now (Status, Drill; Watch for an old one)."""
+        return self.uplink.stub
+
+    def _switched(self, target: str) -> None:
+        """Another coordinator answers from now on: it holds none of our reports."""
+        self.reporter.forget()
+        log.log("coordinator_switched", coordinator=target)
 
     def _say_goodbye(self) -> None:
         """One last report saying this agent leaves: its silence from now means nothing."""
@@ -120,8 +132,7 @@ class Agent(WrapperSide):
         if report is None or not self.reachable:
             return
         try:
-            self.stub.Report(self.reporter.heartbeat(report, leaving=True), timeout=1.0,
-                             metadata=self.metadata)
+            self.uplink.send(self.reporter.heartbeat(report, leaving=True), timeout=1.0)
         except (grpc.RpcError, ValueError):
             pass
 
@@ -260,7 +271,7 @@ class Agent(WrapperSide):
                 self._sent_at = time.monotonic()
                 heartbeat, problem = self.reporter.heartbeat(report), self._drain_failed
                 heartbeat.drain_failed = problem
-                ack = self.stub.Report(heartbeat, timeout=rpc.REPORT_TIMEOUT_S, metadata=self.metadata)
+                ack = self.uplink.send(heartbeat)
                 if problem and self._drain_failed == problem:
                     self._drain_failed = ""          # (said once: the coordinator alerts)
                 if self.reporter.acked(report, ack):
@@ -279,8 +290,12 @@ class Agent(WrapperSide):
                 self.reachable, backoff = False, self.link.after(e, backoff)   # (says why, once)
 
     def _watch_loop(self) -> None:
+        """Only for a coordinator older than the stream (which carries the verbs)."""
         delay = 0.0
         while not self._stop.is_set():
+            if self.uplink.streaming:
+                self._stop.wait(WATCH_RETRY_S)
+                continue
             try:
                 stream = self.stub.Watch(pb.WatchRequest(node_id=self.node_id),
                                          metadata=self.metadata)

@@ -16,7 +16,6 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-import grpc
 from prometheus_client import Counter, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 
@@ -28,9 +27,8 @@ LOCK_WAIT_S = 1.0
 
 
 class AgentMetrics(DaemonMetrics):
-    """The agent's registry. It counts the Reports that go through the agent's stub (it
-    wraps ``agent.stub``: the reporter and the goodbye need no line of their own), and
-    the agent sets ``observed_at`` with each new ``_latest``."""
+    """The agent's registry. The uplink counts each heartbeat (``reported``), and the agent
+    sets ``observed_at`` with each new ``_latest``."""
 
     def __init__(self, agent: Any):
         super().__init__()
@@ -47,29 +45,14 @@ class AgentMetrics(DaemonMetrics):
             self.refused.labels(reason)
         self.acked_at = time.monotonic()          # the last acked Report (at first: the start)
         self.observed_at: float | None = None     # when agent._latest was observed
-        agent.stub = _Counted(agent.stub, self)
         self.registry.register(_Picture(agent, self))
         ProcessCollector(namespace="watchdogd", registry=self.registry)
 
-
-class _Counted:
-    """The coordinator's stub, its Reports counted (the rest passes through)."""
-
-    def __init__(self, stub: Any, metrics: AgentMetrics):
-        self._stub, self._metrics = stub, metrics
-
-    def Report(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
-        try:
-            ack = self._stub.Report(*args, **kwargs)
-        except grpc.RpcError:
-            self._metrics.reports.labels("failed").inc()
-            raise
-        self._metrics.reports.labels("acked").inc()
-        self._metrics.acked_at = time.monotonic()
-        return ack
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stub, name)
+    def reported(self, outcome: str) -> None:
+        """A heartbeat went: acked or failed."""
+        self.reports.labels(outcome).inc()
+        if outcome == "acked":
+            self.acked_at = time.monotonic()
 
 
 class _Picture:

@@ -39,6 +39,11 @@ class Reporter:
         hb.sent_mono_s = time.monotonic()
         return hb
 
+    def forget(self) -> None:
+        """A new stream, or another coordinator: it holds nothing of ours, the next
+        report carries everything."""
+        self.deltas, self.base, self.base_seq = False, None, 0
+
     def acked(self, report: NodeReport, ack: pb.HeartbeatAck) -> bool:
         """Learn from an ack; True when the coordinator wants everything now."""
         self.deltas = ack.deltas

@@ -187,6 +187,13 @@ class Coordinator(Records):
             self._wake.set()     # type: ignore[union-attr]   # an exit must not wait for a tick
         return pb.HeartbeatAck(seq=request.seq, commands=orders, deltas=True)
 
+    def waited(self, node: str, sent_mono_s: float) -> float | None:
+        """How long a streamed heartbeat took to reach this loop beyond the quickest of its
+        node's recent ones (a stream has no deadline to read it from, as a Report has):
+        the node's clock mapped onto this one (core.straggler.NodeClocks)."""
+        local = self.cluster.clocks.to_local(node, sent_mono_s) if sent_mono_s > 0 else None
+        return None if local is None else max(0.0, self.clock() - local)
+
     def outbox(self, node: str) -> Outbox:
         box = self.outboxes.get(node)
         if box is None:

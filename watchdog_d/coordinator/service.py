@@ -1,10 +1,12 @@
-"""The coordinator's gRPC face (``grpc.aio``): Report, Watch, Status.
+"""The coordinator's gRPC face (``grpc.aio``): Stream, Report, Watch, Status, Drill.
 
-Everything runs on the coordinator's one event loop: a Report is parsed and
-ingested in O(its ranks) and answered at once; a Watch stream is a coroutine
-waiting on its node's outbox (no thread per stream); Status is served from the
-cached snapshot. Requests whose bytes do not parse get INVALID_ARGUMENT (gRPC's
-default would be an opaque INTERNAL).
+Everything runs on the coordinator's one event loop: a heartbeat is parsed and
+ingested in O(its ranks) and answered at once. An agent of protocol 3 keeps one
+Stream open: its heartbeats come up it, its acks and its node's commands go down it
+(a coroutine reading, the handler writing, no thread per stream). Older agents send
+a unary Report per heartbeat and hold a Watch stream for commands. Status is served
+from the cached snapshot. Requests whose bytes do not parse get INVALID_ARGUMENT
+(gRPC's default would be an opaque INTERNAL).
 """
 from __future__ import annotations
 
@@ -29,8 +31,9 @@ class BadRequest(Exception):
 
 
 class Outbox:
-    """One node's commands: handed to its live Watch stream, else kept (bounded) until
-    one opens. A new stream replaces the old one (which ends)."""
+    """One node's commands: handed to its live stream (Watch, or the node's Stream),
+    else kept (bounded) until one opens. A new stream replaces the old one (which ends).
+    A Stream's queue also carries its acks: only commands are kept when it closes."""
 
     def __init__(self) -> None:
         self.stream: asyncio.Queue | None = None
@@ -45,10 +48,10 @@ class Outbox:
         self.pending.append(cmd)
         return not full
 
-    def open(self) -> asyncio.Queue:
+    def open(self, q: asyncio.Queue | None = None) -> asyncio.Queue:
         if self.stream is not None:
             self.stream.put_nowait(None)              # the old stream ends
-        q: asyncio.Queue = asyncio.Queue()
+        q = asyncio.Queue() if q is None else q
         while self.pending:
             q.put_nowait(self.pending.popleft())
         self.stream = q
@@ -59,7 +62,7 @@ class Outbox:
             self.stream = None
             while not q.empty():                      # not delivered: keep for the next one
                 cmd = q.get_nowait()
-                if cmd is not None:
+                if isinstance(cmd, pb.Command):
                     self.pending.append(cmd)
 
     @property
@@ -110,6 +113,27 @@ def handlers(c: "Coordinator") -> grpc.GenericRpcHandler:
         finally:
             box.close(q)
 
+    async def stream(requests, context):  # type: ignore[no-untyped-def]
+        """Heartbeats in, acks and pushed commands out, on one queue (one writer). The
+        first heartbeat names the node; its commands come here from then on."""
+        q: asyncio.Queue = asyncio.Queue()
+        reader = asyncio.ensure_future(_read_stream(c, requests, q))
+        try:
+            while True:
+                item = await q.get()
+                if item is None:
+                    return
+                if isinstance(item, Exception):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(item))
+                if isinstance(item, pb.Command):
+                    item = pb.HeartbeatAck(push=True, commands=[item], epoch=item.epoch)
+                yield item
+        finally:
+            reader.cancel()
+            for node, box in list(c.outboxes.items()):
+                if box.stream is q:
+                    box.close(q)
+
     async def status(request, context):  # type: ignore[no-untyped-def]
         if isinstance(request, _Malformed):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.error}")
@@ -124,8 +148,42 @@ def handlers(c: "Coordinator") -> grpc.GenericRpcHandler:
 
     ser = lambda m: m.SerializeToString()  # noqa: E731
     return grpc.method_handlers_generic_handler("watchdog_d.v1.Coordinator", {
+        "Stream": grpc.stream_stream_rpc_method_handler(stream, _lenient(pb.Heartbeat), ser),
         "Report": grpc.unary_unary_rpc_method_handler(report, _lenient(pb.Heartbeat), ser),
         "Watch": grpc.unary_stream_rpc_method_handler(watch, _lenient(pb.WatchRequest), ser),
         "Status": grpc.unary_unary_rpc_method_handler(status, _lenient(pb.StatusRequest), ser),
         "Drill": grpc.unary_unary_rpc_method_handler(drill, _lenient(pb.DrillRequest), ser),
     })
+
+
+async def _read_stream(c: "Coordinator", requests, q: asyncio.Queue) -> None:  # type: ignore[no-untyped-def]
+    """A Stream's heartbeats, each ingested and acked in turn; a bad one ends the stream
+    with INVALID_ARGUMENT (the agent opens a new one and sends everything)."""
+    node = ""
+    try:
+        async for request in requests:
+            if isinstance(request, _Malformed):
+                q.put_nowait(BadRequest(f"malformed request: {request.error}"))
+                return
+            name = request.node_id[:200]
+            if not node:
+                if not name or not name.isprintable():
+                    q.put_nowait(BadRequest("stream without a printable node_id"))
+                    return
+                node = name
+                c.outbox(node).open(q)
+                log.log("node_streaming", node=node)
+            elif name != node:
+                q.put_nowait(BadRequest(f"a stream is one node's: {node!r}, not {name!r}"))
+                return
+            try:
+                with c.metrics.report_seconds.time():
+                    q.put_nowait(c.report(request, c.waited(node, request.sent_mono_s)))
+            except BadRequest as e:
+                q.put_nowait(e)
+                return
+    except asyncio.CancelledError:
+        raise
+    except Exception:          # the agent went away mid-read: the stream is over
+        pass
+    q.put_nowait(None)

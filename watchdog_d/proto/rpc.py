@@ -58,6 +58,7 @@ class _TokenCheck(grpc.aio.ServerInterceptor):
 
         self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
         self._deny_stream = grpc.unary_stream_rpc_method_handler(deny)
+        self._deny_bidi = grpc.stream_stream_rpc_method_handler(deny)
 
     async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         if details.method.startswith(HEALTH_PREFIX):
@@ -65,6 +66,8 @@ class _TokenCheck(grpc.aio.ServerInterceptor):
         got = dict(details.invocation_metadata or ()).get("authorization", "")
         if hmac.compare_digest(got.encode() if isinstance(got, str) else got, self._want):
             return await continuation(details)
+        if details.method.endswith("/Stream"):
+            return self._deny_bidi
         return self._deny_stream if details.method.endswith("/Watch") else self._deny_unary
 
 

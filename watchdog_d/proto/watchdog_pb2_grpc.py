@@ -34,6 +34,11 @@ class CoordinatorStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Stream = channel.stream_stream(
+                '/watchdog_d.v1.Coordinator/Stream',
+                request_serializer=watchdog__pb2.Heartbeat.SerializeToString,
+                response_deserializer=watchdog__pb2.HeartbeatAck.FromString,
+                _registered_method=True)
         self.Report = channel.unary_unary(
                 '/watchdog_d.v1.Coordinator/Report',
                 request_serializer=watchdog__pb2.Heartbeat.SerializeToString,
@@ -58,6 +63,15 @@ class CoordinatorStub:
 
 class CoordinatorServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def Stream(self, request_iterator, context):
+        """One long-lived stream per node (protocol 3): heartbeats up; acks and pushed commands
+        (HeartbeatAck.push) down. Cheaper per heartbeat than a unary Report (no new HTTP/2
+        stream, headers and status per message). Report and Watch stay for older agents.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def Report(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -86,6 +100,11 @@ class CoordinatorServicer:
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Stream': grpc.stream_stream_rpc_method_handler(
+                    servicer.Stream,
+                    request_deserializer=watchdog__pb2.Heartbeat.FromString,
+                    response_serializer=watchdog__pb2.HeartbeatAck.SerializeToString,
+            ),
             'Report': grpc.unary_unary_rpc_method_handler(
                     servicer.Report,
                     request_deserializer=watchdog__pb2.Heartbeat.FromString,
@@ -116,6 +135,33 @@ def add_CoordinatorServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Coordinator:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Stream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/watchdog_d.v1.Coordinator/Stream',
+            watchdog__pb2.Heartbeat.SerializeToString,
+            watchdog__pb2.HeartbeatAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Report(request,
