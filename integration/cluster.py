@@ -15,12 +15,15 @@ class Cluster:
     def __init__(self, tmp: Path, nodes: list[str], alert_url: str = "",
                  extra: list[str] | None = None, listen: str = "",
                  agent_env: dict[str, dict[str, str]] | None = None,
-                 agent_prefix: dict[str, list[str]] | None = None):
+                 agent_prefix: dict[str, list[str]] | None = None,
+                 agent_coordinator: dict[str, str] | None = None):
         """``agent_env``: node -> environment of its agent on top of the usual (a fake NVML);
-        ``agent_prefix``: node -> what its agent's command line starts with (unshare ...)."""
+        ``agent_prefix``: node -> what its agent's command line starts with (unshare ...);
+        ``agent_coordinator``: node -> the --coordinator its agent is given (a proxy, a list)."""
         self.tmp = tmp
         self.agent_env = agent_env or {}
         self.agent_prefix = agent_prefix or {}
+        self.agent_coordinator = agent_coordinator or {}
         self.port = int(listen.rsplit(":", 1)[1]) if listen else free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.state_dir = tmp / "coordinator"
@@ -52,7 +55,7 @@ class Cluster:
     def start_agent(self, node: str) -> subprocess.Popen:
         sock = str(self.tmp / f"{node}.sock")
         self.agents[node] = self._spawn(node, [
-            "agent", "--coordinator", self.address, "--node-id", node, "--socket", sock,
+            "agent", "--coordinator", self.agent_coordinator.get(node, self.address), "--node-id", node, "--socket", sock,
             "--state-dir", str(self.tmp / node), *self.extra], self.agent_env.get(node),
             self.agent_prefix.get(node, []))
         self.sockets[node] = sock

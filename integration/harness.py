@@ -29,7 +29,8 @@ TORCHRUN = [str(BIN / "torchrun")] if (BIN / "torchrun").exists() else \
 class AlertSink:
     """A local HTTP endpoint that Apprise's json:// posts to."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        """``port``: a given one (an endpoint that comes back where alerts were failing)."""
         self.received: list[dict] = []
         sink = self
 
@@ -46,7 +47,7 @@ class AlertSink:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.port = self.server.server_address[1]
         self.url = f"json://127.0.0.1:{self.port}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

@@ -18,8 +18,9 @@ which all processes of the machine share). Faults:
   silent; its job steps on.
 A node told to tear down reports its job over (ranks SIGTERMed, launcher exit 1).
 ``transport``: "unary" (a Report per heartbeat and a Watch stream, as agents before
-protocol 3) or "stream" (one Stream per node: heartbeats up, acks and commands down; a
-heartbeat unacked after the Report deadline is an error and the stream is opened anew).
+protocol 3), "stream" (one Stream per node: heartbeats up, acks and commands down; a
+heartbeat unacked after the Report deadline is an error and the stream is opened anew),
+or "mixed" (even nodes stream, odd ones are old agents).
 Writes: Report latencies (in the window ``measure``), errors, and every command
 received with its time.
 """
@@ -225,12 +226,12 @@ async def main(plan: dict, out_path: str) -> None:
     out = {"latency": [], "errors": [], "commands": [], "full": 0, "delta": 0}
     nodes = [SimNode(plan, i, out) for i in range(plan["first"], plan["first"] + plan["count"])]
     end = plan["end"]
-    if plan.get("transport", "unary") == "stream":
-        tasks = [asyncio.create_task(n.stream_loop(end)) for n in nodes]
-        watchers = []
-    else:
-        tasks = [asyncio.create_task(n.report_loop(end)) for n in nodes]
-        watchers = [asyncio.create_task(n.watch_loop(end)) for n in nodes]
+    transport = plan.get("transport", "unary")
+    streams = [n for n in nodes if transport == "stream" or transport == "mixed" and n.i % 2 == 0]
+    unary = [n for n in nodes if n not in streams]
+    tasks = [asyncio.create_task(n.stream_loop(end)) for n in streams]
+    tasks += [asyncio.create_task(n.report_loop(end)) for n in unary]
+    watchers = [asyncio.create_task(n.watch_loop(end)) for n in unary]
     await asyncio.gather(*tasks)
     for w in watchers:
         w.cancel()

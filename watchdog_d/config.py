@@ -62,6 +62,11 @@ class Config:
     socket: str = ""                     # the agent's own socket (agent command)
     node_id: str = ""
     listen: str = "0.0.0.0:7700"
+    # standby coordinators (docs/operations.md): etcd://H1:2379,H2:2379 ("": one coordinator, no etcd)
+    ha: str = ""
+    name: str = ""                       # this coordinator among the --ha ones (unset: the host name)
+    advertise: str = ""                  # where agents reach it (unset: --listen, its host the host name)
+    lease_ttl: float = 5.0               # the leader's etcd lease; a standby leads within this + 1 s
     metrics_port: int = 0                # Prometheus /metrics (agent, coordinator); 0: off
     metrics_address: str = "0.0.0.0"     # ... on this address
     # the job (the defaults of a job's policy are JobSpec's)
@@ -143,11 +148,25 @@ class Config:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port must be 0-65535, got {self.metrics_port}")
-        for name in ("coordinator", "listen"):
-            value = getattr(self, name)
-            port = value.rsplit(":", 1)[1] if ":" in value else ""
-            if value and not (port.isdigit() and 0 <= int(port) <= 65535):
-                raise ConfigError(f"{name} must be HOST:PORT with a port of 0-65535, got {value!r}")
+        for name in ("coordinator", "listen", "advertise"):
+            for value in getattr(self, name).split(",") if getattr(self, name) else ():
+                port = value.rsplit(":", 1)[1] if ":" in value else ""
+                if not (port.isdigit() and 0 <= int(port) <= 65535):
+                    raise ConfigError(f"{name} must be HOST:PORT with a port of 0-65535"
+                                      f"{' (a comma-separated list)' if name == 'coordinator' else ''}, "
+                                      f"got {value!r}")
+        if self.ha:
+            from .coordinator.etcd import parse_ha
+
+            try:
+                parse_ha(self.ha)
+            except ValueError as e:
+                raise ConfigError(f"ha: {e}") from None
+            # the lease must outlive a heartbeat or two: a standby must not take over while
+            # the leader's renewals are merely a heartbeat apart
+            if self.lease_ttl < 2 * self.heartbeat_interval or self.lease_ttl < 2:
+                raise ConfigError(f"lease_ttl must be at least 2 s and twice heartbeat_interval "
+                                  f"({self.heartbeat_interval:g} s), got {self.lease_ttl:g}")
         if self.on_suspect not in ("none", "drain"):
             raise ConfigError(f"on_suspect must be none or drain, got {self.on_suspect!r}")
         if self.log_format not in ("text", "json"):

@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     _security(p)
 
     p = sub.add_parser("agent", help="the per-node daemon")
-    p.add_argument("--coordinator", metavar="HOST:PORT", help="the coordinator to report to (required)")
+    p.add_argument("--coordinator", metavar="HOST:PORT[,...]",
+                   help="the coordinator to report to (required); several: the --ha ones, the agent "
+                        "follows whichever leads")
     p.add_argument("--node-id", dest="node_id", help="this node's name (unset: the host name)")
     p.add_argument("--on-suspect", dest="on_suspect", choices=("none", "drain"),
                    help="when the coordinator marks this node suspect: say it, or also drain it "
@@ -138,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("coordinator", help="the cluster's decision maker")
     p.add_argument("--listen", metavar="HOST:PORT", help="gRPC address agents report to")
+    p.add_argument("--ha", metavar="etcd://HOST:PORT[,...]",
+                   help="one of several coordinators: one leads on an etcd lease, the others stand by")
+    p.add_argument("--name", metavar="NAME", help="this coordinator's name among the --ha ones "
+                                                  "(unset: the host name)")
+    p.add_argument("--advertise", metavar="HOST:PORT",
+                   help="where agents reach this coordinator (--ha; unset: --listen with the host name)")
+    p.add_argument("--lease-ttl", dest="lease_ttl", type=float, metavar="SECONDS",
+                   help="the leader's etcd lease (--ha; default 5)")
     p.add_argument("--alert", action="append", metavar="URL",
                    help="an Apprise URL for the coordinator's own warnings (jobs bring their own); repeatable")
     _metrics(p)

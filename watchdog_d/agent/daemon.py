@@ -71,7 +71,8 @@ class Agent(WrapperSide):
         self.metrics = AgentMetrics(self)
         self.uplink = Uplink(cfg, [t.strip() for t in self.target.split(",") if t.strip()],
                              on_push=lambda ack: [self._deliver(c) for c in ack.commands],
-                             on_switch=self._switched, counted=self.metrics.reported)
+                             on_switch=self._switched, counted=self.metrics.reported,
+                             on_stale=lambda ack: [self._deliver(c) for c in ack.commands])
         self.metadata = self.uplink.metadata
         self.server: localsock.Server | None = None
         self.reachable = True
@@ -269,6 +270,8 @@ class Agent(WrapperSide):
                 return
             try:
                 self._sent_at = time.monotonic()
+                if not self.uplink.connected:
+                    self.reporter.forget()       # a new stream: everything
                 heartbeat, problem = self.reporter.heartbeat(report), self._drain_failed
                 heartbeat.drain_failed = problem
                 ack = self.uplink.send(heartbeat)
@@ -310,6 +313,13 @@ class Agent(WrapperSide):
             self._stop.wait(max(WATCH_RETRY_S, delay if self.link.failing else 0.0))
 
     def _deliver(self, cmd: pb.Command) -> None:
+        if cmd.epoch < self.uplink.epoch:
+            # --ha fencing: decided by a leader older than one this agent has heard since (a
+            # deposed one that woke up): whatever it says is stale
+            self.metrics.fenced.inc()
+            log.warn("command_fenced", job=cmd.job_id or None, verb=cmd.verb, epoch=cmd.epoch,
+                     newest_epoch=self.uplink.epoch)
+            return
         if cmd.verb == "suspect":             # about the node, not a job
             self._suspected(cmd.action)
             return

@@ -43,6 +43,9 @@ class AgentMetrics(DaemonMetrics):
                                "the caller's process)", ["reason"], registry=self.registry)
         for reason in ("owner", "duplicate", "launcher"):
             self.refused.labels(reason)
+        self.fenced = Counter("watchdogd_agent_commands_fenced",
+                              "Commands refused because a leader of a newer epoch was heard since "
+                              "(--ha: a deposed coordinator's)", registry=self.registry)
         self.acked_at = time.monotonic()          # the last acked Report (at first: the start)
         self.observed_at: float | None = None     # when agent._latest was observed
         self.registry.register(_Picture(agent, self))

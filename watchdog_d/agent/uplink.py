@@ -108,14 +108,17 @@ class NoLeader(StreamError):
 class Uplink:
     """``send(heartbeat)`` -> the leader's ack. ``on_push``: commands pushed on the stream;
     ``on_switch``: another coordinator answers from now on (it holds none of our reports);
-    ``counted(outcome)``: each heartbeat, acked or failed."""
+    ``counted(outcome)``: each heartbeat, acked or failed; ``on_stale``: the ack of a
+    coordinator that leads in an epoch older than one seen (its commands are fenced)."""
 
     def __init__(self, cfg: Config, targets: list[str], *, on_push: Callable[[pb.HeartbeatAck], None],
                  on_switch: Callable[[str], None] = lambda _t: None,
-                 counted: Callable[[str], None] = lambda _o: None):
+                 counted: Callable[[str], None] = lambda _o: None,
+                 on_stale: Callable[[pb.HeartbeatAck], None] = lambda _a: None):
         self.cfg, self.targets = cfg, targets
         self.metadata = rpc.call_metadata(cfg)
         self._on_push, self._on_switch, self._counted = on_push, on_switch, counted
+        self._on_stale = on_stale
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, Any] = {}
         self._unary: set[str] = set()          # coordinators older than protocol 3
@@ -140,6 +143,13 @@ class Uplink:
         return self._stubs[t]
 
     @property
+    def connected(self) -> bool:
+        """False when the next heartbeat opens a new stream (the agent then sends
+        everything: whatever broke the last one, the coordinator may hold nothing of ours)."""
+        stream = self._stream
+        return not self.streaming or stream is not None and not stream.done
+
+    @property
     def streaming(self) -> bool:
         return self.target not in self._unary
 
@@ -155,10 +165,12 @@ class Uplink:
                 if len(self.targets) > 1:
                     self._move((self.index + 1) % len(self.targets))   # the next one, next time
                 raise
-            if not ack.standby:
+            if not ack.standby and ack.epoch >= self.epoch:
                 self._counted("acked")
-                self.epoch = max(self.epoch, ack.epoch)
+                self.epoch = ack.epoch
                 return ack
+            if not ack.standby:         # a deposed leader that still thinks it leads: fenced
+                self._on_stale(ack)
             asked += 1
             hint = ack.leader if ack.leader in self.targets else ""
             self._move(self.targets.index(hint) if hint else (self.index + 1) % len(self.targets))

@@ -62,6 +62,7 @@ class _Delivery:
     in_flight: bool = False
     stored: str | None = None        # its file in the spool, once written
     store_tried: bool = False
+    mirrored: str = ""               # --ha: its key in etcd's copy (``mirror``), once written
 
 
 class AlertSender:
@@ -89,6 +90,9 @@ class AlertSender:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        # --ha (coordinator.replica): each delivery also kept in etcd until it is made, where
+        # the next leader finds it; an object with stored(file, pending) and done(file)
+        self.mirror = None
 
     # -- producer side: called from the coordinator's decision path ---------
     def submit(self, incident: Incident, urls: Iterable[str] = ()) -> bool:
@@ -140,6 +144,27 @@ class AlertSender:
         with self._cond:
             return len(self._queue)
 
+    def adopt(self, pendings: list[Pending]) -> None:
+        """--ha: deliveries a leader before this one left undone: queued as new."""
+        with self._cond:
+            now = self._clock()
+            for p in pendings:
+                self._queue.append(_Delivery(p, next_try=now))
+                self._last[(p.job, p.kind, p.rank, p.attempt)] = now
+            self.counters["requeued"] += len(pendings)
+            self._cond.notify_all()
+        if pendings:
+            log("alerts_adopted", count=len(pendings))
+
+    def drop_all(self) -> int:
+        """--ha, deposed: the next leader delivers what is queued here (it found it in etcd)."""
+        with self._cond:
+            dropped = [d for d in self._queue if not d.in_flight]
+            for d in dropped:
+                self._queue.remove(d)
+            self._cond.notify_all()
+        return len(dropped)
+
     # -- delivery side -------------------------------------------------------
     def start(self) -> AlertSender:
         """Start delivering; what dead senders left on disk is queued before
@@ -188,7 +213,7 @@ class AlertSender:
         with self._cond:
             while not self._stopping:
                 new = [d for d in self._queue if not d.store_tried]
-                if new and self._spool is not None:
+                if new and (self._spool is not None or self.mirror is not None):
                     # written before its first try, off the lock (fsync takes
                     # milliseconds; submit() must never wait for it)
                     for d in new:
@@ -244,7 +269,12 @@ class AlertSender:
             log("alerts_requeued", count=len(left), dir=self._spool.dir)
 
     def _store(self, deliveries: list[_Delivery]) -> None:
-        assert self._spool is not None
+        if self.mirror is not None:
+            for d in deliveries:
+                d.mirrored = f"{time.time_ns()}-{id(d):x}"
+                self.mirror.stored(d.mirrored, d.item)
+        if self._spool is None:
+            return
         for d in deliveries:
             try:
                 d.stored = self._spool.put(d.item)
@@ -291,6 +321,8 @@ class AlertSender:
             # before the delivery leaves the queue: stop() waits for the queue,
             # so a flushed delivery's file is gone when stop() returns
             self._unstore(d.stored)
+        if outcome != "failed" and d.mirrored and self.mirror is not None:
+            self.mirror.done(d.mirrored)
         # exponent capped: "forever" must not end in a float overflow
         delay = min(self.base_backoff_s * 2 ** min(d.tries, 40), self.max_backoff_s)
         with self._cond:

@@ -166,10 +166,14 @@ class Etcd:
         kvs = self._call("/kv/range", {"key": _b64(key)}).get("kvs", [])
         return _key_value(kvs[0]) if kvs else None
 
-    def get_prefix(self, prefix: str) -> list[KeyValue]:
-        """Every key starting with prefix, in key order."""
+    def get_prefix(self, prefix: str, min_mod_revision: int = 0) -> list[KeyValue]:
+        """Every key starting with prefix, in key order (only those created at or after
+        ``min_mod_revision``, when given: what changed since the last look)."""
         start = _b64(prefix) if prefix else base64.b64encode(b"\0").decode()
-        answer = self._call("/kv/range", {"key": start, "range_end": _prefix_end(prefix)})
+        body = {"key": start, "range_end": _prefix_end(prefix)}
+        if min_mod_revision > 0:
+            body["min_mod_revision"] = str(min_mod_revision)
+        answer = self._call("/kv/range", body)
         return [_key_value(kv) for kv in answer.get("kvs", [])]
 
     def put(self, key: str, value: str, lease: int = 0) -> int:

@@ -26,6 +26,7 @@ class LoopHealth:
     def __init__(self, clock: Callable[[], float]):
         self.clock = clock
         self.passed_at: float | None = None     # the decision loop's last pass; None: not turning
+        self.standby = False                    # --ha: not leading (NOT_SERVING)
         self.servicer = _Servicer(self)
 
     async def add_to(self, server: grpc.aio.Server) -> None:
@@ -46,9 +47,16 @@ class LoopHealth:
 
     async def turning(self, yes: bool) -> None:
         self.passed_at = self.clock() if yes else None
-        status = hpb.HealthCheckResponse.SERVING if yes else hpb.HealthCheckResponse.NOT_SERVING
+        serving = yes and not self.standby
+        status = hpb.HealthCheckResponse.SERVING if serving else hpb.HealthCheckResponse.NOT_SERVING
         for service in SERVICES:
             await self.servicer.set(service, status)
+
+    async def standing_by(self, yes: bool) -> None:
+        """--ha: a standby answers NOT_SERVING while its loop turns (it decides nothing)."""
+        self.standby = yes
+        if self.passed_at is not None:
+            await self.turning(True)
 
     def stuck(self) -> bool:
         return self.passed_at is None or self.clock() - self.passed_at > STALE_S

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,17 +28,19 @@ from ..proto import convert, rpc
 from ..proto import watchdog_pb2 as pb
 from ..sdnotify import Liveness, notify, supervise
 from .alerts import AlertSender
+from .ha import HA, LEADER_KEY, PREFIX
 from .health import LoopHealth
+from .lead import follow, standby_ack
 from .metrics import CoordinatorMetrics
+from .picture import Picture
 from .records import Records
+from .replica import Replica
 from .service import BadRequest, Outbox, handlers
-from .status import STATUS_FILE, job_status, snapshot, status_text, to_json, write_status
+from .status import STATUS_FILE
 from .store import IncidentStore
 
 TICK_S = 0.1
-JOBS_PER_PASS = 16        # jobs judged (or put in the snapshot) before reports get a turn
-STATUS_MIN_S = 0.25       # the snapshot is rebuilt at most this often ...
-STATUS_SHARE = 0.01       # ... and at most this share of the loop's time goes to it
+JOBS_PER_PASS = 16        # jobs judged before reports get a turn
 STATUS_WRITE_S = 1.0      # status.json is rewritten this often (or on a decision)
 LATE_S = 0.5              # a Report that waited this long for the loop: it is overloaded ...
 LOAD_WINDOW_S = 2.0       # ... until none has for this long
@@ -49,7 +50,7 @@ GC_EVERY_S = 30.0         # the daemon collects cyclic garbage itself, this ofte
 DECIDE_ALLOWANCE_S = 10.0
 
 
-class Coordinator(Records):
+class Coordinator(Records, Picture):
     def __init__(self, cfg: Config, *, clock=time.monotonic, sender: AlertSender | None = None):
         self.cfg = cfg
         self.clock = clock
@@ -57,8 +58,9 @@ class Coordinator(Records):
         # a restarted coordinator still knows each job's recorded checkpoint
         self.cluster = Cluster(checkpoints=self.store.checkpoints())
         self._restore_suspects()                   # ... and the nodes it marked suspect
+        # (--ha: undelivered alerts are kept in etcd, where the next leader finds them)
         self.sender = sender or AlertSender(tuple(cfg.alert), cooldown_s=cfg.alert_cooldown,
-                                            spool_dir=Path(cfg.state_dir) / "alerts")
+                                            spool_dir=None if cfg.ha else Path(cfg.state_dir) / "alerts")
         self.outboxes: dict[str, Outbox] = {}
         self.bases: dict[str, convert.Base] = {}   # node -> its last report, for the next
         self._late_at = float("-inf")              # a Report waited LATE_S for the loop then
@@ -87,10 +89,22 @@ class Coordinator(Records):
         self.announce_isolation = True
         self.liveness = Liveness()        # the decision loop beats it each pass (run_coordinator)
         self.last_verdict = ""
+        # --ha: one of several coordinators; it decides only while it leads (coordinator.lead)
+        self.ha = HA(cfg, clock, lambda: self.health.passed_at) if cfg.ha else None
+        self.replica = None if self.ha is None else Replica(self.ha.etcd, PREFIX, LEADER_KEY,
+                                                             self.ha.name, self.store)
+        if self.ha is not None:
+            self.ha.replica, self.ha.on_lead, self.sender.mirror = self.replica, self.sender.adopt, self.replica
+        self.leading = self.ha is None
+        self.deciding = self.leading      # ... and its lease is known alive (or etcd is down)
+        self.health.standby = not self.leading
+        self.epoch = 0                    # the leader's epoch (ours while leading); 0: no --ha
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self, listen: str | None = None) -> int:
         Path(self.cfg.state_dir).mkdir(parents=True, exist_ok=True)
+        if self.ha is not None:
+            self.ha.join()                # etcd answers, the name is free: else one line, exit 2
         self.metrics.serve(self.cfg)      # first: a port in use stops the start, nothing runs yet
         ready, failed = threading.Event(), []
 
@@ -119,6 +133,8 @@ class Coordinator(Records):
             self.metrics.close()
             raise failed[0]
         self.sender.start()
+        if self.ha is not None:
+            self.ha.start()
         log.log("coordinator_started", listen=listen or self.cfg.listen, port=self.port,
                 state_dir=self.cfg.state_dir)
         return self.port
@@ -143,6 +159,8 @@ class Coordinator(Records):
         if self.loop is not None and self._thread is not None and self._thread.is_alive():
             self.loop.call_soon_threadsafe(self._done.set)   # type: ignore[union-attr]
             self._thread.join(timeout=5)
+        if self.ha is not None:
+            self.ha.stop()
         self.metrics.close()
         self.sender.stop(timeout=flush_alerts_s)
         self._io.shutdown(wait=True)
@@ -155,6 +173,15 @@ class Coordinator(Records):
         parts out (``agent.reporter``), ingested, answered with the standing orders.
         ``waited``: how long it waited for this loop (from the agent's deadline)."""
         node, now = request.node_id[:200], self.clock()
+        if not self.deciding:             # --ha: a standby, or a leader unsure it still leads
+            return standby_ack(self, request.seq)
+        if request.epoch > self.epoch and self.ha is not None:
+            # no leader after this one is known to etcd while it leads: a forged or garbled
+            # epoch (or this one was just deposed: the HA thread looks now)
+            self.counters["reports_refused"] += 1
+            self.ha.wake.set()
+            raise BadRequest(f"epoch {request.epoch} is not a leader's this coordinator knows "
+                             f"(it leads in epoch {self.epoch})")
         if waited is not None and waited > LATE_S:
             self._late_at = now
         try:
@@ -164,7 +191,7 @@ class Coordinator(Records):
             # was lost): the node is alive; the next report carries everything
             self.counters["reports_incomplete"] += 1
             self.cluster.heard(node, now)
-            return pb.HeartbeatAck(seq=request.seq, send_all=True, deltas=True)
+            return pb.HeartbeatAck(seq=request.seq, send_all=True, deltas=True, epoch=self.epoch)
         except (convert.WireError, ValueError) as e:
             self.counters["reports_refused"] += 1
             raise BadRequest(f"bad heartbeat: {e}") from None
@@ -181,11 +208,11 @@ class Coordinator(Records):
         orders = [pb.Command(job_id=o.job_id, verb=o.verb, attempt=o.attempt,
                              verdict_json=convert.verdict_to_json(o.verdict) if o.verdict else "",
                              action=o.action, resume_from=o.resume_from, resume_step=o.resume_step,
-                             node_rank=o.node_rank if o.node_rank >= 0 else None)
+                             node_rank=o.node_rank if o.node_rank >= 0 else None, epoch=self.epoch)
                   for o in self.cluster.standing_orders(report.node_id)]
         if self.cluster.dirty:
             self._wake.set()     # type: ignore[union-attr]   # an exit must not wait for a tick
-        return pb.HeartbeatAck(seq=request.seq, commands=orders, deltas=True)
+        return pb.HeartbeatAck(seq=request.seq, commands=orders, deltas=True, epoch=self.epoch)
 
     def waited(self, node: str, sent_mono_s: float) -> float | None:
         """How long a streamed heartbeat took to reach this loop beyond the quickest of its
@@ -214,6 +241,14 @@ class Coordinator(Records):
             now = self.clock()
             try:
                 decisions: list[Decision] = []
+                if self.ha is not None:
+                    may, said = await follow(self, now)
+                    decisions += said
+                    if not may:           # a standby, or a leader whose lease is in doubt
+                        for d in decisions:
+                            self._carry_out(d)
+                        last = self.health.passed_at = self.clock()
+                        continue
                 if now - last > TICK_S + OWN_STALL_S:
                     # this loop did not run: whatever nodes said waits in its sockets
                     decisions += self.cluster.own_stall(last, now)
@@ -258,7 +293,7 @@ class Coordinator(Records):
         for s in self.cluster.suspected:
             log.warn("node_suspect", node=s.node, reason=s.reason)
             # the node's agent is told (it drains the node from Slurm if it is set to)
-            self.outbox(s.node).put(pb.Command(verb="suspect", action=s.reason[:300]))
+            self.outbox(s.node).put(pb.Command(verb="suspect", action=s.reason[:300], epoch=self.epoch))
         if self.cluster.suspected:
             self._io.submit(self._store_suspects, list(self.cluster.suspected))
         self.cluster.suspected.clear()
@@ -292,7 +327,8 @@ class Coordinator(Records):
                 cmd = pb.Command(job_id=d.job_id, verb=d.verb, attempt=attempt,
                                  verdict_json=verdict_json, action=action,
                                  resume_from=d.resume_from, resume_step=d.resume_step,
-                                 node_rank=d.node_rank if d.node_rank >= 0 else None)
+                                 node_rank=d.node_rank if d.node_rank >= 0 else None,
+                                 epoch=self.epoch)
                 self.counters["commands"] += 1
                 if not self.outbox(node).put(cmd):
                     self.counters["commands_dropped"] += 1
@@ -310,57 +346,6 @@ class Coordinator(Records):
             self._io.submit(self._record, incident)
             if d.alert:
                 self.sender.submit(incident, d.alert_urls)
-
-    # -- I/O off the loop --------------------------------------------------------------
-    def _write_status(self, snap_json: tuple[dict, str] | None) -> None:
-        text = to_json(snapshot(self.cluster, self.clock())) if snap_json is None else snap_json[1]
-        self._status_failing = write_status(self.status_path, text, self._status_failing)
-
-    # -- status ---------------------------------------------------------------------------
-    def _snap_interval(self) -> float:
-        return max(STATUS_MIN_S, self._snap_cost / STATUS_SHARE)
-
-    async def _fresh_snapshot(self) -> dict:
-        """The status picture, rebuilt at most every ``_snap_interval``, JOBS_PER_PASS jobs
-        at a time with reports served in between (a job that ended meanwhile is left out)."""
-        now = self.clock()
-        if now - self._snap_at < self._snap_interval():
-            return self._snap
-        self._snap_at = now                 # (one rebuild at a time)
-        cost, began, jobs, texts = 0.0, time.perf_counter(), [], []
-        for i, job_id in enumerate(sorted(self.cluster.jobs)):
-            if i and i % JOBS_PER_PASS == 0:
-                cost += time.perf_counter() - began
-                await asyncio.sleep(0)
-                began = time.perf_counter()
-            book = self.cluster.jobs.get(job_id)
-            if book is not None:
-                job = job_status(self.cluster, book, self.clock())
-                job["alerts"] = {"to": len({*self.sender.default_urls, *book.spec.alert_urls}),
-                                 "drill_sent": self.sender.sent_for(job_id, "[drill: ")}
-                jobs.append(job)
-                texts.append(json.dumps(job))     # here, in slices, not in one long hold of the GIL
-        self._snap_cost = cost + time.perf_counter() - began
-        self._snap = {"written_at": time.time(), "jobs": jobs}
-        self._snap_json = (self._snap, status_text(self._snap["written_at"], texts))
-        return self._snap
-
-    async def status_json(self) -> str:
-        snap = await self._fresh_snapshot()
-        if self._snap_json is None or self._snap_json[0] is not snap:
-            self._snap_json = (snap, to_json(snap))
-        return self._snap_json[1]
-
-    def status(self) -> dict:
-        """The status picture, from any thread."""
-        loop = self.loop
-        if loop is None or not loop.is_running():
-            return snapshot(self.cluster, self.clock())
-        try:
-            return asyncio.run_coroutine_threadsafe(self._fresh_snapshot(), loop).result(timeout=5)
-        except Exception:
-            return self._snap
-
 
 def run_coordinator(cfg: Config) -> int:
     """``watchdog-d coordinator``: serve until SIGTERM/SIGINT."""

@@ -43,6 +43,9 @@ CREATE TABLE IF NOT EXISTS run_checkpoints (   -- the newest checkpoint a run's 
     path  TEXT NOT NULL,
     ts    REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS replicated (        -- --ha: incidents taken from etcd (or put there)
+    key   TEXT PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS suspects (          -- nodes marked suspect (core/suspects.py)
     node   TEXT PRIMARY KEY,
     reason TEXT NOT NULL,
@@ -87,7 +90,9 @@ class IncidentStore:
             if conn is not None:
                 conn.close()
 
-    def record(self, incident: Incident) -> None:
+    def record(self, incident: Incident, key: str = "") -> dict:
+        """The event as stored (``key``: --ha, its key in etcd, so a pull does not take it
+        twice)."""
         event = incident.as_event()
         # The incident log is a log too: secrets never reach it.
         for key in ("cause", "remedy"):
@@ -99,6 +104,21 @@ class IncidentStore:
                 "INSERT INTO incidents (ts, job, kind, event) VALUES (?, ?, ?, ?)",
                 (incident.ts, v.job, v.kind, json.dumps(event)),
             )
+            if key:
+                conn.execute("INSERT OR IGNORE INTO replicated (key) VALUES (?)", (key,))
+        return event
+
+    def import_event(self, key: str, text: str) -> int:
+        """--ha: an incident another coordinator recorded (``events --json``'s object with
+        its ``ts`` in seconds as ``_ts``); 1 if new here, 0 if held already."""
+        event = json.loads(text)
+        ts = float(event.pop("_ts"))
+        with self._connect() as conn:
+            if conn.execute("INSERT OR IGNORE INTO replicated (key) VALUES (?)", (key,)).rowcount == 0:
+                return 0
+            conn.execute("INSERT INTO incidents (ts, job, kind, event) VALUES (?, ?, ?, ?)",
+                         (ts, str(event["job"]), str(event["kind"]), json.dumps(event)))
+        return 1
 
     def events(self, job: str | None = None) -> list[dict]:
         """Event dicts, oldest first (ties in insertion order)."""

@@ -1,0 +1,129 @@
+"""Standby coordinators on a real etcd (``integration/etcd.py``), with agents that are
+given all of them: processes on loopback, as ``cluster.Cluster`` for one coordinator."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2 as hpb
+from grpc_health.v1 import health_pb2_grpc as hpb_grpc
+
+from harness import WATCHDOG, free_port, train_env
+
+TTL = 3.0
+
+
+class HACluster:
+    def __init__(self, tmp: Path, etcd_url: str, names: list[str], nodes: list[str],
+                 alert_url: str = "", ttl: float = TTL):
+        self.tmp, self.etcd_url, self.ttl, self.alert_url = tmp, etcd_url, ttl, alert_url
+        self.ports = {name: free_port() for name in names}
+        self.coordinators: dict[str, subprocess.Popen] = {}
+        self.procs: list[subprocess.Popen] = []
+        for name in names:
+            self.start_coordinator(name)
+            self.wait_leader({name} if name == names[0] else None)
+        self.sockets: dict[str, str] = {}
+        self.agents: dict[str, subprocess.Popen] = {}
+        for node in nodes:
+            self.start_agent(node)
+        deadline = time.monotonic() + 20
+        while not all(os.path.exists(s) for s in self.sockets.values()):
+            assert time.monotonic() < deadline, "agents did not come up"
+            time.sleep(0.05)
+
+    def address(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports[name]}"
+
+    @property
+    def addresses(self) -> str:
+        return ",".join(self.address(n) for n in self.ports)
+
+    def state_dir(self, name: str) -> Path:
+        return self.tmp / f"coordinator-{name}"
+
+    def start_coordinator(self, name: str, extra: list[str] = ()) -> subprocess.Popen:
+        args = ["coordinator", "--listen", self.address(name), "--state-dir", str(self.state_dir(name)),
+                "--ha", f"etcd://{self.etcd_url}", "--name", name, "--lease-ttl", str(self.ttl),
+                *extra]
+        if self.alert_url:
+            args += ["--alert", self.alert_url]
+        self.coordinators[name] = self._spawn(f"coordinator-{name}", args)
+        return self.coordinators[name]
+
+    def start_agent(self, node: str) -> subprocess.Popen:
+        sock = str(self.tmp / f"{node}.sock")
+        self.agents[node] = self._spawn(node, [
+            "agent", "--coordinator", self.addresses, "--node-id", node, "--socket", sock,
+            "--state-dir", str(self.tmp / node)])
+        self.sockets[node] = sock
+        return self.agents[node]
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        env = train_env()
+        env["PYTHONUNBUFFERED"] = "1"
+        proc = subprocess.Popen([*WATCHDOG, *args], env=env, stdout=open(self.tmp / f"{name}.log", "ab"),
+                                stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def serving(self, name: str) -> bool:
+        """The standard health check: SERVING only while it leads."""
+        channel = grpc.insecure_channel(self.address(name))
+        try:
+            reply = hpb_grpc.HealthStub(channel).Check(hpb.HealthCheckRequest(service=""), timeout=0.5)
+            return reply.status == hpb.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False
+        finally:
+            channel.close()
+
+    def leader(self) -> str | None:
+        leading = [n for n, p in self.coordinators.items() if p.poll() is None and self.serving(n)]
+        assert len(leading) <= 1, f"two coordinators serve at once: {leading}"
+        return leading[0] if leading else None
+
+    def wait_leader(self, among: set[str] | None = None, timeout: float = 20.0) -> str | None:
+        """The leader once one of ``among`` leads (None: just wait until the process answers)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if among is None:
+                channel = grpc.insecure_channel(self.address(list(self.coordinators)[-1]))
+                try:
+                    grpc.channel_ready_future(channel).result(timeout=0.5)
+                    return None
+                except grpc.FutureTimeoutError:
+                    pass
+                finally:
+                    channel.close()
+            else:
+                who = self.leader()
+                if who in among:
+                    return who
+            time.sleep(0.05)
+        raise AssertionError(f"none of {among} leads after {timeout}s")
+
+    def kill(self, name: str) -> None:
+        self.coordinators[name].kill()
+        self.coordinators[name].wait(timeout=10)
+
+    def signal(self, name: str, sig: int) -> None:
+        self.coordinators[name].send_signal(sig)
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()

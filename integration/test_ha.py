@@ -1,0 +1,200 @@
+"""Standby coordinators (``--ha etcd://``) on a real etcd, real coordinators and agents, a
+real two-node job: the leader killed, paused past its lease, cut off from etcd; each
+fault with its twin that must tear nothing down."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+
+from etcd import etcd  # noqa: F401  (fixture)
+from harness import TORCHRUN, WATCHDOG, assert_no_leftovers, free_port, train_env
+from hacluster import TTL, HACluster
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def ha(tmp_path, etcd, alert_sink):  # noqa: F811
+    c = HACluster(tmp_path, etcd.url, ["A", "B"], ["node-a", "node-b"], alert_url=alert_sink.url)
+    yield c
+    c.stop()
+
+
+def _job(guarded, c: HACluster, job_id: str, **env: object):
+    port = free_port()
+    env = train_env(**{"WD_PG_TIMEOUT": 300, "WD_STEPS": 100000, **env})
+    wrappers = []
+    for node_rank, node in enumerate(("node-a", "node-b")):
+        cmd = [*TORCHRUN, "--nnodes=2", f"--node-rank={node_rank}", "--nproc-per-node=1",
+               "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "watchdog_d.demo.train"]
+        wrappers.append(guarded(["--agent-socket", c.sockets[node], "--min-stall-timeout", "3",
+                                 "--grace", "3"], cmd, env, job_id=job_id))
+    return wrappers
+
+
+def _status(c: HACluster, name: str) -> dict:
+    out = subprocess.run([*WATCHDOG, "status", "--json", "--coordinator", c.address(name)],
+                         capture_output=True, text=True, timeout=30)
+    return json.loads(out.stdout or '{"jobs": []}')
+
+
+def _stepping(c: HACluster, name: str, job: str, timeout: float = 60.0) -> int:
+    """The lowest step of the job's ranks, once both nodes report to ``name`` and step."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = [j for j in _status(c, name)["jobs"] if j["job"] == job]
+        if jobs and len(jobs[0]["nodes"]) == 2 and all(
+                n["ranks"] and all(r["step"] > 2 for r in n["ranks"]) for n in jobs[0]["nodes"]):
+            return min(r["step"] for n in jobs[0]["nodes"] for r in n["ranks"])
+        time.sleep(0.2)
+    raise AssertionError(f"job {job} never stepped on both nodes at coordinator {name}")
+
+
+def _events(c: HACluster, name: str, job: str) -> list[dict]:
+    out = subprocess.run([*WATCHDOG, "events", "--json", "--job", job, "--state-dir",
+                          str(c.state_dir(name))], capture_output=True, text=True, timeout=30)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def _kill_rank(wrapper, rank: int) -> None:
+    ranks = [p for p in psutil.Process(wrapper.proc.pid).children(recursive=True)
+             if p.environ().get("RANK") == str(rank)]
+    assert ranks, f"rank {rank} not found"
+    os.kill(ranks[0].pid, signal.SIGKILL)
+
+
+def _take_over(ha: HACluster) -> float:
+    """kill -9 the leader A: seconds until B leads."""
+    assert ha.leader() == "A"
+    killed = time.monotonic()
+    ha.kill("A")
+    ha.wait_leader({"B"}, timeout=TTL + 10)
+    return time.monotonic() - killed
+
+
+def test_the_standby_leads_within_the_lease_and_catches_the_next_fault(guarded, ha, alert_sink):
+    job = f"ha-kill-{free_port()}"
+    a, b = _job(guarded, ha, job)
+    _stepping(ha, "A", job)
+    took = _take_over(ha)
+    assert took <= TTL + 1.0, f"B led {took:.2f}s after A died (lease {TTL}s)"
+    _stepping(ha, "B", job)                   # every node reports to B now
+    assert a.proc.poll() is None and b.proc.poll() is None, "the switch cost the job"
+    _kill_rank(b, 1)
+    for w in (a, b):
+        assert w.wait(timeout=30) == 75, w.stderr()
+        assert "rank_exited rank 1 on node-b" in w.last_stderr_line(), w.last_stderr_line()
+    assert [e["kind"] for e in _events(ha, "B", job)] == ["rank_exited"]
+    alerts = alert_sink.wait_for(1)
+    time.sleep(1.0)
+    assert [x["title"] for x in alert_sink.received if job in x.get("title", "")] == [
+        f"[watchdog-d] {job}: rank_exited rank 1 on node-b"]
+    assert alerts
+    assert_no_leftovers(job)
+
+
+def test_a_leader_killed_under_a_healthy_job_costs_it_nothing(guarded, ha, alert_sink):
+    """The twin: the same switch, no fault; the job ends by itself, exit 0, no verdict."""
+    job = f"ha-ok-{free_port()}"
+    a, b = _job(guarded, ha, job, WD_STEPS=400, WD_STEP_TIME=0.05)
+    _stepping(ha, "A", job)
+    _take_over(ha)
+    for w in (a, b):
+        assert w.wait(timeout=90) == 0, w.stderr()
+    assert [e["kind"] for e in _events(ha, "B", job)] == ["job_succeeded"]
+    assert [x for x in alert_sink.received if job in x.get("title", "")] == []
+
+
+def test_a_leader_paused_past_its_lease_is_fenced_when_it_wakes(guarded, ha):
+    """A SIGSTOPped past its lease: B leads; A, woken, learns it lost the lease and stands
+    by; nothing it had is carried out; the job runs on."""
+    job = f"ha-stop-{free_port()}"
+    a, b = _job(guarded, ha, job)
+    _stepping(ha, "A", job)
+    ha.signal("A", signal.SIGSTOP)
+    ha.wait_leader({"B"}, timeout=TTL + 10)
+    _stepping(ha, "B", job)
+    ha.signal("A", signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while "ha_deposed" not in ha.log("coordinator-A"):
+        assert time.monotonic() < deadline, ha.log("coordinator-A")
+        time.sleep(0.1)
+    assert not ha.serving("A") and ha.leader() == "B"
+    time.sleep(2.0)
+    assert a.proc.poll() is None and b.proc.poll() is None
+    assert _events(ha, "B", job) == [] and _events(ha, "A", job) == []
+
+
+def _failing_job(guarded, c: HACluster, node: str, job: str):
+    """One node, one rank that dies at step 5 (torchrun --standalone)."""
+    env = train_env(WD_PG_TIMEOUT=300, WD_STEPS=100000, WD_FAULT="kill", WD_FAULT_RANK=0,
+                    WD_FAULT_STEP=5)
+    cmd = [*TORCHRUN, "--standalone", "--nproc-per-node=1", "-m", "watchdog_d.demo.train"]
+    return guarded(["--agent-socket", c.sockets[node], "--grace", "3"], cmd, env, job_id=job)
+
+
+def _wait_log(c: HACluster, name: str, text: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in c.log(name):
+        assert time.monotonic() < deadline, f"{text!r} not in {name}'s log:\n{c.log(name)[-3000:]}"
+        time.sleep(0.1)
+
+
+def test_three_coordinators_leader_killed_twice_history_is_one(guarded, tmp_path, etcd):  # noqa: F811
+    c = HACluster(tmp_path, etcd.url, ["A", "B", "C"], ["node-a", "node-b"])
+    try:
+        jobs = [f"ha-hist-{k}-{free_port()}" for k in range(3)]
+        for k, name in enumerate(("A", "B", "C")):
+            assert c.leader() == name
+            w = _failing_job(guarded, c, "node-a", jobs[k])
+            assert w.wait(timeout=60) == 75, w.stderr()
+            assert "rank_exited rank 0 on node-a" in w.last_stderr_line()
+            if name != "C":
+                c.kill(name)
+                c.wait_leader({"B", "C"} if name == "A" else {"C"}, timeout=TTL + 10)
+        # one history at the leader: every incident, whichever coordinator decided it
+        got = [(e["job"], e["kind"]) for job in jobs for e in _events(c, "C", job)]
+        assert got == [(job, "rank_exited") for job in jobs], got
+        # ... and at a coordinator started afterwards (a standby pulls the records)
+        c.start_coordinator("A")
+        deadline = time.monotonic() + 15
+        while [e["job"] for job in jobs for e in _events(c, "A", job)] != jobs:
+            assert time.monotonic() < deadline, [e for job in jobs for e in _events(c, "A", job)]
+            time.sleep(0.3)
+        assert c.leader() == "C"
+    finally:
+        c.stop()
+
+
+def test_an_alert_pending_when_the_leader_dies_is_sent_once_by_the_next(guarded, tmp_path, etcd):  # noqa: F811
+    from harness import AlertSink
+
+    port = free_port()                       # the channel: down at first (nothing listens)
+    c = HACluster(tmp_path, etcd.url, ["A", "B"], ["node-a", "node-b"],
+                  alert_url=f"json://127.0.0.1:{port}/hook")
+    sink = None
+    try:
+        job = f"ha-alert-{free_port()}"
+        w = _failing_job(guarded, c, "node-a", job)
+        assert w.wait(timeout=60) == 75, w.stderr()
+        _wait_log(c, "coordinator-A", "alert_failed")
+        c.kill("A")
+        c.wait_leader({"B"}, timeout=TTL + 10)
+        _wait_log(c, "coordinator-B", "alerts_adopted count=1")
+        sink = AlertSink(port)                # the channel is back
+        deadline = time.monotonic() + 45
+        while not sink.received:
+            assert time.monotonic() < deadline, c.log("coordinator-B")[-3000:]
+            time.sleep(0.2)
+        time.sleep(3.0)
+        assert [x["title"] for x in sink.received] == [f"[watchdog-d] {job}: rank_exited rank 0 on node-a"]
+    finally:
+        c.stop()
+        if sink is not None:
+            sink.close()
