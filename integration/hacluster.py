@@ -46,20 +46,22 @@ class HACluster:
     def state_dir(self, name: str) -> Path:
         return self.tmp / f"coordinator-{name}"
 
-    def start_coordinator(self, name: str, extra: list[str] = ()) -> subprocess.Popen:
+    def start_coordinator(self, name: str, extra: list[str] = (), etcd_url: str = "") -> subprocess.Popen:
+        if name not in self.ports:
+            self.ports[name] = free_port()
         args = ["coordinator", "--listen", self.address(name), "--state-dir", str(self.state_dir(name)),
-                "--ha", f"etcd://{self.etcd_url}", "--name", name, "--lease-ttl", str(self.ttl),
+                "--ha", f"etcd://{etcd_url or self.etcd_url}", "--name", name, "--lease-ttl", str(self.ttl),
                 *extra]
         if self.alert_url:
             args += ["--alert", self.alert_url]
         self.coordinators[name] = self._spawn(f"coordinator-{name}", args)
         return self.coordinators[name]
 
-    def start_agent(self, node: str) -> subprocess.Popen:
+    def start_agent(self, node: str, extra: list[str] = (), coordinators: str = "") -> subprocess.Popen:
         sock = str(self.tmp / f"{node}.sock")
         self.agents[node] = self._spawn(node, [
-            "agent", "--coordinator", self.addresses, "--node-id", node, "--socket", sock,
-            "--state-dir", str(self.tmp / node)])
+            "agent", "--coordinator", coordinators or self.addresses, "--node-id", node, "--socket", sock,
+            "--state-dir", str(self.tmp / node), *extra])
         self.sockets[node] = sock
         return self.agents[node]
 

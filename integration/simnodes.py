@@ -172,10 +172,11 @@ class SimNode:
                 if now >= at and r not in self.dead:
                     self.dead[r] = at
             late = [s for s, (b, _r) in sent.items() if now - b > REPORT_TIMEOUT_S]
-            if late or (reader is not None and reader.done()):
-                for s in late:
-                    if measure[0] <= sent[s][0] < measure[1]:
-                        self.out["errors"].append("DEADLINE_EXCEEDED")
+            for s in late:             # counted, but the stream stays: a late ack is overload,
+                if measure[0] <= sent[s][0] < measure[1]:      # not a broken stream (as the agent)
+                    self.out["errors"].append("DEADLINE_EXCEEDED")
+                del sent[s]
+            if reader is not None and reader.done():
                 if call is not None:
                     call.cancel()
                 call, reader = None, None

@@ -190,6 +190,12 @@ class Uplink:
         try:
             return stream.exchange(heartbeat, timeout)
         except grpc.RpcError as e:
+            # a late ack on a live stream is an overloaded coordinator: opening a new stream
+            # would only add to its load (a dead peer ends the stream: gRPC's keepalive). With
+            # other coordinators to ask, a silent one is left (send moves on).
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and not stream.done \
+                    and len(self.targets) == 1:
+                raise
             self._drop(stream)
             if e.code() == grpc.StatusCode.UNIMPLEMENTED:     # older than protocol 3
                 self._unary.add(self.target)

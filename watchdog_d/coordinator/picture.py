@@ -46,7 +46,13 @@ class Picture:
                 texts.append(json.dumps(job))     # here, in slices, not in one long hold of the GIL
         self._snap_cost = cost + time.perf_counter() - began
         self._snap = {"written_at": time.time(), "jobs": jobs}
-        self._snap_json = (self._snap, status_text(self._snap["written_at"], texts))
+        if self.ha is not None:
+            with self.ha.lock:
+                state = self.ha.state
+                self._snap["coordinator"] = {"name": self.ha.name, "role": state.role,
+                                             "epoch": state.epoch, "leader": state.leader}
+        self._snap_json = (self._snap, status_text(self._snap["written_at"], texts,
+                                                   self._snap.get("coordinator")))
         return self._snap
 
     async def status_json(self) -> str:

@@ -112,12 +112,15 @@ def job_status(cluster: Cluster, book: JobBook, now: float) -> dict:
 
 
 def to_json(snap: dict) -> str:
-    return status_text(snap["written_at"], [json.dumps(job) for job in snap["jobs"]])
+    return status_text(snap["written_at"], [json.dumps(job) for job in snap["jobs"]],
+                       snap.get("coordinator"))
 
 
-def status_text(written_at: float, jobs: list[str]) -> str:
-    """The snapshot's JSON from its jobs' (made one at a time, between other work)."""
-    return f'{{"written_at": {json.dumps(written_at)}, "jobs": [{",".join(jobs)}]}}'
+def status_text(written_at: float, jobs: list[str], coordinator: dict | None = None) -> str:
+    """The snapshot's JSON from its jobs' (made one at a time, between other work);
+    ``coordinator``: --ha, who answers and who leads."""
+    head = f'"coordinator": {json.dumps(coordinator)}, ' if coordinator else ""
+    return f'{{{head}"written_at": {json.dumps(written_at)}, "jobs": [{",".join(jobs)}]}}'
 
 
 def _age(value: float) -> str:
@@ -169,9 +172,11 @@ def _owner(uid: int | None) -> str:
 
 
 def render(snap: dict) -> str:
+    ha = snap.get("coordinator")
+    lines = [] if not ha else [
+        f"coordinator {ha['name']} ({ha['role']}, epoch {ha['epoch']})  leader: {ha['leader'] or 'none now'}"]
     if not snap.get("jobs"):
-        return "no jobs"
-    lines = []
+        return "\n".join([*lines, "no jobs"])
     for job in snap["jobs"]:
         lines.append(f"job {job['job']}  owner {_owner(job.get('owner_uid'))}  "
                      f"attempt {job['attempt']}  {job['status']}"

@@ -90,9 +90,9 @@ class IncidentStore:
             if conn is not None:
                 conn.close()
 
-    def record(self, incident: Incident, key: str = "") -> dict:
-        """The event as stored (``key``: --ha, its key in etcd, so a pull does not take it
-        twice)."""
+    def record(self, incident: Incident, etcd_key: str = "") -> dict:
+        """The event as stored (``etcd_key``: --ha, its key in etcd, so a pull does not
+        take it twice)."""
         event = incident.as_event()
         # The incident log is a log too: secrets never reach it.
         for key in ("cause", "remedy"):
@@ -104,8 +104,8 @@ class IncidentStore:
                 "INSERT INTO incidents (ts, job, kind, event) VALUES (?, ?, ?, ?)",
                 (incident.ts, v.job, v.kind, json.dumps(event)),
             )
-            if key:
-                conn.execute("INSERT OR IGNORE INTO replicated (key) VALUES (?)", (key,))
+            if etcd_key:
+                conn.execute("INSERT OR IGNORE INTO replicated (key) VALUES (?)", (etcd_key,))
         return event
 
     def import_event(self, key: str, text: str) -> int:

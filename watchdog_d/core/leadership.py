@@ -11,9 +11,11 @@ keeps the role and answers three questions for the decision loop.
 - ``may_decide``: a leader decides while its lease is known alive (the last renewal began
   less than a ttl ago). Past that, with etcd answering, it decides nothing until etcd
   answers again (the answer says whether it still leads: a paused leader that wakes up
-  after its lease learns it lost it before it acts). With etcd unreachable it keeps
-  deciding: nobody can be elected without etcd, and a cluster must not go unwatched
-  because its store did.
+  after its lease learns it lost it before it acts). When etcd became unreachable while
+  its lease was alive, it keeps deciding: nobody can be elected without etcd, and a
+  cluster must not go unwatched because its store did. (Found unreachable only after the
+  lease ran out -- a leader paused past it, waking to a dead etcd -- it does not: a standby
+  may have been elected meanwhile.)
 - ``judges_silence``: not while the lease is in doubt (etcd unreachable past the ttl: a
   node gone quiet may be following a newer leader that etcd's other side elected), and
   not before a full node timeout after taking over (``took_over_at``; the shell restarts
@@ -66,9 +68,11 @@ class Leadership:
         self.renewed_at = float("-inf")
 
     def observed(self, leader: str, epoch: int) -> None:
-        """(a standby) who holds the key now ("" and 0: nobody)."""
+        """(a standby) who holds the key now ("" and 0: nobody). Epochs never go back."""
         self._reached()
-        self.leader, self.epoch = leader, max(epoch, 0) if leader else self.epoch
+        if self.role == LEADER:
+            return
+        self.leader, self.epoch = leader, max(epoch, self.epoch)
 
     def unreachable(self, now: float, why: str) -> None:
         if self.down_since is None:
@@ -89,7 +93,8 @@ class Leadership:
         return now - self.renewed_at < self.ttl_s
 
     def may_decide(self, now: float) -> bool:
-        return self.leading and (self.lease_alive(now) or self.down_since is not None)
+        went_down_leading = self.down_since is not None and self.lease_alive(self.down_since)
+        return self.leading and (self.lease_alive(now) or went_down_leading)
 
     def judges_silence(self, now: float) -> bool:
         return self.leading and self.lease_alive(now)
