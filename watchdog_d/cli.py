@@ -114,15 +114,36 @@ def _status(args: argparse.Namespace, cfg: Config) -> int:
         from .proto import watchdog_pb2 as pb
         from .proto import watchdog_pb2_grpc as pb_grpc
 
-        channel = rpc.make_channel(cfg, cfg.coordinator)
-        try:
-            reply = pb_grpc.CoordinatorStub(channel).Status(
-                pb.StatusRequest(), timeout=5, metadata=rpc.call_metadata(cfg))
-        except Exception as e:  # grpc.RpcError, kept lazy
-            print(f"watchdog-d: coordinator {cfg.coordinator} did not answer: "
-                  f"{getattr(e, 'details', lambda: e)()}", file=sys.stderr)
+        def ask(target: str) -> dict:
+            channel = rpc.make_channel(cfg, target)
+            try:
+                reply = pb_grpc.CoordinatorStub(channel).Status(
+                    pb.StatusRequest(), timeout=5, metadata=rpc.call_metadata(cfg))
+            finally:
+                channel.close()
+            return json.loads(reply.json)
+
+        # several (the --ha ones): the first that answers; a standby's answer names the
+        # leader, which is asked next (its picture is the cluster's)
+        snap, errors = None, []
+        for target in [t.strip() for t in cfg.coordinator.split(",") if t.strip()]:
+            try:
+                snap = ask(target)
+            except Exception as e:  # grpc.RpcError, kept lazy
+                errors.append(f"{target}: {getattr(e, 'details', lambda: e)()}")
+                continue
+            ha = snap.get("coordinator") or {}
+            leader = ha.get("leader", "").partition("@")[2]
+            if ha.get("role") == "standby" and leader:
+                try:
+                    snap = ask(leader)
+                except Exception:  # the standby's own answer then: it says who leads
+                    pass
+            break
+        if snap is None:
+            print(f"watchdog-d: coordinator {cfg.coordinator} did not answer: {'; '.join(errors)}",
+                  file=sys.stderr)
             return 1
-        snap = json.loads(reply.json)
     else:
         snap = read_local(cfg.state_dir)
     print(json.dumps(snap, indent=2) if args.json else render(snap))

@@ -179,8 +179,15 @@ class Uplink:
                 raise NoLeader(asked)
 
     def _one(self, heartbeat: pb.Heartbeat, timeout: float) -> pb.HeartbeatAck:
+        if self.closed:
+            raise ValueError("uplink closed")
         if not self.streaming:
-            return self.stub.Report(heartbeat, timeout=timeout, metadata=self.metadata)
+            try:
+                return self.stub.Report(heartbeat, timeout=timeout, metadata=self.metadata)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._unary.discard(self.target)   # gone: it may come back upgraded
+                raise
         with self._lock:
             if self.closed:
                 raise ValueError("uplink closed")

@@ -51,10 +51,14 @@ class Embedded:
             self.coordinator.status_path = embedded_status_path(self.cfg.state_dir, self.cfg.job_id)
             port = self.coordinator.start("127.0.0.1:0")
             target = f"127.0.0.1:{port}"
-        else:
-            channel = rpc.make_channel(self.cfg, target)
-            ok = rpc.wait_ready(channel, 3.0)
-            channel.close()
+        else:       # (several: the --ha ones; one that answers is enough, the agent finds the leader)
+            ok = False
+            for one in [t.strip() for t in target.split(",") if t.strip()]:
+                channel = rpc.make_channel(self.cfg, one)
+                ok = rpc.wait_ready(channel, 3.0)
+                channel.close()
+                if ok:
+                    break
             if not ok:
                 raise WrapperError(f"coordinator {target} is unreachable (is "
                                    f"'watchdog-d coordinator' running there?)")
