@@ -143,12 +143,14 @@ class SimNode:
                 pass
 
     async def stream_loop(self, end: float) -> None:
-        """The agent's protocol 3: heartbeats on one stream, acks and commands back."""
+        """The agent's protocol 3: heartbeats on one stream, acks and commands back. As the
+        agent's reporter, one heartbeat at a time: the next goes after its ack, or after the
+        Report deadline (an error; the stream stays: a late ack is overload)."""
         hb = self.plan["heartbeat_s"]
         await asyncio.sleep(random.uniform(0, hb))
         measure = self.plan["measure"]
         call, reader = None, None
-        sent: dict[int, tuple[float, NodeReport]] = {}
+        waiting: dict[int, tuple[float, NodeReport, asyncio.Event]] = {}
 
         async def read(c) -> None:  # type: ignore[no-untyped-def]
             async for ack in c:
@@ -157,44 +159,44 @@ class SimNode:
                         for cmd in ack.commands:
                             self.command(cmd, "watch")
                     continue
-                began, report = sent.pop(ack.seq, (None, None))
+                began, report, got = waiting.pop(ack.seq, (None, None, None))
                 if began is None:
-                    continue
+                    continue                                   # came after its deadline
                 if measure[0] <= began < measure[1]:
                     self.out["latency"].append(time.monotonic() - began)
                 if self.reporter.acked(report, ack):
                     self.wake.set()                      # send everything now
                 for cmd in ack.commands:
                     self.command(cmd, "ack")
+                got.set()
 
         while (now := time.monotonic()) < end:
             for at, r in self.kills:
                 if now >= at and r not in self.dead:
                     self.dead[r] = at
-            late = [s for s, (b, _r) in sent.items() if now - b > REPORT_TIMEOUT_S]
-            for s in late:             # counted, but the stream stays: a late ack is overload,
-                if measure[0] <= sent[s][0] < measure[1]:      # not a broken stream (as the agent)
-                    self.out["errors"].append("DEADLINE_EXCEEDED")
-                del sent[s]
             if reader is not None and reader.done():
-                if call is not None:
-                    call.cancel()
-                call, reader = None, None
-                sent.clear()        # (the coordinator keeps its bases across streams, as for the agent)
+                call, reader = None, None       # (the coordinator keeps its bases across streams)
             if not self.silent(now):
                 if call is None:
                     call = self.stub.Stream()
                     reader = asyncio.create_task(read(call))
                 report = self.picture(now)
-                sent[report.seq] = (time.monotonic(), report)
+                began, got = time.monotonic(), asyncio.Event()
+                waiting[report.seq] = (began, report, got)
                 try:
                     await call.write(self.reporter.heartbeat(report))
+                    await asyncio.wait_for(got.wait(), REPORT_TIMEOUT_S)
+                except asyncio.TimeoutError:
+                    waiting.pop(report.seq, None)
+                    if measure[0] <= began < measure[1]:
+                        self.out["errors"].append("DEADLINE_EXCEEDED")
                 except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as e:
-                    if measure[0] <= sent[report.seq][0] < measure[1]:
+                    waiting.clear()
+                    if measure[0] <= began < measure[1]:
                         self.out["errors"].append(type(e).__name__)
                     call.cancel()
                     call, reader = None, None
-                    sent.clear()
+                now = time.monotonic()
             next_at = min([now + hb] + [at for at, r in self.kills if at > now])
             try:
                 await asyncio.wait_for(self.wake.wait(), max(0.0, next_at - time.monotonic()))
