@@ -43,7 +43,7 @@ EXPECTED = {("job0", "rank_exited"), ("job1", "node_lost"), ("job2", "agent_lost
 def steady(server: scale.Server, nodes: int, workdir: Path, faults: dict, end_s: float,
            actions=(), transport: str = "stream") -> dict:
     """``faults``: as in simnodes' plan, with times in seconds after t0."""
-    procs = max(2, nodes // 512)     # (fewer processes cost less: gRPC threads per process)
+    procs = max(2, min(8, nodes // 256))   # (each process costs gRPC threads of its own)
     t0 = time.monotonic() + 3.0 + nodes / 1000
     plan = {kind: [{**f, **{k: t0 + f[k] for k in ("at", "until") if k in f}} for f in items]
             for kind, items in faults.items()}

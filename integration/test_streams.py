@@ -161,7 +161,9 @@ def test_old_unary_agents_and_stream_agents_side_by_side(tmp_path):
         log = coordinator.log.read_text()
     finally:
         coordinator.stop()
-    assert sorted((e["job"], e["kind"], e["node"]) for e in events) == [
+    # (the simulation's end is a mass silence: a coordinator_isolated warning, no verdict)
+    assert sorted((e["job"], e["kind"], e["node"]) for e in events
+                  if e["kind"] != "coordinator_isolated") == [
         ("job0", "rank_exited", "n00003"), ("job2", "rank_exited", "n00016")], events
     torn = {(job, node) for node, job, verb, _t, _via in got["commands"] if verb == "teardown"}
     assert torn == {(f"job{j}", f"n{j * 8 + k:05d}") for j in (0, 2) for k in range(8)}
