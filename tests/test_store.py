@@ -123,3 +123,15 @@ def test_a_coordinator_restarted_on_the_same_state_dir_knows_the_checkpoint(tmp_
     IncidentStore(tmp_path / "incidents.sqlite").save_checkpoint("j1", "r1", 30, "/c/step-30.pt", 1.0)
     c = Coordinator(Config(state_dir=str(tmp_path)))
     assert c.cluster.checkpoints == {"r1": (30, "/c/step-30.pt")}
+
+
+def test_ha_records_are_taken_once_whoever_wrote_them(tmp_path: Path) -> None:
+    """--ha: an incident this coordinator recorded under an etcd key is not taken again by
+    a pull; one another coordinator recorded is taken once, in time order."""
+    store = IncidentStore(tmp_path / "i.sqlite")
+    event = store.record(_inc(ts=100.0, job="a"), "/watchdog-d/incidents/100-A-0")
+    assert store.import_event("/watchdog-d/incidents/100-A-0", json.dumps({**event, "_ts": 100.0})) == 0
+    theirs = {**_inc(ts=50.0, job="b").as_event(), "_ts": 50.0}
+    assert store.import_event("/watchdog-d/incidents/50-B-0", json.dumps(theirs)) == 1
+    assert store.import_event("/watchdog-d/incidents/50-B-0", json.dumps(theirs)) == 0
+    assert [e["job"] for e in store.events()] == ["b", "a"]

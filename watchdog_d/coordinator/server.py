@@ -247,6 +247,9 @@ class Coordinator(Records, Picture):
                     if not may:           # a standby, or a leader whose lease is in doubt
                         for d in decisions:
                             self._carry_out(d)
+                        if self.collect_garbage and now - collected >= GC_EVERY_S:
+                            collected = now       # (automatic GC is off: a standby collects too)
+                            gc.collect()
                         last = self.health.passed_at = self.clock()
                         continue
                 if now - last > TICK_S + OWN_STALL_S:
