@@ -82,14 +82,22 @@ def test_the_standby_leads_within_the_lease_and_catches_the_next_fault(guarded, 
     job = f"ha-kill-{free_port()}"
     a, b = _job(guarded, ha, job)
     _stepping(ha, "A", job)
-    said = _status(ha, "B")["coordinator"]           # a standby says who leads
+    import grpc
+
+    from watchdog_d.proto import watchdog_pb2 as pb
+    from watchdog_d.proto import watchdog_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(ha.address("B"))
+    try:                                             # the standby itself says who leads
+        said = json.loads(pb_grpc.CoordinatorStub(channel).Status(pb.StatusRequest(), timeout=5).json)
+    finally:
+        channel.close()
+    said = said["coordinator"]
     assert said["name"] == "B" and said["role"] == "standby", said
     assert said["leader"] == f"A@{ha.address('A')}" and said["epoch"] > 0, said
-    out = subprocess.run([*WATCHDOG, "status", "--json", "--coordinator",
-                          f"{ha.address('B')},{ha.address('A')}"], capture_output=True, text=True,
-                         timeout=30)
-    snap = json.loads(out.stdout)                    # asked the standby first: the leader answers
-    assert snap["coordinator"]["role"] == "leader" and job in [j["job"] for j in snap["jobs"]], snap
+    snap = _status(ha, "B")                          # `status` asked of a standby: the leader answers
+    assert snap["coordinator"]["role"] == "leader" and snap["coordinator"]["name"] == "A", snap
+    assert job in [j["job"] for j in snap["jobs"]], snap
     took = _take_over(ha)
     assert took <= TTL + 1.0, f"B led {took:.2f}s after A died (lease {TTL}s)"
     _stepping(ha, "B", job)                   # every node reports to B now
