@@ -70,9 +70,8 @@ class Agent(WrapperSide):
         self.reporter = Reporter()
         self.metrics = AgentMetrics(self)
         self.uplink = Uplink(cfg, [t.strip() for t in self.target.split(",") if t.strip()],
-                             on_push=lambda ack: [self._deliver(c) for c in ack.commands],
-                             on_switch=self._switched, counted=self.metrics.reported,
-                             on_stale=lambda ack: [self._deliver(c) for c in ack.commands])
+                             on_push=self._deliver_all, on_switch=self._switched,
+                             counted=self.metrics.reported, on_stale=self._deliver_all)
         self.metadata = self.uplink.metadata
         self.server: localsock.Server | None = None
         self.reachable = True
@@ -311,6 +310,11 @@ class Agent(WrapperSide):
             except grpc.RpcError as e:   # refused: said once, backing off (unreachable: by the reports)
                 delay = self.link.after(e, delay, say_unreachable=False)
             self._stop.wait(max(WATCH_RETRY_S, delay if self.link.failing else 0.0))
+
+    def _deliver_all(self, ack: pb.HeartbeatAck) -> None:
+        """Commands pushed on the stream, or in a stale leader's ack (each is fenced there)."""
+        for cmd in ack.commands:
+            self._deliver(cmd)
 
     def _deliver(self, cmd: pb.Command) -> None:
         if cmd.epoch < self.uplink.epoch and cmd.verb != "dump_stacks":

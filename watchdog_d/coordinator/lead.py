@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from .. import log
 from ..core.model import Incident, Verdict
-from ..core.state import COORDINATOR, Cluster, Decision
+from ..core.state import COORDINATOR, Decision
 from ..proto import watchdog_pb2 as pb
 
 if TYPE_CHECKING:
@@ -67,15 +67,12 @@ async def follow(c: "Coordinator", now: float) -> tuple[bool, list[Decision]]:
 
 
 def _take_over(c: "Coordinator", now: float) -> None:
-    c.cluster = Cluster(checkpoints=c.store.checkpoints())
-    c._restore_suspects()
-    c.bases.clear()
+    c.blank_picture()
     c.cluster.silence.restart_at = now
 
 
 def _step_down(c: "Coordinator") -> None:
-    c.cluster = Cluster(checkpoints=c.store.checkpoints())
-    c.bases.clear()
+    c.blank_picture()
     dropped = c.sender.drop_all()          # the next leader delivers them (they are in etcd)
     if dropped:
         log.log("alerts_handed_over", count=dropped)

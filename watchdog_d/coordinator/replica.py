@@ -103,32 +103,28 @@ class Replica:
     def pull(self) -> int:
         """What is new in etcd since the last pull, into the local store; records taken."""
         taken, newest = 0, self.pulled
-        for kv in self.etcd.get_prefix(self.prefix + "incidents/", self.pulled + 1):
-            newest = max(newest, kv.mod_revision)
-            try:
-                taken += self.store.import_event(kv.key, kv.value)
-            except Exception as e:       # a bad record or a full disk: the others still come
-                log.error("ha_record_unreadable", key=kv.key[-80:], error=repr(e)[:200])
-        for kv in self.etcd.get_prefix(self.prefix + "checkpoints/", self.pulled + 1):
-            newest = max(newest, kv.mod_revision)
-            try:
-                r = json.loads(kv.value)
-                self.store.save_checkpoint(str(r["job"]), kv.key.rsplit("/", 1)[1], int(r["step"]),
-                                           str(r["path"]), float(r["ts"]))
-                taken += 1
-            except Exception as e:
-                log.error("ha_record_unreadable", key=kv.key[-80:], error=repr(e)[:200])
-        for kv in self.etcd.get_prefix(self.prefix + "suspects/", self.pulled + 1):
-            newest = max(newest, kv.mod_revision)
-            try:
-                r = json.loads(kv.value)
-                self.store.save_suspect(kv.key.rsplit("/", 1)[1], str(r["reason"]), float(r["ts"]),
-                                        forget_before=0.0)
-                taken += 1
-            except Exception as e:
-                log.error("ha_record_unreadable", key=kv.key[-80:], error=repr(e)[:200])
+        for kind, take in (("incidents/", self.store.import_event),
+                           ("checkpoints/", self._take_checkpoint), ("suspects/", self._take_suspect)):
+            for kv in self.etcd.get_prefix(self.prefix + kind, self.pulled + 1):
+                newest = max(newest, kv.mod_revision)
+                try:
+                    taken += take(kv.key, kv.value)
+                except Exception as e:   # a bad record or a full disk: the others still come
+                    log.error("ha_record_unreadable", key=kv.key[-80:], error=repr(e)[:200])
         self.pulled = newest
         return taken
+
+    def _take_checkpoint(self, key: str, value: str) -> int:
+        r = json.loads(value)
+        self.store.save_checkpoint(str(r["job"]), key.rsplit("/", 1)[1], int(r["step"]),
+                                   str(r["path"]), float(r["ts"]))
+        return 1
+
+    def _take_suspect(self, key: str, value: str) -> int:
+        r = json.loads(value)
+        self.store.save_suspect(key.rsplit("/", 1)[1], str(r["reason"]), float(r["ts"]),
+                                forget_before=0.0)
+        return 1
 
     def orphaned_alerts(self) -> list[Pending]:
         """(taking the lead) the alerts earlier leaders left undelivered; their keys go:

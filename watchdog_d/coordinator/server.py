@@ -55,14 +55,12 @@ class Coordinator(Records, Picture):
         self.cfg = cfg
         self.clock = clock
         self.store = IncidentStore(Path(cfg.state_dir) / "incidents.sqlite")
-        # a restarted coordinator still knows each job's recorded checkpoint
-        self.cluster = Cluster(checkpoints=self.store.checkpoints())
-        self._restore_suspects()                   # ... and the nodes it marked suspect
+        self.bases: dict[str, convert.Base] = {}   # node -> its last report, for the next
+        self.blank_picture()
         # (--ha: undelivered alerts are kept in etcd, where the next leader finds them)
         self.sender = sender or AlertSender(tuple(cfg.alert), cooldown_s=cfg.alert_cooldown,
                                             spool_dir=None if cfg.ha else Path(cfg.state_dir) / "alerts")
         self.outboxes: dict[str, Outbox] = {}
-        self.bases: dict[str, convert.Base] = {}   # node -> its last report, for the next
         self._late_at = float("-inf")              # a Report waited LATE_S for the loop then
         self.port = 0
         self.counters = {"reports": 0, "reports_refused": 0, "reports_incomplete": 0, "commands": 0,
@@ -213,6 +211,14 @@ class Coordinator(Records, Picture):
         if self.cluster.dirty:
             self._wake.set()     # type: ignore[union-attr]   # an exit must not wait for a tick
         return pb.HeartbeatAck(seq=request.seq, commands=orders, deltas=True, epoch=self.epoch)
+
+    def blank_picture(self) -> None:
+        """No node heard yet. What the store keeps comes back: a restarted coordinator (or
+        one taking the --ha lead) still knows each job's recorded checkpoint and the nodes
+        marked suspect."""
+        self.cluster = Cluster(checkpoints=self.store.checkpoints())
+        self._restore_suspects()
+        self.bases.clear()
 
     def waited(self, node: str, sent_mono_s: float) -> float | None:
         """How long a streamed heartbeat took to reach this loop beyond the quickest of its

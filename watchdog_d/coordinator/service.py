@@ -117,7 +117,8 @@ def handlers(c: "Coordinator") -> grpc.GenericRpcHandler:
         """Heartbeats in, acks and pushed commands out, on one queue (one writer). The
         first heartbeat names the node; its commands come here from then on."""
         q: asyncio.Queue = asyncio.Queue()
-        reader = asyncio.ensure_future(_read_stream(c, requests, q))
+        bound: list[str] = []                 # the node, once its first heartbeat named it
+        reader = asyncio.ensure_future(_read_stream(c, requests, q, bound))
         try:
             while True:
                 item = await q.get()
@@ -130,9 +131,9 @@ def handlers(c: "Coordinator") -> grpc.GenericRpcHandler:
                 yield item
         finally:
             reader.cancel()
-            for node, box in list(c.outboxes.items()):
-                if box.stream is q:
-                    box.close(q)
+            box = c.outboxes.get(bound[0]) if bound else None
+            if box is not None:
+                box.close(q)                  # (a no-op if a newer stream replaced this one)
 
     async def status(request, context):  # type: ignore[no-untyped-def]
         if isinstance(request, _Malformed):
@@ -156,9 +157,11 @@ def handlers(c: "Coordinator") -> grpc.GenericRpcHandler:
     })
 
 
-async def _read_stream(c: "Coordinator", requests, q: asyncio.Queue) -> None:  # type: ignore[no-untyped-def]
+async def _read_stream(c: "Coordinator", requests, q: asyncio.Queue,  # type: ignore[no-untyped-def]
+                       bound: list[str]) -> None:
     """A Stream's heartbeats, each ingested and acked in turn; a bad one ends the stream
-    with INVALID_ARGUMENT (the agent opens a new one and sends everything)."""
+    with INVALID_ARGUMENT (the agent opens a new one and sends everything). ``bound``
+    gets the node's name when its first heartbeat names it."""
     node = ""
     try:
         async for request in requests:
@@ -171,6 +174,7 @@ async def _read_stream(c: "Coordinator", requests, q: asyncio.Queue) -> None:  #
                     q.put_nowait(BadRequest("stream without a printable node_id"))
                     return
                 node = name
+                bound.append(node)
                 c.outbox(node).open(q)
                 log.log("node_streaming", node=node)
             elif name != node:
