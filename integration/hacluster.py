@@ -2,8 +2,6 @@
 given all of them: processes on loopback, as ``cluster.Cluster`` for one coordinator."""
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -12,29 +10,26 @@ import grpc
 from grpc_health.v1 import health_pb2 as hpb
 from grpc_health.v1 import health_pb2_grpc as hpb_grpc
 
-from harness import WATCHDOG, free_port, train_env
+from cluster import Processes
+from harness import free_port
 
 TTL = 3.0
 
 
-class HACluster:
+class HACluster(Processes):
     def __init__(self, tmp: Path, etcd_url: str, names: list[str], nodes: list[str],
                  alert_url: str = "", ttl: float = TTL):
-        self.tmp, self.etcd_url, self.ttl, self.alert_url = tmp, etcd_url, ttl, alert_url
+        super().__init__(tmp)
+        self.etcd_url, self.ttl, self.alert_url = etcd_url, ttl, alert_url
         self.ports = {name: free_port() for name in names}
         self.coordinators: dict[str, subprocess.Popen] = {}
-        self.procs: list[subprocess.Popen] = []
         for name in names:
             self.start_coordinator(name)
             self.wait_leader({name} if name == names[0] else None)
-        self.sockets: dict[str, str] = {}
         self.agents: dict[str, subprocess.Popen] = {}
         for node in nodes:
             self.start_agent(node)
-        deadline = time.monotonic() + 20
-        while not all(os.path.exists(s) for s in self.sockets.values()):
-            assert time.monotonic() < deadline, "agents did not come up"
-            time.sleep(0.05)
+        self._wait_sockets()
 
     def address(self, name: str) -> str:
         return f"127.0.0.1:{self.ports[name]}"
@@ -64,14 +59,6 @@ class HACluster:
             "--state-dir", str(self.tmp / node), *extra])
         self.sockets[node] = sock
         return self.agents[node]
-
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
-        env = train_env()
-        env["PYTHONUNBUFFERED"] = "1"
-        proc = subprocess.Popen([*WATCHDOG, *args], env=env, stdout=open(self.tmp / f"{name}.log", "ab"),
-                                stderr=subprocess.STDOUT)
-        self.procs.append(proc)
-        return proc
 
     def serving(self, name: str) -> bool:
         """The standard health check: SERVING only while it leads."""
@@ -115,17 +102,3 @@ class HACluster:
 
     def signal(self, name: str, sig: int) -> None:
         self.coordinators[name].send_signal(sig)
-
-    def log(self, name: str) -> str:
-        return (self.tmp / f"{name}.log").read_text(errors="replace")
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGCONT)
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()

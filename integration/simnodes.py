@@ -135,12 +135,17 @@ class SimNode:
                 except grpc.aio.AioRpcError as e:
                     if measure[0] <= began < measure[1]:
                         self.out["errors"].append(e.code().name)
-            next_at = min([now + hb] + [at for at, r in self.kills if at > now])
-            try:
-                await asyncio.wait_for(self.wake.wait(), max(0.0, next_at - time.monotonic()))
-                self.wake.clear()
-            except asyncio.TimeoutError:
-                pass
+            await self.until_next(now, hb)
+
+    async def until_next(self, now: float, hb: float) -> None:
+        """Until the next heartbeat is due (a heartbeat after ``now``, or a kill sooner), or
+        a change wakes the node."""
+        next_at = min([now + hb] + [at for at, r in self.kills if at > now])
+        try:
+            await asyncio.wait_for(self.wake.wait(), max(0.0, next_at - time.monotonic()))
+            self.wake.clear()
+        except asyncio.TimeoutError:
+            pass
 
     async def stream_loop(self, end: float) -> None:
         """The agent's protocol 3: heartbeats on one stream, acks and commands back. As the
@@ -197,12 +202,7 @@ class SimNode:
                     call.cancel()
                     call, reader = None, None
                 now = time.monotonic()
-            next_at = min([now + hb] + [at for at, r in self.kills if at > now])
-            try:
-                await asyncio.wait_for(self.wake.wait(), max(0.0, next_at - time.monotonic()))
-                self.wake.clear()
-            except asyncio.TimeoutError:
-                pass
+            await self.until_next(now, hb)
         if call is not None:
             call.cancel()
 

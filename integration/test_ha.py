@@ -9,11 +9,11 @@ import signal
 import subprocess
 import time
 
-import psutil
 import pytest
 
 from etcd import etcd  # noqa: F401  (fixture)
 from harness import TORCHRUN, WATCHDOG, assert_no_leftovers, free_port, train_env
+from cluster import cluster_status, job_events, kill_rank, stepping, two_node_job
 from hacluster import TTL, HACluster
 
 pytestmark = pytest.mark.integration
@@ -24,49 +24,6 @@ def ha(tmp_path, etcd, alert_sink):  # noqa: F811
     c = HACluster(tmp_path, etcd.url, ["A", "B"], ["node-a", "node-b"], alert_url=alert_sink.url)
     yield c
     c.stop()
-
-
-def _job(guarded, c: HACluster, job_id: str, **env: object):
-    port = free_port()
-    env = train_env(**{"WD_PG_TIMEOUT": 300, "WD_STEPS": 100000, **env})
-    wrappers = []
-    for node_rank, node in enumerate(("node-a", "node-b")):
-        cmd = [*TORCHRUN, "--nnodes=2", f"--node-rank={node_rank}", "--nproc-per-node=1",
-               "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "watchdog_d.demo.train"]
-        wrappers.append(guarded(["--agent-socket", c.sockets[node], "--min-stall-timeout", "3",
-                                 "--grace", "3"], cmd, env, job_id=job_id))
-    return wrappers
-
-
-def _status(c: HACluster, name: str) -> dict:
-    out = subprocess.run([*WATCHDOG, "status", "--json", "--coordinator", c.address(name)],
-                         capture_output=True, text=True, timeout=30)
-    return json.loads(out.stdout or '{"jobs": []}')
-
-
-def _stepping(c: HACluster, name: str, job: str, timeout: float = 60.0) -> int:
-    """The lowest step of the job's ranks, once both nodes report to ``name`` and step."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        jobs = [j for j in _status(c, name)["jobs"] if j["job"] == job]
-        if jobs and len(jobs[0]["nodes"]) == 2 and all(
-                n["ranks"] and all(r["step"] > 2 for r in n["ranks"]) for n in jobs[0]["nodes"]):
-            return min(r["step"] for n in jobs[0]["nodes"] for r in n["ranks"])
-        time.sleep(0.2)
-    raise AssertionError(f"job {job} never stepped on both nodes at coordinator {name}")
-
-
-def _events(c: HACluster, name: str, job: str) -> list[dict]:
-    out = subprocess.run([*WATCHDOG, "events", "--json", "--job", job, "--state-dir",
-                          str(c.state_dir(name))], capture_output=True, text=True, timeout=30)
-    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
-
-
-def _kill_rank(wrapper, rank: int) -> None:
-    ranks = [p for p in psutil.Process(wrapper.proc.pid).children(recursive=True)
-             if p.environ().get("RANK") == str(rank)]
-    assert ranks, f"rank {rank} not found"
-    os.kill(ranks[0].pid, signal.SIGKILL)
 
 
 def _take_over(ha: HACluster) -> float:
@@ -80,8 +37,8 @@ def _take_over(ha: HACluster) -> float:
 
 def test_the_standby_leads_within_the_lease_and_catches_the_next_fault(guarded, ha, alert_sink):
     job = f"ha-kill-{free_port()}"
-    a, b = _job(guarded, ha, job)
-    _stepping(ha, "A", job)
+    a, b = two_node_job(guarded, ha.sockets, job, WD_STEPS=100000)
+    stepping(ha.address("A"), job)
     import grpc
 
     from watchdog_d.proto import watchdog_pb2 as pb
@@ -95,18 +52,18 @@ def test_the_standby_leads_within_the_lease_and_catches_the_next_fault(guarded, 
     said = said["coordinator"]
     assert said["name"] == "B" and said["role"] == "standby", said
     assert said["leader"] == f"A@{ha.address('A')}" and said["epoch"] > 0, said
-    snap = _status(ha, "B")                          # `status` asked of a standby: the leader answers
+    snap = cluster_status(ha.address("B"))                          # `status` asked of a standby: the leader answers
     assert snap["coordinator"]["role"] == "leader" and snap["coordinator"]["name"] == "A", snap
     assert job in [j["job"] for j in snap["jobs"]], snap
     took = _take_over(ha)
     assert took <= TTL + 1.0, f"B led {took:.2f}s after A died (lease {TTL}s)"
-    _stepping(ha, "B", job)                   # every node reports to B now
+    stepping(ha.address("B"), job)                   # every node reports to B now
     assert a.proc.poll() is None and b.proc.poll() is None, "the switch cost the job"
-    _kill_rank(b, 1)
+    kill_rank(b, 1)
     for w in (a, b):
         assert w.wait(timeout=30) == 75, w.stderr()
         assert "rank_exited rank 1 on node-b" in w.last_stderr_line(), w.last_stderr_line()
-    assert [e["kind"] for e in _events(ha, "B", job)] == ["rank_exited"]
+    assert [e["kind"] for e in job_events(ha.state_dir("B"), job)] == ["rank_exited"]
     alerts = alert_sink.wait_for(1)
     time.sleep(1.0)
     assert [x["title"] for x in alert_sink.received if job in x.get("title", "")] == [
@@ -118,12 +75,12 @@ def test_the_standby_leads_within_the_lease_and_catches_the_next_fault(guarded, 
 def test_a_leader_killed_under_a_healthy_job_costs_it_nothing(guarded, ha, alert_sink):
     """The twin: the same switch, no fault; the job ends by itself, exit 0, no verdict."""
     job = f"ha-ok-{free_port()}"
-    a, b = _job(guarded, ha, job, WD_STEPS=400, WD_STEP_TIME=0.05)
-    _stepping(ha, "A", job)
+    a, b = two_node_job(guarded, ha.sockets, job, WD_STEPS=400, WD_STEP_TIME=0.05)
+    stepping(ha.address("A"), job)
     _take_over(ha)
     for w in (a, b):
         assert w.wait(timeout=90) == 0, w.stderr()
-    assert [e["kind"] for e in _events(ha, "B", job)] == ["job_succeeded"]
+    assert [e["kind"] for e in job_events(ha.state_dir("B"), job)] == ["job_succeeded"]
     assert [x for x in alert_sink.received if job in x.get("title", "")] == []
 
 
@@ -131,11 +88,11 @@ def test_a_leader_paused_past_its_lease_is_fenced_when_it_wakes(guarded, ha):
     """A SIGSTOPped past its lease: B leads; A, woken, learns it lost the lease and stands
     by; nothing it had is carried out; the job runs on."""
     job = f"ha-stop-{free_port()}"
-    a, b = _job(guarded, ha, job)
-    _stepping(ha, "A", job)
+    a, b = two_node_job(guarded, ha.sockets, job, WD_STEPS=100000)
+    stepping(ha.address("A"), job)
     ha.signal("A", signal.SIGSTOP)
     ha.wait_leader({"B"}, timeout=TTL + 10)
-    _stepping(ha, "B", job)
+    stepping(ha.address("B"), job)
     ha.signal("A", signal.SIGCONT)
     deadline = time.monotonic() + 10
     while "ha_deposed" not in ha.log("coordinator-A"):
@@ -144,7 +101,7 @@ def test_a_leader_paused_past_its_lease_is_fenced_when_it_wakes(guarded, ha):
     assert not ha.serving("A") and ha.leader() == "B"
     time.sleep(2.0)
     assert a.proc.poll() is None and b.proc.poll() is None
-    assert _events(ha, "B", job) == [] and _events(ha, "A", job) == []
+    assert job_events(ha.state_dir("B"), job) == [] and job_events(ha.state_dir("A"), job) == []
 
 
 def _failing_job(guarded, c: HACluster, node: str, job: str):
@@ -179,13 +136,13 @@ def test_three_coordinators_leader_killed_twice_history_is_one(guarded, tmp_path
                 c.wait_leader(alive, timeout=TTL + 10)
         last = alive.pop()
         # one history at the leader: every incident, whichever coordinator decided it
-        got = [(e["job"], e["kind"]) for job in jobs for e in _events(c, last, job)]
+        got = [(e["job"], e["kind"]) for job in jobs for e in job_events(c.state_dir(last), job)]
         assert got == [(job, "rank_exited") for job in jobs], got
         # ... and at the first one, started again (a standby pulls the records)
         c.start_coordinator("A")                # (its name's old lease runs out first: TTL)
         deadline = time.monotonic() + 30
-        while [e["job"] for job in jobs for e in _events(c, "A", job)] != jobs:
-            assert time.monotonic() < deadline, [e for job in jobs for e in _events(c, "A", job)]
+        while [e["job"] for job in jobs for e in job_events(c.state_dir("A"), job)] != jobs:
+            assert time.monotonic() < deadline, [e for job in jobs for e in job_events(c.state_dir("A"), job)]
             time.sleep(0.3)
         assert c.leader() == last
     finally:
@@ -224,8 +181,8 @@ def test_an_alert_pending_when_the_leader_dies_is_sent_once_by_the_next(guarded,
 def test_etcd_down_30s_the_leader_decides_on_and_tears_down_nothing_for_it(guarded, ha, etcd,  # noqa: F811
                                                                           alert_sink):
     healthy = f"ha-etcd-ok-{free_port()}"
-    a, b = _job(guarded, ha, healthy)
-    _stepping(ha, "A", healthy)
+    a, b = two_node_job(guarded, ha.sockets, healthy, WD_STEPS=100000)
+    stepping(ha.address("A"), healthy)
     etcd.kill()
     _wait_log(ha, "coordinator-A", "etcd_unreachable")
     time.sleep(10.0)                              # past the lease: the leader decides on
@@ -241,8 +198,8 @@ def test_etcd_down_30s_the_leader_decides_on_and_tears_down_nothing_for_it(guard
         time.sleep(0.2)
     time.sleep(2.0)
     assert a.proc.poll() is None and b.proc.poll() is None, "a job was touched for etcd's sake"
-    assert _events(ha, "A", healthy) == []
-    assert [e["kind"] for e in _events(ha, "A", failing)] == ["rank_exited"]
+    assert job_events(ha.state_dir("A"), healthy) == []
+    assert [e["kind"] for e in job_events(ha.state_dir("A"), failing)] == ["rank_exited"]
     alert_sink.wait_for(2)
     time.sleep(1.0)
     titles = [x.get("title", "") for x in alert_sink.received]
@@ -290,7 +247,7 @@ def test_a_verb_of_an_older_epoch_is_refused_by_the_agent(guarded, ha):
         w = guarded(["--agent-socket", ha.sockets["node-c"], "--grace", "3"],
                     [*TORCHRUN, "--standalone", "--nproc-per-node=1", "-m", "watchdog_d.demo.train"],
                     env, job_id=job)
-        _stepping_one(ha, "A", job)                    # the agent knows A's epoch now
+        stepping(ha.address("A"), job, nodes=1)                    # the agent knows A's epoch now
         ha.signal("A", signal.SIGSTOP)                 # only the stale one answers
         _wait_log(ha, "node-c", "command_fenced", timeout=30)
         time.sleep(2.0)
@@ -306,16 +263,6 @@ def test_a_verb_of_an_older_epoch_is_refused_by_the_agent(guarded, ha):
     finally:
         ha.signal("A", signal.SIGCONT)
         stale.stop(0)
-
-
-def _stepping_one(c: HACluster, name: str, job: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        jobs = [j for j in _status(c, name)["jobs"] if j["job"] == job]
-        if jobs and jobs[0]["nodes"] and all(r["step"] > 2 for r in jobs[0]["nodes"][0]["ranks"]):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"job {job} never stepped at coordinator {name}")
 
 
 def test_bad_ha_settings_are_refused_at_start_with_one_line(tmp_path, etcd):  # noqa: F811
@@ -362,9 +309,3 @@ def test_a_forged_epoch_is_refused_like_any_bad_report(ha):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "epoch" in e.value.details()
     time.sleep(1.0)
     assert ha.leader() == "A"            # not deposed by it
-
-
-def _step_at(c: HACluster, name: str, job: str) -> int:
-    jobs = [j for j in _status(c, name)["jobs"] if j["job"] == job]
-    ranks = [r["step"] for j in jobs for n in j["nodes"] for r in n["ranks"]]
-    return min(ranks) if ranks else -1

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from cluster import Cluster
+from cluster import Cluster, job_events, kill_rank, stepping, two_node_job
 from harness import TORCHRUN, assert_no_leftovers, free_port, train_env
 
 
@@ -20,39 +20,16 @@ def cluster(tmp_path, alert_sink):
     c.stop()
 
 
-def _two_node_job(guarded, cluster, job_id: str, **fault: object):
-    port = free_port()
-    env = train_env(WD_PG_TIMEOUT=300, **fault)
-    wrappers = []
-    for node_rank, node in enumerate(("node-a", "node-b")):
-        cmd = [*TORCHRUN, "--nnodes=2", f"--node-rank={node_rank}", "--nproc-per-node=1",
-               "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "watchdog_d.demo.train"]
-        wrappers.append(guarded(["--agent-socket", cluster.sockets[node], "--min-stall-timeout",
-                                 "3", "--grace", "3"], cmd, env, job_id=job_id))
-    return wrappers
-
-
-def _events(cluster, job_id):
-    import json
-    import subprocess
-
-    from harness import WATCHDOG
-
-    out = subprocess.run([*WATCHDOG, "events", "--json", "--job", job_id, "--state-dir",
-                          str(cluster.state_dir)], capture_output=True, text=True, timeout=30)
-    return [json.loads(l) for l in out.stdout.splitlines() if l.strip()]
-
-
 def test_kill_on_node_b_stops_node_a(guarded, cluster, alert_sink, tmp_path):
     job = f"mn-kill-{free_port()}"
-    a, b = _two_node_job(guarded, cluster, job, WD_FAULT="kill", WD_FAULT_RANK=1)
+    a, b = two_node_job(guarded, cluster.sockets, job, WD_FAULT="kill", WD_FAULT_RANK=1)
     assert b.wait() == 75, b.stderr()
     assert a.wait() == 75, a.stderr()
     for w in (a, b):
         assert "rank_exited rank 1 on node-b" in w.last_stderr_line(), w.last_stderr_line()
     alerts = alert_sink.wait_for(1)
     assert alerts[0]["title"] == f"[watchdog-d] {job}: rank_exited rank 1 on node-b"
-    ev = _events(cluster, job)
+    ev = job_events(cluster.state_dir, job)
     assert [e["kind"] for e in ev] == ["rank_exited"] and ev[0]["node"] == "node-b"
     assert_no_leftovers(job)
 
@@ -60,7 +37,7 @@ def test_kill_on_node_b_stops_node_a(guarded, cluster, alert_sink, tmp_path):
 def test_frozen_rank_on_node_b_stops_node_a(guarded, cluster, alert_sink):
     # node A's rank would sit in the gloo collective for WD_PG_TIMEOUT (300 s)
     job = f"mn-stop-{free_port()}"
-    a, b = _two_node_job(guarded, cluster, job, WD_FAULT="stop", WD_FAULT_RANK=1)
+    a, b = two_node_job(guarded, cluster.sockets, job, WD_FAULT="stop", WD_FAULT_RANK=1)
     assert a.wait(timeout=60) == 75, a.stderr()
     assert b.wait(timeout=30) == 75, b.stderr()
     assert "rank_stalled rank 1 on node-b" in a.last_stderr_line(), a.last_stderr_line()
@@ -75,7 +52,7 @@ def test_status_shows_both_nodes(guarded, cluster):
     from harness import WATCHDOG
 
     job = f"mn-status-{free_port()}"
-    a, b = _two_node_job(guarded, cluster, job, WD_STEPS=150)
+    a, b = two_node_job(guarded, cluster.sockets, job, WD_STEPS=150)
     deadline = time.monotonic() + 60
     seen: dict = {}
     while time.monotonic() < deadline:
@@ -93,25 +70,6 @@ def test_status_shows_both_nodes(guarded, cluster):
     assert a.wait() == 0 and b.wait() == 0
 
 
-def _wait_stepping(cluster, job: str, timeout: float = 60.0) -> None:
-    import json
-    import subprocess
-    import time
-
-    from harness import WATCHDOG
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = subprocess.run([*WATCHDOG, "status", "--json", "--coordinator", cluster.address],
-                             capture_output=True, text=True, timeout=30)
-        jobs = [j for j in json.loads(out.stdout or '{"jobs": []}')["jobs"] if j["job"] == job]
-        if jobs and len(jobs[0]["nodes"]) == 2 and all(
-                n["ranks"] and all(r["step"] > 2 for r in n["ranks"]) for n in jobs[0]["nodes"]):
-            return
-        time.sleep(0.3)
-    raise AssertionError("job never got going on both nodes")
-
-
 def test_lost_node_stops_the_other(guarded, cluster, alert_sink):
     """Node B freezes whole (agent, wrapper, launcher, ranks): node_lost, node A torn down."""
     import os
@@ -120,8 +78,8 @@ def test_lost_node_stops_the_other(guarded, cluster, alert_sink):
     import psutil
 
     job = f"mn-lost-{free_port()}"
-    a, b = _two_node_job(guarded, cluster, job)
-    _wait_stepping(cluster, job)
+    a, b = two_node_job(guarded, cluster.sockets, job)
+    stepping(cluster.address, job)
     frozen = [cluster.agents["node-b"].pid, b.proc.pid] + \
         [p.pid for p in psutil.Process(b.proc.pid).children(recursive=True)]
     try:
@@ -159,15 +117,9 @@ def test_embedded_agent_reporting_to_remote_coordinator(guarded, cluster):
 def test_restarted_agent_keeps_guarding(guarded, cluster, tmp_path):
     """Node B's agent dies (SIGKILL) and comes back (as systemd would restart it): the
     job runs on, is not declared lost, and a rank killed afterwards is still caught."""
-    import os
-    import signal
-    import time
-
-    import psutil
-
     job = f"mn-agent-{free_port()}"
-    a, b = _two_node_job(guarded, cluster, job, WD_STEPS=100000)
-    _wait_stepping(cluster, job)
+    a, b = two_node_job(guarded, cluster.sockets, job, WD_STEPS=100000)
+    stepping(cluster.address, job)
     cluster.agents["node-b"].kill()
     cluster.agents["node-b"].wait()
     time.sleep(2.0)                       # silent, but node A keeps stepping
@@ -178,10 +130,7 @@ def test_restarted_agent_keeps_guarding(guarded, cluster, tmp_path):
         time.sleep(0.1)
     time.sleep(1.5)                       # a heartbeat or two from the new agent
     assert a.proc.poll() is None and b.proc.poll() is None, "the job did not survive"
-    rank1 = [p for p in psutil.Process(b.proc.pid).children(recursive=True)
-             if p.environ().get("RANK") == "1"]
-    assert rank1, "rank 1 not found under node B's wrapper"
-    os.kill(rank1[0].pid, signal.SIGKILL)
+    kill_rank(b, 1)
     for w in (a, b):
         assert w.wait(timeout=30) == 75, w.stderr()
         assert "rank_exited rank 1 on node-b" in w.last_stderr_line(), w.last_stderr_line()
@@ -217,7 +166,7 @@ def test_kill_on_node_b_restarts_both_nodes_from_the_same_checkpoint(guarded, cl
     assert f"[rank 1] resumed from {ckpt}/step-10.pt at step 10" in b.stdout()
     for w in (a, b):
         assert "relaunching as attempt 1 from" in w.stderr()
-    assert [(e["kind"], e["node"], e["action"]) for e in _events(cluster, job)] == [
+    assert [(e["kind"], e["node"], e["action"]) for e in job_events(cluster.state_dir, job)] == [
         ("rank_exited", "node-b", "restart 1/1"), ("job_succeeded", "", "none")]
     assert_no_leftovers(job)
 
@@ -235,7 +184,7 @@ def test_restart_with_a_c10d_rendezvous_gets_a_fresh_rendezvous_id(guarded, clus
         assert f"--rdzv-id={rdzv}-a1" in w.stderr()          # the relaunch's command line
     out = "".join(w.stdout() for w in wrappers)
     assert out.count(f"resumed from {ckpt}/step-5.pt at step 5") == 2, out
-    assert [e["action"] for e in _events(cluster, rdzv)] == ["restart 1/1", "none"]
+    assert [e["action"] for e in job_events(cluster.state_dir, rdzv)] == ["restart 1/1", "none"]
     assert_no_leftovers(rdzv)
 
 

@@ -5,62 +5,14 @@ stream agents side by side against one coordinator. Each with its twin: no verdi
 while nothing failed."""
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
 import time
 
-import psutil
 import pytest
 
 import scale
-from cluster import Cluster
-from harness import TORCHRUN, WATCHDOG, assert_no_leftovers, free_port, train_env
+from cluster import Cluster, job_events, kill_rank, stepping, two_node_job
+from harness import assert_no_leftovers, free_port
 from tcpproxy import Proxy
-
-
-def _job(guarded, cluster: Cluster, job_id: str, **env: object):
-    port = free_port()
-    env = train_env(**{"WD_PG_TIMEOUT": 300, "WD_STEPS": 100000, **env})
-    wrappers = []
-    for node_rank, node in enumerate(("node-a", "node-b")):
-        cmd = [*TORCHRUN, "--nnodes=2", f"--node-rank={node_rank}", "--nproc-per-node=1",
-               "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "watchdog_d.demo.train"]
-        wrappers.append(guarded(["--agent-socket", cluster.sockets[node], "--min-stall-timeout",
-                                 "3", "--grace", "3"], cmd, env, job_id=job_id))
-    return wrappers
-
-
-def _status(cluster: Cluster) -> dict:
-    out = subprocess.run([*WATCHDOG, "status", "--json", "--coordinator", cluster.address],
-                         capture_output=True, text=True, timeout=30)
-    return json.loads(out.stdout or '{"jobs": []}')
-
-
-def _stepping(cluster: Cluster, job: str, above: int = 2, timeout: float = 60.0) -> dict:
-    """The job's status once both nodes' ranks stepped past ``above``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        jobs = [j for j in _status(cluster)["jobs"] if j["job"] == job]
-        if jobs and len(jobs[0]["nodes"]) == 2 and all(
-                n["ranks"] and all(r["step"] > above for r in n["ranks"]) for n in jobs[0]["nodes"]):
-            return jobs[0]
-        time.sleep(0.3)
-    raise AssertionError(f"job {job} never stepped past {above} on both nodes")
-
-
-def _kill_rank(wrapper, rank: int) -> None:
-    ranks = [p for p in psutil.Process(wrapper.proc.pid).children(recursive=True)
-             if p.environ().get("RANK") == str(rank)]
-    assert ranks, f"rank {rank} not found"
-    os.kill(ranks[0].pid, signal.SIGKILL)
-
-
-def _events(cluster: Cluster, job: str) -> list[dict]:
-    out = subprocess.run([*WATCHDOG, "events", "--json", "--job", job, "--state-dir",
-                          str(cluster.state_dir)], capture_output=True, text=True, timeout=30)
-    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
 @pytest.fixture
@@ -89,16 +41,16 @@ def _cut_three_times(cluster: Cluster, proxy: Proxy, job: str) -> None:
 def test_broken_streams_are_opened_again_and_the_job_is_still_guarded(guarded, proxied):
     cluster, proxy = proxied
     job = f"st-cut-{free_port()}"
-    a, b = _job(guarded, cluster, job)
-    _stepping(cluster, job)
+    a, b = two_node_job(guarded, cluster.sockets, job, WD_STEPS=100000)
+    stepping(cluster.address, job)
     _cut_three_times(cluster, proxy, job)
-    _stepping(cluster, job, above=_stepping(cluster, job)["nodes"][1]["ranks"][0]["step"])
+    stepping(cluster.address, job, above=stepping(cluster.address, job)["nodes"][1]["ranks"][0]["step"])
     assert a.proc.poll() is None and b.proc.poll() is None
-    _kill_rank(b, 1)
+    kill_rank(b, 1)
     for w in (a, b):
         assert w.wait(timeout=30) == 75, w.stderr()
         assert "rank_exited rank 1 on node-b" in w.last_stderr_line(), w.last_stderr_line()
-    assert [e["kind"] for e in _events(cluster, job)] == ["rank_exited"]
+    assert [e["kind"] for e in job_events(cluster.state_dir, job)] == ["rank_exited"]
     assert_no_leftovers(job)
 
 
@@ -106,12 +58,12 @@ def test_broken_streams_alone_make_no_verdict(guarded, proxied):
     """The twin: the same cuts, nothing fails; the job ends by itself, exit 0."""
     cluster, proxy = proxied
     job = f"st-cut-ok-{free_port()}"
-    a, b = _job(guarded, cluster, job, WD_STEPS=300, WD_STEP_TIME=0.05)
-    _stepping(cluster, job)
+    a, b = two_node_job(guarded, cluster.sockets, job, WD_STEPS=300, WD_STEP_TIME=0.05)
+    stepping(cluster.address, job)
     _cut_three_times(cluster, proxy, job)
     for w in (a, b):
         assert w.wait(timeout=60) == 0, w.stderr()
-    assert [e["kind"] for e in _events(cluster, job)] == ["job_succeeded"]
+    assert [e["kind"] for e in job_events(cluster.state_dir, job)] == ["job_succeeded"]
     assert "node_streaming node=node-b" in cluster.log("coordinator")
 
 
@@ -124,15 +76,15 @@ def cluster(tmp_path, alert_sink):
 
 def test_a_coordinator_killed_mid_stream_hears_every_node_again(guarded, cluster):
     job = f"st-restart-{free_port()}"
-    a, b = _job(guarded, cluster, job)
-    _stepping(cluster, job)
+    a, b = two_node_job(guarded, cluster.sockets, job, WD_STEPS=100000)
+    stepping(cluster.address, job)
     cluster.restart_coordinator()
-    _stepping(cluster, job, above=_stepping(cluster, job, timeout=30)["nodes"][0]["ranks"][0]["step"])
+    stepping(cluster.address, job, above=stepping(cluster.address, job, timeout=30)["nodes"][0]["ranks"][0]["step"])
     for node in ("node-a", "node-b"):       # a stream to each process (one log file)
         assert cluster.log("coordinator").count(f"node_streaming node={node}") >= 2
     assert a.proc.poll() is None and b.proc.poll() is None, "the restart cost the job"
-    assert _events(cluster, job) == []
-    _kill_rank(a, 0)
+    assert job_events(cluster.state_dir, job) == []
+    kill_rank(a, 0)
     for w in (a, b):
         assert w.wait(timeout=30) == 75, w.stderr()
         assert "rank_exited rank 0 on node-a" in w.last_stderr_line(), w.last_stderr_line()
