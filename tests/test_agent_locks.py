@@ -35,7 +35,7 @@ def test_a_command_is_delivered_while_the_logs_are_being_read(tmp_path: Path) ->
     agent = Agent(cfg)
     wrapper_end, agent_end = socket.socketpair()
     logs = SlowLogs()
-    job = LocalJob(spec=JobSpec(job_id="j"), conn=Conn(agent_end), uid=0)
+    job = LocalJob(spec=JobSpec(job_id="j"), conn=Conn(agent_end), uid=0, registered=True)
     job.logs = logs   # type: ignore[assignment]
     agent.jobs["j"] = job
     observer = threading.Thread(target=agent.observe_now, daemon=True)

@@ -18,9 +18,8 @@ from .. import log
 from ..config import Config
 from ..core.model import JobOnNode, NodeReport
 from ..logs.fingerprints import Catalogue
-from ..proto import convert, localsock, rpc
+from ..proto import localsock, rpc
 from ..proto import watchdog_pb2 as pb
-from ..proto.local import Command, MessageError
 from ..sdnotify import Liveness, notify, supervise
 from . import drain, drills, glance
 from .exits import ExitWatcher
@@ -331,31 +330,7 @@ class Agent(WrapperSide):
         if cmd.verb == "drill":               # the agent injects it, not the wrapper
             drills.deliver(self, cmd)
             return
-        with self.lock:
-            job = self.jobs.get(cmd.job_id)
-            if job is None or cmd.attempt < job.attempt and cmd.verb != "done":
-                return
-            if cmd.verb == "refuse" and not job.registered:
-                return      # (its registration is refused by the thread that waits for it)
-            if cmd.verb in ("teardown", "restart", "relaunch", "refuse", "leave"):   # re-sent with every ack: once
-                key = (cmd.verb, cmd.attempt)
-                if key in job.delivered:
-                    return
-                job.delivered.add(key)
-        try:
-            verdict = convert.verdict_from_json(cmd.verdict_json)
-        except convert.WireError as e:
-            log.warn("command_verdict_unreadable", job=cmd.job_id, error=str(e)[:200])
-            verdict = None
-        log.log("command_received", job=cmd.job_id, verb=cmd.verb, attempt=cmd.attempt)
-        try:
-            command = Command(verb=cmd.verb, attempt=cmd.attempt, verdict=verdict, action=cmd.action,
-                              resume_from=cmd.resume_from, resume_step=cmd.resume_step,
-                              node_rank=cmd.node_rank if cmd.HasField("node_rank") else -1).check()
-        except MessageError as e:
-            log.warn("command_refused", job=cmd.job_id, error=str(e)[:200])
-            return
-        job.conn.send(command)
+        self._to_wrapper(cmd)
 
 
     def _suspected(self, reason: str) -> None:

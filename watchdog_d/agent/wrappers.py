@@ -15,10 +15,11 @@ from .. import log
 from ..core import owner
 from ..core.model import JobOnNode, JobSpec
 from ..logs.fingerprints import Catalogue, CatalogueError
-from ..proto import localsock
+from ..proto import convert, localsock
+from ..proto import watchdog_pb2 as pb
 from . import drills, pidns
-from ..proto.local import (AttemptStarted, DrillAsk, Ended, Message, MessageError, Refused,
-                           Register, Registered, StatusAsk, Waiting)
+from ..proto.local import (AttemptStarted, Command, DrillAsk, Ended, Message, MessageError,
+                           Refused, Register, Registered, StatusAsk, Waiting)
 from .observe import RankTrack
 from .ranklogs import AttemptLogs
 
@@ -50,6 +51,10 @@ class LocalJob:
     settled: threading.Event = field(default_factory=threading.Event)
     refusal: str = ""
     registered: bool = False                       # its wrapper was told Registered
+    # commands that came before it was: sent right after Registered (a wrapper waiting for
+    # Registered that read a command instead would take it for a refusal)
+    held: list = field(default_factory=list)
+    wrapper: psutil.Process | None = None          # the wrapper's process (its socket peer)
     # its ranks' PIDs as the node sees them (a wrapper in another PID namespace: a pod)
     pids: pidns.Translator = field(default_factory=lambda: pidns.Translator(pidns.OWN))
 
@@ -58,6 +63,21 @@ class LocalJob:
 # asked with the next report, sent at once); unanswered (unreachable), the job starts
 # and a refusal that comes later stops it
 OWNER_WAIT_S = 3.0
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid) if pid > 0 else None
+    except psutil.Error:
+        return None
+
+
+def _alive(proc: psutil.Process | None) -> bool:
+    """(is_running() also tells a reused PID from the process it was)"""
+    try:
+        return proc is not None and proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 class WrapperSide:
@@ -100,15 +120,28 @@ class WrapperSide:
         finally:
             conn.close()
             if job is not None:
-                with self.lock:
-                    if job.state == "running":   # the wrapper vanished mid-job
-                        job.state, job.exit_code = "exited", 1
-                self.observe_now()
-                with self.observing, self.lock:
-                    self.jobs.pop(job.spec.job_id, None)
-                    self._close_logs(job)
-                    self.exits.forget({t.pid for t in job.tracks.values()})
-                log.log("job_detached", job=job.spec.job_id)
+                self._detach(job)
+
+    def _detach(self, job: LocalJob) -> None:
+        """The wrapper's connection ended. Without its word that the job ended: a wrapper
+        that lives on is reattaching (it lost us, or its registration answer): the job is
+        only forgotten until it is back, as after an agent restart; one that died took
+        the job's launcher with it: exited."""
+        with self.lock:
+            said = {}
+            if job.state == "running":
+                if _alive(job.wrapper):
+                    said = {"wrapper": "alive", "effect": "forgotten until it reattaches"}
+                else:
+                    said = {"wrapper": "gone", "effect": "reported exited"}
+                    job.state, job.exit_code = "exited", 1
+        self.observe_now()
+        with self.observing, self.lock:
+            if self.jobs.get(job.spec.job_id) is job:
+                del self.jobs[job.spec.job_id]
+            self._close_logs(job)
+            self.exits.forget({t.pid for t in job.tracks.values()})
+        log.log("job_detached", job=job.spec.job_id, **said)
 
     def _handle(self, conn: localsock.Conn, uid: int, msg: Message,
                 job: LocalJob | None, peer: int = 0) -> LocalJob | None:
@@ -129,7 +162,7 @@ class WrapperSide:
                 return None
             if foreign:
                 log.log("job_in_pid_namespace", job=msg.spec.job_id, namespace=space)
-            return self._register(conn, uid, msg, pidns.Translator(space))
+            return self._register(conn, uid, msg, pidns.Translator(space), peer)
         elif isinstance(msg, DrillAsk) and job is None:
             drills.ask(self, conn, uid, msg)
         elif isinstance(msg, StatusAsk) and job is None:
@@ -160,13 +193,13 @@ class WrapperSide:
         return job
 
     def _register(self, conn: localsock.Conn, uid: int, msg: Register,
-                  pids: pidns.Translator) -> LocalJob | None:
+                  pids: pidns.Translator, peer: int = 0) -> LocalJob | None:
         """A job belongs to the uid that registered it: on this node one wrapper a job;
         across nodes the coordinator says (asked with the next report, waited for)."""
         job_id = msg.spec.job_id
         job = LocalJob(spec=msg.spec, conn=conn, uid=uid, attempt=msg.attempt, run=msg.run,
                        launcher_pid=msg.launcher_pid, pids=pids, node_rank=msg.node_rank,
-                       state="spare" if msg.spare else "running")
+                       state="spare" if msg.spare else "running", wrapper=_process(peer))
         with self.lock:
             there = self.jobs.get(job_id)
             if there is None:
@@ -192,12 +225,48 @@ class WrapperSide:
                     del self.jobs[job_id]
             self._refuse(conn, job_id, uid, "owner", job.refusal)
             return None
-        job.registered = True
-        conn.send(Registered(node_id=self.node_id, coordinator=self.target))
+        with self.lock:   # (held: nothing can be sent to it before Registered)
+            conn.send(Registered(node_id=self.node_id, coordinator=self.target))
+            job.registered = True
+            for command in job.held:
+                conn.send(command)
+            job.held.clear()
         log.log("job_attached", job=job_id, launcher_pid=msg.launcher_pid, attempt=job.attempt,
                 uid=uid)
         self._send_now.set()
         return job
+
+    def _to_wrapper(self, cmd: pb.Command) -> None:
+        """A coordinator's verb about a job, handed to its wrapper."""
+        with self.lock:
+            job = self.jobs.get(cmd.job_id)
+            if job is None or cmd.attempt < job.attempt and cmd.verb != "done":
+                return
+            if cmd.verb == "refuse" and not job.registered:
+                return      # (its registration is refused by the thread that waits for it)
+            if cmd.verb in ("teardown", "restart", "relaunch", "refuse", "leave"):   # re-sent with every ack: once
+                key = (cmd.verb, cmd.attempt)
+                if key in job.delivered:
+                    return
+                job.delivered.add(key)
+        try:
+            verdict = convert.verdict_from_json(cmd.verdict_json)
+        except convert.WireError as e:
+            log.warn("command_verdict_unreadable", job=cmd.job_id, error=str(e)[:200])
+            verdict = None
+        log.log("command_received", job=cmd.job_id, verb=cmd.verb, attempt=cmd.attempt)
+        try:
+            command = Command(verb=cmd.verb, attempt=cmd.attempt, verdict=verdict, action=cmd.action,
+                              resume_from=cmd.resume_from, resume_step=cmd.resume_step,
+                              node_rank=cmd.node_rank if cmd.HasField("node_rank") else -1).check()
+        except MessageError as e:
+            log.warn("command_refused", job=cmd.job_id, error=str(e)[:200])
+            return
+        with self.lock:
+            if not job.registered:       # (its wrapper still waits for Registered)
+                job.held.append(command)
+                return
+        job.conn.send(command)
 
     def _refuse(self, conn: localsock.Conn, job_id: str, uid: int, reason: str, text: str) -> None:
         """Said to the wrapper every time; counted; logged once per job and uid."""
