@@ -102,8 +102,11 @@ def test_patterns_only_match_lines_holding_a_keyword(cat: Catalogue) -> None:
     ("E1122 05:24:32.301000 8448 torch/distributed/elastic/multiprocessing/api.py:1002] failed "
      "(exitcode: 1) local_rank: 0 (pid: 8452) of binary: /usr/bin/python3", "launcher_child_failed",
      {"exitcode": "1", "local_rank": "0", "pid": "8452", "binary": "/usr/bin/python3"}),
-    ("  traceback : Signal 6 (SIGABRT) received by PID 56213", "launcher_child_failed",
-     {"signal_no": "6", "signal": "SIGABRT", "pid": "56213"}),
+    ("  traceback : Signal 15 (SIGTERM) received by PID 56213", "launcher_child_failed",
+     {"signal_no": "15", "signal": "SIGTERM", "pid": "56213"}),
+    ("  traceback : Signal 6 (SIGABRT) received by PID 56213", "process_abort", {"pid": "56213"}),
+    ("mpirun noticed that process rank 3 with PID 0 on node node1 exited on signal 9 (Killed).",
+     "host_oom", {}),
     ("torch.distributed.DistBackendError: NCCL error in: ../torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:1333, "
      "unhandled system error (run with NCCL_DEBUG=INFO for details), NCCL version 2.18.1", "nccl_error",
      {"reason": "unhandled system error", "nccl_version": "2.18.1",

@@ -22,7 +22,7 @@ BARE = [
     ("ValueError: Size mismatch between saved torch.Size([64, 32]) and current: torch.Size([32, 32]) "
      "for layers.1.w", "checkpoint_mismatch"),
     ("Timeout at NCCL work: 77, last enqueued NCCL work: 78, last completed NCCL work: 76.",
-     "nccl_watchdog_abort"),
+     "collective_timeout"),
     ("size mismatch for decoder.w: copying a param with shape torch.Size([3]) from checkpoint, "
      "the shape in current model is torch.Size([4]).", "checkpoint_mismatch"),
 ]
@@ -69,7 +69,7 @@ def test_wrapped_lines_are_joined(cat: Catalogue, width: int) -> None:
                                                            "NCCL work: 158046, last completed NCCL work: 158045.")
     found = cat.scan(("step 1\n" + wrap(line, 80) + "\n").encode())
     assert [(g.kind, g.line_no, g.fields.get("seq")) for g in found] == [
-        ("nccl_watchdog_abort", 2, "158046")]
+        ("collective_timeout", 2, "158046")]
 
 
 def test_wrap_joins_make_no_false_positives(cat: Catalogue) -> None:
