@@ -135,3 +135,31 @@ def test_ha_records_are_taken_once_whoever_wrote_them(tmp_path: Path) -> None:
     assert store.import_event("/watchdog-d/incidents/50-B-0", json.dumps(theirs)) == 1
     assert store.import_event("/watchdog-d/incidents/50-B-0", json.dumps(theirs)) == 0
     assert [e["job"] for e in store.events()] == ["b", "a"]
+
+
+def _open_when_told(path: str, go, failed) -> None:  # type: ignore[no-untyped-def]
+    go.wait(10)
+    try:
+        IncidentStore(path)
+    except StoreError:
+        failed.set()
+
+
+def test_processes_that_create_the_file_at_once_all_open_it(tmp_path: Path) -> None:
+    # two jobs started together on one machine: their embedded coordinators create the
+    # same new incidents.sqlite; SQLite refused one at once ("database is locked") while
+    # the other switched the file to WAL, and that job never started its coordinator
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    failed = ctx.Event()
+    for round_ in range(120):
+        go = ctx.Event()
+        path = str(tmp_path / f"r{round_}.sqlite")
+        procs = [ctx.Process(target=_open_when_told, args=(path, go, failed)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        go.set()
+        for p in procs:
+            p.join(30)
+        assert not failed.is_set(), f"round {round_}: a process could not open the new store"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,6 +55,21 @@ CREATE TABLE IF NOT EXISTS suspects (          -- nodes marked suspect (core/sus
 """
 
 
+def _switch_to_wal(conn: sqlite3.Connection) -> None:
+    """The switch needs the file to itself, and SQLite answers "database is locked" at
+    once, without its busy timeout, while another process switches the same new file
+    (two embedded coordinators of jobs started together): tried again until the timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class StoreError(Exception):
     """The incident store cannot be opened or used; the message names the file."""
 
@@ -69,8 +85,12 @@ class IncidentStore:
             # WAL is a property of the file: set once, every later opener gets
             # it.  Where WAL is refused (some network filesystems) SQLite keeps
             # its rollback journal, which still works, only with less concurrency.
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
+            _switch_to_wal(conn)
+            # the write lock first: two coordinators creating the file at once (two
+            # jobs started together on one machine) would otherwise each hold a read
+            # lock and want the write one, and SQLite fails one of them at once,
+            # busy timeout or not ("database is locked")
+            conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
