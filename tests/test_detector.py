@@ -258,3 +258,30 @@ def test_generic_exception_keeps_the_rank_exited_kind() -> None:
     c.ingest(report("a", [dead(1, code=1, findings=(_finding("python_exception", severity="error", line="ValueError: bad"),))]), 100.0)
     _, v = only_verdict(c.evaluate(100.0))
     assert v.kind == "rank_exited" and "ValueError: bad" in v.cause
+
+
+def test_a_generic_exception_is_explained_by_the_cause_the_rank_warned_of() -> None:
+    # Megatron: "Dataset does not exist: <path>" (said, and it went on), then an
+    # AttributeError on the None it got: the missing dataset is what failed
+    warned = _finding("file_not_found", severity="warning", age=4.0, line="Dataset does not exist: /data/x")
+    exc = _finding("python_exception", severity="error", age=1.0,
+                   line="AttributeError: 'NoneType' object has no attribute 'sizes'")
+    c = Cluster()
+    c.ingest(report("a", [dead(0, code=1, findings=(warned, exc)), rank(1, step=3)]), 100.0)
+    _, v = only_verdict(c.evaluate(100.0))
+    assert (v.kind, v.rank) == ("file_not_found", 0) and "/data/x" in v.cause
+    # a warning after the exception, or one that names no cause, explains nothing
+    later = _finding("file_not_found", severity="warning", age=0.5, line="Dataset does not exist: /data/y")
+    c2 = Cluster()
+    c2.ingest(report("a", [dead(0, code=1, findings=(exc, later)), rank(1, step=3)]), 100.0)
+    _, v2 = only_verdict(c2.evaluate(100.0))
+    assert v2.kind == "rank_exited" and "AttributeError" in v2.cause
+
+
+def test_a_warning_and_an_exception_on_a_live_rank_are_no_verdict() -> None:
+    # the twin: the rank warned, printed a handled exception and trains on
+    warned = _finding("file_not_found", severity="warning", age=4.0, line="Dataset does not exist: /data/x")
+    exc = _finding("python_exception", severity="error", age=1.0, line="KeyError: 'extra'")
+    c = Cluster()
+    c.ingest(report("a", [rank(0, step=3, findings=(warned, exc)), rank(1, step=3)]), 100.0)
+    assert [d for d in c.evaluate(100.0) if d.incident] == []

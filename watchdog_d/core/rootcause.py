@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import signal as _signal
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from .book import JobBook, NodeView
 from .model import LogFinding, RankReport
@@ -28,6 +29,13 @@ from .model import LogFinding, RankReport
 SETTLE_S = 1.0
 CONSEQUENCE_LEAD_S = 5.0
 SEVERITY = {"fatal": 0, "error": 1, "warning": 2}      # most severe first
+
+
+class _Said(Protocol):        # a finding, live (LogFinding) or offline (logs.Finding)
+    kind: str
+
+
+F = TypeVar("F", bound=_Said)
 
 
 @dataclass(frozen=True)
@@ -46,12 +54,27 @@ def signame(sig: int) -> str:
         return f"signal {sig}"
 
 
+GENERIC = "python_exception"      # the catalogue's last resort: says how a rank failed, not why
+
+
+def explained_by(best: F, warned: list[F]) -> F:
+    """A generic failure (an uncaught exception the catalogue has no class for) is
+    explained by the cause the same rank warned of just before it and went on with: a
+    dataset path that does not exist, then an AttributeError on the None it gave.
+    ``warned``: the rank's cause-warnings older than ``best``, oldest first."""
+    return warned[-1] if warned and best.kind == GENERIC else best
+
+
 def best_finding(findings: tuple[LogFinding, ...]) -> LogFinding | None:
-    """Causes first, then the most severe, then the earliest (largest age)."""
+    """Causes first, then the most severe, then the earliest (largest age); a generic
+    exception yields to the warning that explains it (``explained_by``)."""
     usable = [f for f in findings if f.severity in ("fatal", "error")]
     if not usable:
         return None
-    return min(usable, key=lambda f: (f.role != "cause", SEVERITY.get(f.severity, 3), -f.age_s))
+    best = min(usable, key=lambda f: (f.role != "cause", SEVERITY.get(f.severity, 3), -f.age_s))
+    warned = sorted((f for f in findings if f.severity == "warning" and f.role == "cause"
+                     and f.age_s > best.age_s), key=lambda f: -f.age_s)
+    return explained_by(best, warned)
 
 
 def _exit_is_cause(r: RankReport) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from ..core.rootcause import SEVERITY
+from ..core.rootcause import SEVERITY, explained_by
 from .fingerprints import Catalogue, Finding, rank_from_text
 from .redact import redact
 
@@ -66,8 +66,13 @@ class FileReport:
         usable = [f for f in self.findings if f.severity in ("fatal", "error")]
         if not usable:
             return None
-        return min(usable, key=lambda f: (f.role != "cause", f.confidence != "certain",
-                                          f.priority, SEVERITY[f.severity], f.line_no))
+        return self.explained(min(usable, key=lambda f: (
+            f.role != "cause", f.confidence != "certain", f.priority, SEVERITY[f.severity], f.line_no)))
+
+    def explained(self, best: Finding) -> Finding:
+        """A generic exception yields to the cause this file warned of just before it."""
+        return explained_by(best, [f for f in self.findings if f.severity == "warning"
+                                   and f.role == "cause" and f.line_no < best.line_no])
 
 
 def rank_from_path(path: Path) -> int | None:
@@ -169,7 +174,7 @@ def job_root_cause(reports: list[FileReport]) -> tuple[FileReport, Finding] | No
                    t or 0.0, i, f.line_no)
             if best is None or key < best[0]:
                 best = (key, rep, f)
-    return None if best is None else (best[1], best[2])
+    return None if best is None else (best[1], best[1].explained(best[2]))
 
 
 def _finding_json(rep: FileReport, f: Finding) -> dict:
