@@ -97,8 +97,8 @@ def test_patterns_only_match_lines_holding_a_keyword(cat: Catalogue) -> None:
      {"size": "2.30 GiB", "gpu": "0", "free": "1.02 GiB"}),
     ("Out of memory: Killed process 1234 (python) total-vm:1000kB", "host_oom",
      {"pid": "1234", "comm": "python"}),
-    ("RuntimeError: DataLoader worker (pid 1234) is killed by signal: Killed.", "host_oom",
-     {"pid": "1234"}),
+    ("RuntimeError: DataLoader worker (pid 1234) is killed by signal: Killed.", "data_loader_error",
+     {"pid": "1234", "signal": "Killed"}),
     ("E1122 05:24:32.301000 8448 torch/distributed/elastic/multiprocessing/api.py:1002] failed "
      "(exitcode: 1) local_rank: 0 (pid: 8452) of binary: /usr/bin/python3", "launcher_child_failed",
      {"exitcode": "1", "local_rank": "0", "pid": "8452", "binary": "/usr/bin/python3"}),
