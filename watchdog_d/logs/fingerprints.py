@@ -102,6 +102,7 @@ class Catalogue:
         self._entries = tuple(entries)
         # stable sort: equal priorities keep file order
         self._ordered = tuple(sorted(self._entries, key=lambda e: e.priority))
+        self._rank = {id(e): i for i, e in enumerate(self._ordered)}
         self._ignore = tuple(ignore)
         self._triggers = tuple(triggers)
         # a trigger containing another one finds no line the shorter one misses
@@ -183,15 +184,15 @@ class Catalogue:
             end = data.find(b"\n", start)
             end = len(data) if end < 0 else end
             joined = wrapped_rows(data, start, end)
-            found = None
+            text = _window_bytes(data, start, end, first_hit[start])
+            found = self._classify(text)
             if joined is not None:
-                text, bounds, first, done_at = joined
-                found = self._classify(text, bounds)
-                if found is not None:
-                    start, done = first, done_at
-            if found is None:
-                text = _window_bytes(data, start, end, first_hit[start])
-                found = self._classify(text)
+                # a join stands only where it says as much as the row alone: a generic
+                # pattern's tail running on into the next line must not outrank the row's own
+                whole = self._classify(joined[0], joined[1])
+                if whole is not None and (found is None or self._rank[id(whole[0])] <= self._rank[id(found[0])]):
+                    text, found = joined[0], whole
+                    start, done = joined[2], joined[3]
             if found is not None:
                 # newlines are only counted up to lines that yield a finding
                 line_no += data.count(b"\n", counted, start)
