@@ -106,6 +106,15 @@ def test_no_false_alarm_on_a_healthy_or_noisy_log(outcomes: list[Outcome]) -> No
     assert not alarms, "\n".join(f"{o.case.file}: said {o.said}" for o in alarms)
 
 
+def test_a_healthy_log_gives_the_live_agent_nothing_to_act_on() -> None:
+    # the live rule tears a job down on a fatal finding of a rank that is still running:
+    # no line of a healthy or noisy log may be one (nor an error, which diagnose reports)
+    catalogue = Catalogue.load()
+    for case in (c for c in cases() if c.label == HEALTHY):
+        found = catalogue.scan((CORPUS / "logs" / case.file).read_bytes())
+        assert not [f for f in found if f.severity in ("fatal", "error")], (case.file, found)
+
+
 if __name__ == "__main__":
     catalogue = Catalogue.load()
     picked = [c for c in cases() if not sys.argv[1:] or c.file in sys.argv[1:]]
