@@ -137,6 +137,25 @@ def test_restarted_agent_keeps_guarding(guarded, cluster, tmp_path):
     assert_no_leftovers(job)
 
 
+def test_twin_restarted_agent_without_a_fault_ends_well(guarded, cluster, tmp_path):
+    """The same agent restart, nothing else: the stack-dump round the silence starts
+    overlaps the wrapper's reattach (its command came before Registered and was taken
+    for a refusal; the job was torn down as job_failed), and the job must end exit 0
+    with only job_succeeded."""
+    job = f"mn-agent-twin-{free_port()}"
+    a, b = two_node_job(guarded, cluster.sockets, job, WD_STEPS=300)
+    stepping(cluster.address, job)
+    cluster.agents["node-b"].kill()
+    cluster.agents["node-b"].wait()
+    time.sleep(2.0)
+    cluster.start_agent("node-b")
+    for w in (a, b):
+        assert w.wait(timeout=90) == 0, w.stderr()
+    assert "agent_reattached" in b.stderr(), b.stderr()
+    assert [e["kind"] for e in job_events(cluster.state_dir, job)] == ["job_succeeded"]
+    assert_no_leftovers(job)
+
+
 def _restarting_job(guarded, cluster, job: str, launcher_args, ckpt,
                     extra_run_args: list[str] = (), **fault: object):
     """One job on both nodes under --on-failure restart --max-restarts 1; ``launcher_args``
