@@ -30,7 +30,7 @@ MAX_EVIDENCE = 8                 # lines shown per root cause
 LOG_NAMES = re.compile(r"(\.(log|txt|out|err)(\.\d+)?|^(stdout|stderr)|^error\.json)$")
 
 # line timestamps, most specific first: glog header (E1122 05:24:32.301000), ISO 8601
-_GLOG = re.compile(r"\b[EWIF](\d{2})(\d{2}) (\d{2}):(\d{2}):(\d{2})\.(\d+)")
+_GLOG = re.compile(r"\b[EWIF](\d{1,2})(\d{2}) (\d{2}):(\d{2}):(\d{2})\.(\d+)")   # (c10 writes "E626")
 _ISO = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?")
 
 
