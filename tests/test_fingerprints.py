@@ -342,3 +342,30 @@ def test_carriage_return_screens(cat: Catalogue) -> None:
     (f,) = cat.scan(line)
     assert f.kind == "collective_timeout" and f.fields["seq"] == "96120"
     assert f.line.startswith("[E ProcessGroupNCCL")
+
+
+SURVIVABLE = [
+    # a rank's own subprocess call that failed and was handled
+    "subprocess.CalledProcessError: Command '['nvidia-smi', '-q']' returned non-zero exit status 9.",
+    "eval harness failed (exitcode: 1) local_rank: 0 (pid: 4242) of binary: /usr/bin/python3",
+    # an optional extension that did not load (a slower path is taken)
+    "ImportError: /opt/venv/lib/flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDeviceEi",
+    "WARNING[XFORMERS]: xFormers can't load C++/CUDA extensions. xFormers was built for:",
+    # torch.compile falling back to eager (suppress_errors)
+    "torch._dynamo.exc.BackendCompilerFailed: backend='inductor' raised: CppCompileError",
+    # NCCL probing, then falling back
+    "node1:1:2 [0] NCCL WARN Cuda failure 1 'invalid argument'",
+    "node1:1:2 [0] transport/net_ib.cc:432 NCCL WARN Call to ibv_reg_mr failed",
+    # a write to a network volume that failed once and was retried
+    "OSError: [Errno 5] Input/output error: '/mnt/nfs/metrics.jsonl'",
+    # an fp16 run's loss scaler at work; Ray retrying a task after a memory kill
+    "Gradient overflow.  Skipping step, loss scaler 0 reducing loss scale to 3.5e-307",
+    "(raylet) node_manager.cc:2963: 1 Workers (tasks / actors) killed due to memory pressure (OOM)",
+]
+
+
+@pytest.mark.parametrize("line", SURVIVABLE)
+def test_what_a_running_rank_may_print_and_survive_is_never_fatal(cat: Catalogue, line: str) -> None:
+    # the live agent tears a job down on a *fatal* finding of a rank that is still running
+    found = cat.scan_line(line)
+    assert found is not None and found.severity != "fatal", found
