@@ -73,3 +73,9 @@ def test_scan_is_the_same_without_the_c_prefilter(monkeypatch) -> None:
     found, lines_without = CAT.scan_counted(block)
     without = [(f.kind, f.line_no, f.offset) for f in found]
     assert with_c == without and len(without) == 100 and lines == lines_without == 200
+
+
+def test_the_shipped_catalogue_stays_within_the_c_prefilter() -> None:
+    # past 64 trigger literals (or one over 255 bytes) the scan quietly falls back to the
+    # pure-Python loop, ~8x slower: a catalogue that grows must merge triggers instead
+    assert CAT._use_c, f"{len(CAT._plan)} trigger literals: the C prefilter takes 64 at most"

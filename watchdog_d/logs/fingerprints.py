@@ -100,9 +100,7 @@ class Catalogue:
     def __init__(self, entries: list[Fingerprint] | tuple[Fingerprint, ...],
                  triggers: tuple[str, ...], ignore: tuple[re.Pattern[str], ...] = ()) -> None:
         self._entries = tuple(entries)
-        # stable sort: equal priorities keep file order
-        self._ordered = tuple(sorted(self._entries, key=lambda e: e.priority))
-        self._rank = {id(e): i for i, e in enumerate(self._ordered)}
+        self._ordered = tuple(sorted(self._entries, key=_order))
         self._ignore = tuple(ignore)
         self._triggers = tuple(triggers)
         # a trigger containing another one finds no line the shorter one misses
@@ -190,7 +188,7 @@ class Catalogue:
                 # a join stands only where it says as much as the row alone: a generic
                 # pattern's tail running on into the next line must not outrank the row's own
                 whole = self._classify(joined[0], joined[1])
-                if whole is not None and (found is None or self._rank[id(whole[0])] <= self._rank[id(found[0])]):
+                if whole is not None and (found is None or _order(whole[0]) <= _order(found[0])):
                     text, found = joined[0], whole
                     start, done = joined[2], joined[3]
             if found is not None:
@@ -236,6 +234,11 @@ class Catalogue:
         text = text.translate(CONTROL)
         found = self._classify(text)
         return None if found is None else _make(text, *found, line_no, offset)
+
+
+def _order(fp: Fingerprint) -> tuple[int, int]:
+    """Where an entry is tried: by priority, then file order."""
+    return fp.priority, fp.index
 
 
 def _make(text: str, fp: Fingerprint, m: re.Match[str], shift: int, line_no: int,
